@@ -1,0 +1,197 @@
+//! Command-line interface (`clap`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::plugins::{ComponentRow, Registry};
+use crate::{EXIT_FAILURE, EXIT_USAGE};
+
+/// memlab: memorization studies of diffusion models, one TOML file per study.
+#[derive(Parser, Debug)]
+#[command(name = "memlab", version, about, long_about = None)]
+pub struct Cli {
+    /// Extra plugin directory (repeatable; searched before MEMLAB_PLUGIN_PATH and the
+    /// executable's directory).
+    #[arg(long = "plugin-dir", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every loaded component (kind, name, library, version, description).
+    Plugins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also list each component's parameters.
+        #[arg(long)]
+        params: bool,
+        /// Load only this library file and report on it.
+        #[arg(long, value_name = "PATH")]
+        check: Option<PathBuf>,
+    },
+    /// Work with study configs.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+/// `memlab config` actions.
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Parse a config and validate it against the loaded plugins (exit code 2 on errors).
+    Check {
+        /// Config files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .try_init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {ce}");
+                EXIT_USAGE
+            } else {
+                eprintln!("error: {e:#}");
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Plugins { json, params, check: Some(path) } => check_library(&path, json, params),
+        Command::Plugins { json, params, check: None } => {
+            let reg = Registry::load(&cli.plugin_dirs)?;
+            report_failures(&reg);
+            print_rows(&reg.rows(), json, params)?;
+            Ok(0)
+        }
+        Command::Config { action: ConfigAction::Check { files } } => {
+            let mut code = 0;
+            for file in files {
+                match check_config(&file, &cli.plugin_dirs) {
+                    Ok(()) => println!("{}: ok", file.display()),
+                    Err(e) => {
+                        if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                            eprintln!("error: {ce}");
+                            code = EXIT_USAGE;
+                        } else {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
+    let cfg = Config::load(file)?;
+    let mut all = dirs.to_vec();
+    all.extend(cfg.plugins.dirs.iter().cloned());
+    let reg = Registry::load(&all)?;
+    report_failures(&reg);
+    cfg.validate(file, &reg)?;
+    Ok(())
+}
+
+fn report_failures(reg: &Registry) {
+    for f in reg.failures() {
+        eprintln!("warning: skipped plugin library {}: {}", f.path.display(), f.reason);
+    }
+}
+
+fn check_library(path: &std::path::Path, json: bool, params: bool) -> Result<i32> {
+    match crate::plugins::check_file(path) {
+        Ok(lib) => {
+            let reg = Registry::from_files(&[lib.path.clone()])?;
+            if !json {
+                println!(
+                    "{}: ok — {} {} (plugin-api {}), {} component(s), sha256 {}",
+                    path.display(),
+                    lib.manifest.name,
+                    lib.manifest.version,
+                    lib.manifest.api_version,
+                    lib.manifest.components.len(),
+                    &lib.sha256[..16]
+                );
+            }
+            print_rows(&reg.rows(), json, params)?;
+            Ok(0)
+        }
+        Err(f) => {
+            eprintln!("error: {}: {}", f.path.display(), f.reason);
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_rows(rows: &[ComponentRow], json: bool, params: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        writeln!(out, "no plugins found (searched --plugin-dir, MEMLAB_PLUGIN_PATH and the executable's directory)")?;
+        return Ok(());
+    }
+    let headers = ["KIND", "NAME", "LIBRARY", "VERSION", "DESCRIPTION"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| [r.kind.clone(), r.name.clone(), r.library.clone(), r.version.clone(), r.description.clone()])
+        .collect();
+    let mut widths = headers.map(str::len);
+    for c in &cells {
+        for (w, s) in widths.iter_mut().zip(c.iter()) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, c: [&str; 5]| -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        )
+    };
+    line(&mut out, headers)?;
+    for (c, r) in cells.iter().zip(rows) {
+        line(&mut out, [&c[0], &c[1], &c[2], &c[3], &c[4]])?;
+        if params {
+            for p in &r.params {
+                let default = if p.default.is_empty() { "required".to_string() } else { format!("= {}", p.default) };
+                writeln!(out, "      {} ({}, {}): {}", p.name, p.ty, default, p.doc)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! Study configuration: the TOML file that describes a run, parsed and validated.
+//!
+//! Every error names the file, the key (dotted path) and the problem. Component parameters
+//! are validated by the plugin that owns them (it is constructed with them), so a misspelled
+//! parameter is reported by the plugin's own serde schema.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use memlab_plugin_api::ffi::ComponentKind;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::device::DeviceChoice;
+use crate::plugins::Registry;
+
+/// A configuration error: file, key and cause. `memlab` exits with code 2 on these.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// Dotted key path (`architecture.params`), or empty when the file as a whole is at fault.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A reference to a plugin component with its parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentRef {
+    /// Component name, as listed by `memlab plugins`.
+    pub name: String,
+    /// The component's parameters, passed to the plugin as a TOML table.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+impl ComponentRef {
+    /// A component with no parameters.
+    pub fn named(name: &str) -> ComponentRef {
+        ComponentRef { name: name.to_string(), params: toml::Table::new() }
+    }
+    /// The parameters as TOML text.
+    pub fn params_toml(&self) -> String {
+        toml::to_string(&self.params).unwrap_or_default()
+    }
+}
+
+/// `[run]`: identity and reproducibility of the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run name (the run directory's name).
+    pub name: String,
+    /// Master seed: data order, noise, initialisation, sampling all derive from it.
+    pub seed: u64,
+    /// `auto`, `cpu` or `cuda`.
+    pub device: DeviceChoice,
+    /// Parent directory of run directories (relative to the working directory).
+    pub out_dir: PathBuf,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection { name: "run".into(), seed: 0, device: DeviceChoice::Auto, out_dir: "runs".into() }
+    }
+}
+
+/// `[plugins]`: extra plugin directories (relative to the config file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Directories searched before `MEMLAB_PLUGIN_PATH` and the executable's directory.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `[dataset]`: the training data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    /// Dataset component.
+    pub name: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: toml::Table,
+    /// Number of training images to use (default: the whole dataset).
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+impl DatasetSection {
+    /// As a component reference.
+    pub fn component(&self) -> ComponentRef {
+        ComponentRef { name: self.name.clone(), params: self.params.clone() }
+    }
+}
+
+/// `[train]`: the optimisation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Adam β₁, β₂.
+    pub betas: [f64; 2],
+    /// Decoupled weight decay (AdamW); 0 gives Adam.
+    pub weight_decay: f64,
+    /// Linear learning-rate warm-up, in steps.
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this (0: off).
+    pub grad_clip: f64,
+    /// EMA decay per step (0: no EMA).
+    pub ema_decay: f64,
+    /// Snapshot every this many steps (0: only at the end).
+    pub snapshot_every: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            steps: 1000,
+            batch_size: 32,
+            lr: 1e-4,
+            betas: [0.9, 0.999],
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            grad_clip: 0.0,
+            ema_decay: 0.999,
+            snapshot_every: 0,
+        }
+    }
+}
+
+/// `[sample]`: generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    /// Number of images to generate.
+    pub count: usize,
+    /// Sampler: `heun`, `euler`, `ddpm`, `ddim`.
+    pub sampler: String,
+    /// Sampling steps.
+    pub steps: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Use EMA weights (when trained with EMA).
+    pub ema: bool,
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        SampleSection { count: 64, sampler: "heun".into(), steps: 18, batch_size: 64, ema: true }
+    }
+}
+
+const SAMPLERS: &[&str] = &["heun", "euler", "ddpm", "ddim"];
+
+/// A whole study/run configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[run]`
+    #[serde(default)]
+    pub run: RunSection,
+    /// `[plugins]`
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    /// `[dataset]`
+    pub dataset: DatasetSection,
+    /// `[architecture]`
+    pub architecture: ComponentRef,
+    /// `[schedule]`
+    pub schedule: ComponentRef,
+    /// `[conditioning]` (default `none`)
+    #[serde(default = "default_conditioning")]
+    pub conditioning: ComponentRef,
+    /// `[[criteria]]` (default: `ratio`)
+    #[serde(default = "default_criteria")]
+    pub criteria: Vec<ComponentRef>,
+    /// `[train]`
+    #[serde(default)]
+    pub train: TrainSection,
+    /// `[sample]`
+    #[serde(default)]
+    pub sample: SampleSection,
+}
+
+fn default_conditioning() -> ComponentRef {
+    ComponentRef::named("none")
+}
+
+fn default_criteria() -> Vec<ComponentRef> {
+    vec![ComponentRef::named("ratio")]
+}
+
+/// Finds the dotted key at a byte offset of a TOML document: the enclosing `[table]` header
+/// plus the key on that line.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..].find('\n').map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for l in before[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    if line.starts_with('[') {
+        return line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+    }
+    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parses a config from text; `file` is used in error messages and to resolve relative
+    /// plugin directories.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let (key, loc) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_col(text, span.start);
+                    (key_at(text, span.start), format!(" (line {l}, column {c})"))
+                }
+                None => (String::new(), String::new()),
+            };
+            ConfigError { file: file.to_path_buf(), key, message: format!("{}{loc}", e.message().trim()) }
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        let mut cfg = Config::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.plugins.dirs = cfg.plugins.dirs.iter().map(|d| if d.is_absolute() { d.clone() } else { base.join(d) }).collect();
+        Ok(cfg)
+    }
+
+    /// The config as TOML (the resolved config written into run directories).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Host-side checks that need no plugins.
+    pub fn check_values(&self, file: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| ConfigError { file: file.to_path_buf(), key: key.into(), message };
+        if self.train.batch_size == 0 {
+            return Err(err("train.batch_size", "must be at least 1".into()));
+        }
+        if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {
+            return Err(err("train.lr", format!("must be a positive number, got {}", self.train.lr)));
+        }
+        if self.train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(err("train.betas", "each must be in [0, 1)".into()));
+        }
+        if !(0.0..1.0).contains(&self.train.ema_decay) {
+            return Err(err("train.ema_decay", "must be in [0, 1)".into()));
+        }
+        if self.train.weight_decay < 0.0 {
+            return Err(err("train.weight_decay", "must be ≥ 0".into()));
+        }
+        if !SAMPLERS.contains(&self.sample.sampler.as_str()) {
+            return Err(err(
+                "sample.sampler",
+                format!("unknown sampler `{}` (one of: {})", self.sample.sampler, SAMPLERS.join(", ")),
+            ));
+        }
+        if self.sample.steps == 0 || self.sample.batch_size == 0 {
+            return Err(err("sample", "steps and batch_size must be at least 1".into()));
+        }
+        if self.criteria.is_empty() {
+            return Err(err("criteria", "at least one replication criterion is needed".into()));
+        }
+        if self.dataset.size == Some(0) {
+            return Err(err("dataset.size", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Every component reference with its config key.
+    pub fn components(&self) -> Vec<(String, ComponentKind, ComponentRef)> {
+        let mut v = vec![
+            ("dataset".to_string(), ComponentKind::Dataset, self.dataset.component()),
+            ("architecture".to_string(), ComponentKind::Architecture, self.architecture.clone()),
+            ("schedule".to_string(), ComponentKind::Schedule, self.schedule.clone()),
+            ("conditioning".to_string(), ComponentKind::Conditioning, self.conditioning.clone()),
+        ];
+        for (i, c) in self.criteria.iter().enumerate() {
+            v.push((format!("criteria[{i}]"), ComponentKind::Criterion, c.clone()));
+        }
+        v
+    }
+
+    /// Full validation against the loaded plugins: every component exists and accepts its
+    /// parameters (each is constructed once).
+    pub fn validate(&self, file: &Path, registry: &Registry) -> Result<(), ConfigError> {
+        self.check_values(file)?;
+        for (key, kind, c) in self.components() {
+            if registry.info(kind, &c.name).is_none() {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    key: format!("{key}.name"),
+                    message: registry.unknown(kind, &c.name).to_string(),
+                });
+            }
+            if let Err(e) = registry.create(kind, &c.name, &c.params_toml(), self.run.seed) {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    key: format!("{key}.params"),
+                    message: format!("{e:#}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[run]
+name = "t"
+[dataset]
+name = "mondrian"
+params = { resolution = 16 }
+[architecture]
+name = "convnet"
+[schedule]
+name = "edm"
+"#;
+
+    #[test]
+    fn parses_minimal_config_with_defaults() {
+        let c = Config::parse(OK, Path::new("x.toml")).unwrap();
+        assert_eq!(c.conditioning.name, "none");
+        assert_eq!(c.criteria[0].name, "ratio");
+        assert_eq!(c.dataset.params["resolution"].as_integer(), Some(16));
+        c.check_values(Path::new("x.toml")).unwrap();
+    }
+
+    #[test]
+    fn misspelled_key_names_file_key_and_line() {
+        let text = OK.replace("[schedule]", "[train]\nstpes = 3\n[schedule]");
+        let e = Config::parse(&text, Path::new("cfg/x.toml")).unwrap_err();
+        assert_eq!(e.key, "train.stpes", "{e}");
+        let s = e.to_string();
+        assert!(s.starts_with("cfg/x.toml: key `train.stpes`"), "{s}");
+        assert!(s.contains("unknown field `stpes`"), "{s}");
+        assert!(s.contains("line 12"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_is_reported() {
+        let text = OK.replace("[schedule]", "[sample]\nsampler = \"rk4\"\n[schedule]");
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        let e = c.check_values(Path::new("x.toml")).unwrap_err();
+        assert_eq!(e.key, "sample.sampler");
+        assert!(e.message.contains("rk4"));
+    }
+
+    #[test]
+    fn roundtrips_through_toml() {
+        let c = Config::parse(OK, Path::new("x.toml")).unwrap();
+        let again = Config::parse(&c.to_toml(), Path::new("y.toml")).unwrap();
+        assert_eq!(c, again);
+    }
+}

@@ -1,0 +1,852 @@
+//! The host side of the tensor API: [`Graph`] executes a plugin's ops on burn tensors.
+//!
+//! A `Graph` lives for one forward pass. It owns a slab of rank-erased tensors addressed by
+//! [`TensorId`], lifts parameters from the [`ParamStore`] (as autodiff leaves when training),
+//! and records the first error an op raises: ops never panic across the plugin boundary; a
+//! failed op returns `TensorId::INVALID`, ops on invalid ids return `INVALID` silently, and
+//! [`Graph::finish`] reports the first error with the op and the shapes involved.
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use abi_stable::std_types::{ROption, RSlice, RStr, RVec};
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::activation;
+use burn::tensor::module as fmod;
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, DispatchTensor, Int, Tensor, TensorData};
+use indexmap::IndexMap;
+use memlab_plugin_api::SplitMix64;
+use memlab_plugin_api::adapter::panic_message;
+use memlab_plugin_api::ffi::{
+    BinaryOp, Conv2dOptions, HostOps, HostOps_TO, HostOpsDyn, Init, ReduceOp, ScalarOp, TensorId,
+    UnaryOp,
+};
+
+use super::params::{ParamStore, read_f32};
+use super::rank::{arr, by_rank, to_dispatch, to_dispatch_int};
+
+/// One live tensor.
+#[derive(Clone)]
+pub struct Slot {
+    /// The tensor.
+    pub t: DispatchTensor,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Integer (labels, indices) rather than float.
+    pub int: bool,
+}
+
+impl Slot {
+    fn float(t: DispatchTensor, shape: Vec<usize>) -> Slot {
+        Slot { t, shape, int: false }
+    }
+    fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, s: Slot) -> TensorId {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(s);
+                TensorId(i as u64)
+            }
+            None => {
+                self.slots.push(Some(s));
+                TensorId((self.slots.len() - 1) as u64)
+            }
+        }
+    }
+    fn get(&self, id: TensorId) -> Option<&Slot> {
+        self.slots.get(id.0 as usize).and_then(|s| s.as_ref())
+    }
+    fn remove(&mut self, id: TensorId) -> Option<Slot> {
+        let i = id.0 as usize;
+        let s = self.slots.get_mut(i)?.take();
+        if s.is_some() {
+            self.free.push(i);
+        }
+        s
+    }
+    fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// Execution mode of a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Autodiff recording, dropout active.
+    Train,
+    /// No autodiff, dropout off.
+    Eval,
+}
+
+/// One forward pass's worth of host-side state.
+pub struct Graph<'p> {
+    device: Device,
+    mode: Mode,
+    params: RefCell<&'p mut ParamStore>,
+    /// Per-pass cache of parameter leaves, so a parameter used twice is one autodiff leaf.
+    leaves: RefCell<IndexMap<String, DispatchTensor>>,
+    slab: RefCell<Slab>,
+    error: RefCell<Option<String>>,
+    rng: RefCell<SplitMix64>,
+    training_set: Option<TensorId>,
+}
+
+fn fl<const D: usize>(s: &Slot) -> Tensor<D> {
+    Tensor::<D>::from_dispatch(s.t.clone())
+}
+
+fn int1(s: &Slot) -> Tensor<1, Int> {
+    Tensor::<1, Int>::from_dispatch(s.t.clone())
+}
+
+/// NumPy broadcast of two shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+/// Reshapes a float tensor of any rank to `shape` (any rank).
+pub fn reshape_dyn(s: &Slot, shape: &[usize]) -> Result<Slot> {
+    let n_in: usize = s.shape.iter().product();
+    let n_out: usize = shape.iter().product();
+    if n_in != n_out {
+        bail!("cannot reshape {:?} ({n_in} elements) to {shape:?} ({n_out} elements)", s.shape);
+    }
+    if s.shape == shape {
+        return Ok(s.clone());
+    }
+    let t = by_rank!(s.rank(), DI => {
+        let x = Tensor::<DI>::from_dispatch(s.t.clone());
+        by_rank!(shape.len(), DO => x.reshape(arr::<DO>(shape)).into_dispatch())?
+    })?;
+    Ok(Slot { t, shape: shape.to_vec(), int: s.int })
+}
+
+impl<'p> Graph<'p> {
+    /// A forward pass on `device` (autodiff is enabled on it for [`Mode::Train`]) using and
+    /// extending `params`; dropout masks come from `seed`.
+    pub fn new(device: &Device, mode: Mode, params: &'p mut ParamStore, seed: u64) -> Graph<'p> {
+        let device = match mode {
+            Mode::Train => device.clone().autodiff(),
+            Mode::Eval => device.clone().inner(),
+        };
+        Graph {
+            device,
+            mode,
+            params: RefCell::new(params),
+            leaves: RefCell::new(IndexMap::new()),
+            slab: RefCell::new(Slab::default()),
+            error: RefCell::new(None),
+            rng: RefCell::new(SplitMix64::for_index(seed, 0x64726f70)),
+            training_set: None,
+        }
+    }
+
+    /// The device ops run on (autodiff-enabled in training mode).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The ops object to hand to a plugin.
+    pub fn ops(&self) -> HostOpsDyn<'_> {
+        HostOps_TO::from_ptr(self, abi_stable::sabi_trait::TD_Opaque)
+    }
+
+    /// Inserts a host tensor and returns its id.
+    pub fn insert(&self, slot: Slot) -> TensorId {
+        self.slab.borrow_mut().insert(slot)
+    }
+
+    /// Inserts float data.
+    pub fn insert_data(&self, data: Vec<f32>, shape: &[usize]) -> Result<TensorId> {
+        let t = to_dispatch(TensorData::new(data, shape.to_vec()), &self.device)?;
+        Ok(self.insert(Slot::float(t, shape.to_vec())))
+    }
+
+    /// Inserts integer data.
+    pub fn insert_int(&self, data: Vec<i64>, shape: &[usize]) -> Result<TensorId> {
+        let t = to_dispatch_int(TensorData::new(data, shape.to_vec()), &self.device)?;
+        Ok(self.insert(Slot { t, shape: shape.to_vec(), int: true }))
+    }
+
+    /// Makes `data` (e.g. the training set) available through `HostOps::training_set`.
+    pub fn set_training_set(&mut self, slot: Slot) {
+        let id = self.insert(slot);
+        self.training_set = Some(id);
+    }
+
+    /// A copy of a live tensor.
+    pub fn slot(&self, id: TensorId) -> Result<Slot> {
+        self.slab
+            .borrow()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| anyhow!("tensor id {} is not live", id.0))
+    }
+
+    /// Number of live tensors (for leak checks in tests).
+    pub fn live_tensors(&self) -> usize {
+        self.slab.borrow().live()
+    }
+
+    /// The first error any op raised, if one did.
+    pub fn error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    /// Checks the pass's error state and returns the output tensor `id`.
+    pub fn finish(&self, id: TensorId) -> Result<Slot> {
+        if let Some(e) = self.error() {
+            bail!("{e}");
+        }
+        self.slot(id)
+    }
+
+    /// The autodiff leaves of the parameters used in this pass, by name.
+    pub fn leaves(&self) -> IndexMap<String, DispatchTensor> {
+        self.leaves.borrow().clone()
+    }
+
+    fn record(&self, msg: String) {
+        let mut e = self.error.borrow_mut();
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    }
+
+    fn shapes(&self, ids: &[TensorId]) -> String {
+        let slab = self.slab.borrow();
+        let v: Vec<String> = ids
+            .iter()
+            .map(|id| match slab.get(*id) {
+                Some(s) => format!("{:?}{}", s.shape, if s.int { " int" } else { "" }),
+                None => "<invalid>".to_string(),
+            })
+            .collect();
+        v.join(", ")
+    }
+
+    /// Runs one op: skips it after an earlier error or on invalid inputs, catches panics, and
+    /// records failures with the op name and input shapes.
+    fn run(&self, op: &str, inputs: &[TensorId], f: impl FnOnce(&[Slot]) -> Result<Slot>) -> TensorId {
+        if self.error.borrow().is_some() {
+            return TensorId::INVALID;
+        }
+        let slots: Option<Vec<Slot>> = {
+            let slab = self.slab.borrow();
+            inputs.iter().map(|id| slab.get(*id).cloned()).collect()
+        };
+        let Some(slots) = slots else {
+            self.record(format!("op `{op}` got an invalid or released tensor id ({})", self.shapes(inputs)));
+            return TensorId::INVALID;
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(&slots))) {
+            Ok(Ok(s)) => self.insert(s),
+            Ok(Err(e)) => {
+                self.record(format!("op `{op}` on [{}]: {e}", self.shapes(inputs)));
+                TensorId::INVALID
+            }
+            Err(p) => {
+                self.record(format!(
+                    "op `{op}` on [{}] failed in the backend: {}",
+                    self.shapes(inputs),
+                    panic_message(&*p)
+                ));
+                TensorId::INVALID
+            }
+        }
+    }
+
+    fn param_impl(&self, name: &str, shape: &[usize], init: Init) -> Result<Slot> {
+        if let Some(t) = self.leaves.borrow().get(name) {
+            let params = self.params.borrow();
+            let stored = params.get(name).map(|p| p.shape.clone()).unwrap_or_default();
+            if stored != shape {
+                bail!("parameter `{name}` has shape {stored:?} but is requested with {shape:?}");
+            }
+            return Ok(Slot::float(t.clone(), shape.to_vec()));
+        }
+        let value = self.params.borrow_mut().get_or_create(name, shape, init, &self.device.clone().inner())?;
+        let t = match self.mode {
+            Mode::Train => by_rank!(shape.len(), D => Tensor::<D>::from_dispatch(value)
+                .autodiff()
+                .require_grad()
+                .into_dispatch())?,
+            Mode::Eval => value,
+        };
+        // A stored shape may differ from the request only if get_or_create failed above.
+        self.leaves.borrow_mut().insert(name.to_string(), t.clone());
+        Ok(Slot::float(t, shape.to_vec()))
+    }
+}
+
+fn float_only(op: &str, s: &[Slot]) -> Result<()> {
+    for x in s {
+        if x.int {
+            bail!("`{op}` needs float tensors, got an integer tensor");
+        }
+    }
+    Ok(())
+}
+
+fn unary_impl(op: UnaryOp, s: &Slot) -> Result<Slot> {
+    let t = by_rank!(s.rank(), D => {
+        let x = fl::<D>(s);
+        let y = match op {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.log(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => activation::sigmoid(x),
+            UnaryOp::Relu => activation::relu(x),
+            UnaryOp::Silu => activation::silu(x),
+            UnaryOp::Gelu => activation::gelu(x),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Square => x.clone() * x,
+            UnaryOp::Recip => x.recip(),
+        };
+        y.into_dispatch()
+    })?;
+    Ok(Slot::float(t, s.shape.clone()))
+}
+
+fn scalar_impl(op: ScalarOp, s: &Slot, v: f64) -> Result<Slot> {
+    let t = by_rank!(s.rank(), D => {
+        let x = fl::<D>(s);
+        let y = match op {
+            ScalarOp::Add => x.add_scalar(v),
+            ScalarOp::Mul => x.mul_scalar(v),
+            ScalarOp::Pow => x.powf_scalar(v),
+            ScalarOp::RSub => x.neg().add_scalar(v),
+            ScalarOp::RDiv => x.recip().mul_scalar(v),
+            ScalarOp::Max => x.clamp_min(v),
+            ScalarOp::Min => x.clamp_max(v),
+        };
+        y.into_dispatch()
+    })?;
+    Ok(Slot::float(t, s.shape.clone()))
+}
+
+fn binary_impl(op: BinaryOp, a: &Slot, b: &Slot) -> Result<Slot> {
+    let out = broadcast_shape(&a.shape, &b.shape)
+        .ok_or_else(|| anyhow!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape))?;
+    let r = out.len();
+    let lift = |s: &Slot| -> Result<Slot> {
+        if s.rank() == r {
+            return Ok(s.clone());
+        }
+        let mut shape = vec![1; r - s.rank()];
+        shape.extend_from_slice(&s.shape);
+        reshape_dyn(s, &shape)
+    };
+    let (a, b) = (lift(a)?, lift(b)?);
+    let t = by_rank!(r, D => {
+        let (x, y) = (fl::<D>(&a), fl::<D>(&b));
+        let z = match op {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Max => {
+                let (x, y) = (x.expand(arr::<D>(&out)), y.expand(arr::<D>(&out)));
+                x.max_pair(y)
+            }
+            BinaryOp::Min => {
+                let (x, y) = (x.expand(arr::<D>(&out)), y.expand(arr::<D>(&out)));
+                x.min_pair(y)
+            }
+        };
+        z.into_dispatch()
+    })?;
+    Ok(Slot::float(t, out))
+}
+
+fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>> {
+    let n: usize = input.iter().product();
+    let mut unknown = None;
+    let mut known = 1usize;
+    let mut out = Vec::with_capacity(spec.len());
+    for (i, &d) in spec.iter().enumerate() {
+        if d == -1 {
+            if unknown.replace(i).is_some() {
+                bail!("reshape {spec:?}: at most one -1");
+            }
+            out.push(0);
+        } else if d <= 0 {
+            bail!("reshape {spec:?}: sizes must be positive or -1");
+        } else {
+            known *= d as usize;
+            out.push(d as usize);
+        }
+    }
+    if let Some(i) = unknown {
+        if known == 0 || n % known != 0 {
+            bail!("cannot reshape {input:?} to {spec:?}");
+        }
+        out[i] = n / known;
+    }
+    Ok(out)
+}
+
+fn reduce_impl(op: ReduceOp, s: &Slot, dim: usize, keepdim: bool) -> Result<Slot> {
+    if dim >= s.rank() {
+        bail!("dimension {dim} out of range for rank {}", s.rank());
+    }
+    let t = by_rank!(s.rank(), D => {
+        let x = fl::<D>(s);
+        let y = match op {
+            ReduceOp::Sum => x.sum_dim(dim),
+            ReduceOp::Mean => x.mean_dim(dim),
+            ReduceOp::Max => x.max_dim(dim),
+            ReduceOp::Min => x.min_dim(dim),
+            ReduceOp::Var => x.var_bias(dim),
+        };
+        y.into_dispatch()
+    })?;
+    let mut shape = s.shape.clone();
+    shape[dim] = 1;
+    let kept = Slot::float(t, shape.clone());
+    if keepdim || s.rank() == 1 {
+        return Ok(kept);
+    }
+    shape.remove(dim);
+    reshape_dyn(&kept, &shape)
+}
+
+fn norm_groups(x: &Slot, groups: usize, eps: f64) -> Result<Slot> {
+    // [N, C, ...] → [N, G, C/G·rest]; normalise over the last dim.
+    let n = x.shape[0];
+    let c = x.shape[1];
+    if groups == 0 || c % groups != 0 {
+        bail!("{c} channels cannot be split into {groups} groups");
+    }
+    let grouped = reshape_dyn(x, &[n, groups, x.shape[1..].iter().product::<usize>() / groups])?;
+    let g = fl::<3>(&grouped);
+    let mean = g.clone().mean_dim(2);
+    let centered = g - mean;
+    let var = (centered.clone() * centered.clone()).mean_dim(2);
+    let y = centered / var.add_scalar(eps).sqrt();
+    reshape_dyn(&Slot::float(y.into_dispatch(), grouped.shape.clone()), &x.shape)
+}
+
+impl HostOps for Graph<'_> {
+    fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("param `{name}`"), &[], |_| self.param_impl(name, &shape, init))
+    }
+
+    fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
+        self.run("constant", &[], |_| {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
+            }
+            let t = to_dispatch(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
+            Ok(Slot::float(t, shape.to_vec()))
+        })
+    }
+
+    fn constant_int(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> TensorId {
+        self.run("constant_int", &[], |_| {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
+            }
+            let t = to_dispatch_int(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
+            Ok(Slot { t, shape: shape.to_vec(), int: true })
+        })
+    }
+
+    fn full(&self, shape: RSlice<'_, usize>, value: f64) -> TensorId {
+        self.run("full", &[], |_| {
+            let t = by_rank!(shape.len(), D => Tensor::<D>::full(arr::<D>(&shape), value, &self.device).into_dispatch())?;
+            Ok(Slot::float(t, shape.to_vec()))
+        })
+    }
+
+    fn retain(&self, x: TensorId) -> TensorId {
+        self.run("retain", &[x], |s| Ok(s[0].clone()))
+    }
+
+    fn release(&self, x: TensorId) {
+        if x != TensorId::INVALID {
+            self.slab.borrow_mut().remove(x);
+        }
+    }
+
+    fn rank(&self, x: TensorId) -> usize {
+        self.slab.borrow().get(x).map_or(0, |s| s.rank())
+    }
+
+    fn dim(&self, x: TensorId, dim: usize) -> usize {
+        self.slab.borrow().get(x).and_then(|s| s.shape.get(dim).copied()).unwrap_or(0)
+    }
+
+    fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
+        self.run(&format!("{op:?}").to_lowercase(), &[x], |s| {
+            float_only("unary", s)?;
+            unary_impl(op, &s[0])
+        })
+    }
+
+    fn scalar(&self, op: ScalarOp, x: TensorId, v: f64) -> TensorId {
+        self.run("scalar", &[x], |s| {
+            float_only("scalar", s)?;
+            scalar_impl(op, &s[0], v)
+        })
+    }
+
+    fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
+        self.run(&format!("{op:?}").to_lowercase(), &[a, b], |s| {
+            float_only("binary", s)?;
+            binary_impl(op, &s[0], &s[1])
+        })
+    }
+
+    fn clamp(&self, x: TensorId, lo: f64, hi: f64) -> TensorId {
+        self.run("clamp", &[x], |s| {
+            let t = by_rank!(s[0].rank(), D => fl::<D>(&s[0]).clamp(lo, hi).into_dispatch())?;
+            Ok(Slot::float(t, s[0].shape.clone()))
+        })
+    }
+
+    fn reshape(&self, x: TensorId, shape: RSlice<'_, i64>) -> TensorId {
+        self.run("reshape", &[x], |s| {
+            let target = resolve_shape(&s[0].shape, &shape)?;
+            reshape_dyn(&s[0], &target)
+        })
+    }
+
+    fn permute(&self, x: TensorId, axes: RSlice<'_, usize>) -> TensorId {
+        self.run("permute", &[x], |s| {
+            let r = s[0].rank();
+            let mut seen = vec![false; r];
+            if axes.len() != r || axes.iter().any(|&a| a >= r || std::mem::replace(&mut seen[a], true)) {
+                bail!("axes {:?} are not a permutation of 0..{r}", axes.as_slice());
+            }
+            let t = by_rank!(r, D => fl::<D>(&s[0]).permute(arr::<D>(&axes)).into_dispatch())?;
+            let shape = axes.iter().map(|&a| s[0].shape[a]).collect();
+            Ok(Slot::float(t, shape))
+        })
+    }
+
+    fn concat(&self, xs: RSlice<'_, TensorId>, dim: usize) -> TensorId {
+        self.run("concat", &xs, |s| {
+            let first = s.first().ok_or_else(|| anyhow!("nothing to concatenate"))?;
+            let r = first.rank();
+            if dim >= r {
+                bail!("dimension {dim} out of range for rank {r}");
+            }
+            let mut shape = first.shape.clone();
+            shape[dim] = 0;
+            for x in s {
+                if x.rank() != r || (0..r).any(|d| d != dim && x.shape[d] != first.shape[d]) {
+                    bail!("shapes differ outside dimension {dim}");
+                }
+                shape[dim] += x.shape[dim];
+            }
+            let t = by_rank!(r, D => Tensor::cat(s.iter().map(fl::<D>).collect(), dim).into_dispatch())?;
+            Ok(Slot::float(t, shape))
+        })
+    }
+
+    fn slice(&self, x: TensorId, dim: usize, start: usize, end: usize) -> TensorId {
+        self.run("slice", &[x], |s| {
+            let r = s[0].rank();
+            if dim >= r || start >= end || end > s[0].shape[dim] {
+                bail!("range {start}..{end} of dimension {dim} is out of bounds");
+            }
+            let t = by_rank!(r, D => fl::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
+            let mut shape = s[0].shape.clone();
+            shape[dim] = end - start;
+            Ok(Slot::float(t, shape))
+        })
+    }
+
+    fn reduce(&self, op: ReduceOp, x: TensorId, dim: usize, keepdim: bool) -> TensorId {
+        self.run(&format!("reduce {op:?}").to_lowercase(), &[x], |s| {
+            float_only("reduce", s)?;
+            reduce_impl(op, &s[0], dim, keepdim)
+        })
+    }
+
+    fn matmul(&self, a: TensorId, b: TensorId) -> TensorId {
+        self.run("matmul", &[a, b], |s| {
+            let (x, y) = (&s[0], &s[1]);
+            if x.rank() < 2 || y.rank() < 2 {
+                bail!("matmul needs rank ≥ 2");
+            }
+            let (m, k1) = (x.shape[x.rank() - 2], x.shape[x.rank() - 1]);
+            let (k2, n) = (y.shape[y.rank() - 2], y.shape[y.rank() - 1]);
+            if k1 != k2 {
+                bail!("inner dimensions differ: {k1} vs {k2}");
+            }
+            let batch = broadcast_shape(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
+                .ok_or_else(|| anyhow!("batch dimensions do not broadcast"))?;
+            let r = batch.len() + 2;
+            let lift = |s: &Slot| -> Result<Slot> {
+                let mut shape = vec![1; r - s.rank()];
+                shape.extend_from_slice(&s.shape);
+                reshape_dyn(s, &shape)
+            };
+            let (x, y) = (lift(x)?, lift(y)?);
+            let t = by_rank!(r, D => fl::<D>(&x).matmul(fl::<D>(&y)).into_dispatch())?;
+            let mut shape = batch;
+            shape.extend([m, n]);
+            Ok(Slot::float(t, shape))
+        })
+    }
+
+    fn softmax(&self, x: TensorId, dim: usize) -> TensorId {
+        self.run("softmax", &[x], |s| {
+            if dim >= s[0].rank() {
+                bail!("dimension {dim} out of range");
+            }
+            let t = by_rank!(s[0].rank(), D => activation::softmax(fl::<D>(&s[0]), dim).into_dispatch())?;
+            Ok(Slot::float(t, s[0].shape.clone()))
+        })
+    }
+
+    fn linear(&self, x: TensorId, w: TensorId, b: ROption<TensorId>) -> TensorId {
+        let mut ids = vec![x, w];
+        if let ROption::RSome(b) = b {
+            ids.push(b);
+        }
+        self.run("linear", &ids, |s| {
+            let (x, w) = (&s[0], &s[1]);
+            if w.rank() != 2 || x.shape.last() != Some(&w.shape[0]) {
+                bail!("input's last dimension must equal the weight's first ([in, out])");
+            }
+            if let Some(b) = s.get(2)
+                && b.shape != [w.shape[1]]
+            {
+                bail!("bias must have shape [{}]", w.shape[1]);
+            }
+            let bias = s.get(2).map(fl::<1>);
+            let t = by_rank!(x.rank(), D => fmod::linear(fl::<D>(x), fl::<2>(w), bias).into_dispatch())?;
+            let mut shape = x.shape.clone();
+            *shape.last_mut().unwrap() = w.shape[1];
+            Ok(Slot::float(t, shape))
+        })
+    }
+
+    fn conv2d(&self, x: TensorId, w: TensorId, b: ROption<TensorId>, o: Conv2dOptions) -> TensorId {
+        let mut ids = vec![x, w];
+        if let ROption::RSome(b) = b {
+            ids.push(b);
+        }
+        self.run("conv2d", &ids, |s| {
+            let (x, w) = (&s[0], &s[1]);
+            if x.rank() != 4 || w.rank() != 4 {
+                bail!("conv2d needs NCHW input and a rank-4 weight");
+            }
+            let g = o.groups.max(1);
+            if x.shape[1] != w.shape[1] * g || w.shape[0] % g != 0 {
+                bail!("input has {} channels; weight expects {}×{g} groups", x.shape[1], w.shape[1]);
+            }
+            let out_hw = |i: usize| -> Result<usize> {
+                let eff = o.dilation[i] * (w.shape[2 + i] - 1) + 1;
+                let padded = x.shape[2 + i] + 2 * o.padding[i];
+                if padded < eff || o.stride[i] == 0 {
+                    bail!("kernel larger than padded input");
+                }
+                Ok((padded - eff) / o.stride[i] + 1)
+            };
+            let (oh, ow) = (out_hw(0)?, out_hw(1)?);
+            let bias = s.get(2).map(fl::<1>);
+            let opts = ConvOptions::new(o.stride, o.padding, o.dilation, g);
+            let t = fmod::conv2d(fl::<4>(x), fl::<4>(w), bias, opts).into_dispatch();
+            Ok(Slot::float(t, vec![x.shape[0], w.shape[0], oh, ow]))
+        })
+    }
+
+    fn group_norm(
+        &self,
+        x: TensorId,
+        groups: usize,
+        gamma: ROption<TensorId>,
+        beta: ROption<TensorId>,
+        eps: f64,
+    ) -> TensorId {
+        let mut ids = vec![x];
+        ids.extend(gamma.into_option());
+        ids.extend(beta.into_option());
+        let (has_g, has_b) = (gamma.is_some(), beta.is_some());
+        self.run("group_norm", &ids, |s| {
+            let x = &s[0];
+            if x.rank() < 2 {
+                bail!("group_norm needs [N, C, ...]");
+            }
+            let c = x.shape[1];
+            let y = norm_groups(x, groups, eps)?;
+            let mut bshape = vec![1; x.rank()];
+            bshape[1] = c;
+            let mut y = y;
+            let mut k = 1;
+            for (present, is_gamma) in [(has_g, true), (has_b, false)] {
+                if !present {
+                    continue;
+                }
+                let p = &s[k];
+                k += 1;
+                if p.shape != [c] {
+                    bail!("affine parameters must have shape [{c}]");
+                }
+                let p = reshape_dyn(p, &bshape)?;
+                y = binary_impl(if is_gamma { BinaryOp::Mul } else { BinaryOp::Add }, &y, &p)?;
+            }
+            Ok(y)
+        })
+    }
+
+    fn layer_norm(&self, x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>, eps: f64) -> TensorId {
+        let mut ids = vec![x];
+        ids.extend(gamma.into_option());
+        ids.extend(beta.into_option());
+        let (has_g, has_b) = (gamma.is_some(), beta.is_some());
+        self.run("layer_norm", &ids, |s| {
+            let x = &s[0];
+            let d = *x.shape.last().ok_or_else(|| anyhow!("empty shape"))?;
+            let r = x.rank();
+            let t = by_rank!(r, D => {
+                let t = fl::<D>(x);
+                let mean = t.clone().mean_dim(D - 1);
+                let c = t - mean;
+                let var = (c.clone() * c.clone()).mean_dim(D - 1);
+                (c / var.add_scalar(eps).sqrt()).into_dispatch()
+            })?;
+            let mut y = Slot::float(t, x.shape.clone());
+            let mut k = 1;
+            for (present, is_gamma) in [(has_g, true), (has_b, false)] {
+                if !present {
+                    continue;
+                }
+                if s[k].shape != [d] {
+                    bail!("affine parameters must have shape [{d}]");
+                }
+                y = binary_impl(if is_gamma { BinaryOp::Mul } else { BinaryOp::Add }, &y, &s[k])?;
+                k += 1;
+            }
+            Ok(y)
+        })
+    }
+
+    fn dropout(&self, x: TensorId, p: f64) -> TensorId {
+        self.run("dropout", &[x], |s| {
+            if !(0.0..1.0).contains(&p) {
+                bail!("dropout probability {p} outside [0, 1)");
+            }
+            if self.mode == Mode::Eval || p == 0.0 {
+                return Ok(s[0].clone());
+            }
+            let n: usize = s[0].shape.iter().product();
+            let keep = 1.0 - p;
+            let scale = (1.0 / keep) as f32;
+            let mask: Vec<f32> = {
+                let mut rng = self.rng.borrow_mut();
+                (0..n).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect()
+            };
+            let mask = to_dispatch(TensorData::new(mask, s[0].shape.clone()), &self.device.clone().inner())?;
+            let m = Slot::float(mask, s[0].shape.clone());
+            binary_impl(BinaryOp::Mul, &s[0], &m)
+        })
+    }
+
+    fn avg_pool2d(&self, x: TensorId, kernel: usize, stride: usize) -> TensorId {
+        self.run("avg_pool2d", &[x], |s| {
+            let x = &s[0];
+            if x.rank() != 4 || kernel == 0 || stride == 0 || x.shape[2] < kernel || x.shape[3] < kernel {
+                bail!("avg_pool2d(kernel {kernel}, stride {stride}) needs NCHW input at least that large");
+            }
+            let opts = AvgPoolOptions::new([kernel, kernel]).with_stride([stride, stride]);
+            let t = fmod::avg_pool2d(fl::<4>(x), opts).into_dispatch();
+            let oh = (x.shape[2] - kernel) / stride + 1;
+            let ow = (x.shape[3] - kernel) / stride + 1;
+            Ok(Slot::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+        })
+    }
+
+    fn upsample_nearest2d(&self, x: TensorId, factor: usize) -> TensorId {
+        self.run("upsample_nearest2d", &[x], |s| {
+            let x = &s[0];
+            if x.rank() != 4 || factor == 0 {
+                bail!("upsample needs NCHW input and a positive factor");
+            }
+            let (oh, ow) = (x.shape[2] * factor, x.shape[3] * factor);
+            let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([oh, ow]);
+            let t = fmod::interpolate(fl::<4>(x), opts).into_dispatch();
+            Ok(Slot::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+        })
+    }
+
+    fn embedding(&self, table: TensorId, ids: TensorId) -> TensorId {
+        self.run("embedding", &[table, ids], |s| {
+            let (t, i) = (&s[0], &s[1]);
+            if t.rank() != 2 || t.int || !i.int || i.rank() != 1 {
+                bail!("embedding needs a float [V, D] table and integer [N] ids");
+            }
+            let out = fl::<2>(t).select(0, int1(i)).into_dispatch();
+            Ok(Slot::float(out, vec![i.shape[0], t.shape[1]]))
+        })
+    }
+
+    fn training(&self) -> bool {
+        self.mode == Mode::Train
+    }
+
+    fn training_set(&self) -> TensorId {
+        match self.training_set {
+            Some(id) => self.retain(id),
+            None => TensorId::INVALID,
+        }
+    }
+
+    fn read(&self, x: TensorId) -> RVec<f32> {
+        let Ok(s) = self.slot(x) else { return RVec::new() };
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            if s.int {
+                by_rank!(s.rank(), D => Tensor::<D, Int>::from_dispatch(s.t.clone()).into_data())
+                    .and_then(|d| {
+                        d.convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow!("{e:?}"))
+                    })
+            } else {
+                read_f32(&s.t, s.rank())
+            }
+        }));
+        match res {
+            Ok(Ok(v)) => v.into(),
+            _ => RVec::new(),
+        }
+    }
+
+    fn fail(&self, message: RStr<'_>) {
+        self.record(format!("plugin reported: {message}"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The parameter store: every trainable tensor of a model, by hierarchical name.
+//!
+//! Values live on the inner (non-autodiff) device. A training forward pass lifts each used
+//! parameter to an autodiff leaf once per pass; gradients are read back by name.
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
+use indexmap::IndexMap;
+use memlab_plugin_api::SplitMix64;
+use memlab_plugin_api::ffi::{Init, InitKind};
+
+use super::rank::{by_rank, to_dispatch};
+
+/// One named parameter.
+#[derive(Clone)]
+pub struct Param {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Value on the inner device.
+    pub value: DispatchTensor,
+}
+
+/// Named parameters of one model, in creation order.
+#[derive(Clone)]
+pub struct ParamStore {
+    seed: u64,
+    params: IndexMap<String, Param>,
+    frozen: bool,
+}
+
+/// Stable 64-bit hash (FNV-1a) of a parameter name: init streams depend on names, not order.
+fn name_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Samples `n` values of `init` from the stream `(seed, name)`.
+pub fn init_values(init: Init, n: usize, seed: u64, name: &str) -> Vec<f32> {
+    let mut rng = SplitMix64::for_index(seed, name_hash(name));
+    match init.kind {
+        InitKind::Constant => vec![init.a as f32; n],
+        InitKind::Uniform => {
+            (0..n).map(|_| (init.a + (init.b - init.a) * rng.next_f64()) as f32).collect()
+        }
+        InitKind::Normal => (0..n).map(|_| (init.a + init.b * rng.normal()) as f32).collect(),
+    }
+}
+
+impl ParamStore {
+    /// An empty store whose initialisations are drawn from `seed`.
+    pub fn new(seed: u64) -> ParamStore {
+        ParamStore { seed, params: IndexMap::new(), frozen: false }
+    }
+
+    /// After freezing, asking for an unknown parameter is an error (a model must create all
+    /// its parameters in its first forward pass; later passes may not add new ones).
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// Whether the store is frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Looks up `name`, creating it with `init` if new. Errors on a shape mismatch.
+    pub fn get_or_create(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        device: &Device,
+    ) -> Result<DispatchTensor> {
+        if let Some(p) = self.params.get(name) {
+            if p.shape != shape {
+                bail!(
+                    "parameter `{name}` was created with shape {:?} but is now requested with \
+                     shape {shape:?}",
+                    p.shape
+                );
+            }
+            return Ok(p.value.clone());
+        }
+        if self.frozen {
+            bail!("parameter `{name}` is new, but the model's parameters were already fixed");
+        }
+        if shape.is_empty() || shape.contains(&0) {
+            bail!("parameter `{name}` has invalid shape {shape:?}");
+        }
+        let n: usize = shape.iter().product();
+        let data = TensorData::new(init_values(init, n, self.seed, name), shape.to_vec());
+        let value = to_dispatch(data, device)?;
+        self.params.insert(name.to_string(), Param { shape: shape.to_vec(), value: value.clone() });
+        Ok(value)
+    }
+
+    /// Number of scalar parameters.
+    pub fn num_scalars(&self) -> usize {
+        self.params.values().map(|p| p.shape.iter().product::<usize>()).sum()
+    }
+
+    /// Number of named tensors.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Iterates `(name, param)` in creation order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Param)> {
+        self.params.iter()
+    }
+
+    /// A parameter by name.
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.params.get(name)
+    }
+
+    /// Replaces a parameter's value (same shape).
+    pub fn set(&mut self, name: &str, value: DispatchTensor) -> Result<()> {
+        match self.params.get_mut(name) {
+            Some(p) => {
+                p.value = value;
+                Ok(())
+            }
+            None => bail!("no parameter named `{name}`"),
+        }
+    }
+
+    /// Reads a parameter's values (row-major).
+    pub fn read(&self, name: &str) -> Result<Vec<f32>> {
+        let p = self.params.get(name).ok_or_else(|| anyhow::anyhow!("no parameter `{name}`"))?;
+        read_f32(&p.value, p.shape.len())
+    }
+
+    /// Overwrites a parameter from row-major values.
+    pub fn write(&mut self, name: &str, values: Vec<f32>, device: &Device) -> Result<()> {
+        let shape = self
+            .params
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no parameter `{name}`"))?
+            .shape
+            .clone();
+        let value = to_dispatch(TensorData::new(values, shape), device)?;
+        self.set(name, value)
+    }
+}
+
+/// Reads any float tensor back as `f32` values.
+pub fn read_f32(t: &DispatchTensor, rank: usize) -> Result<Vec<f32>> {
+    let data = by_rank!(rank, D => Tensor::<D>::from_dispatch(t.clone()).into_data())?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read tensor: {e:?}"))
+}

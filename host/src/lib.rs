@@ -1,0 +1,17 @@
+//! # memlab host
+//!
+//! The runtime behind the `memlab` command: it loads plugin libraries through the stable ABI
+//! ([`plugins`]), parses and validates study configs ([`config`]), and runs every component
+//! over one shared engine on burn ([`engine`]).
+//!
+//! See `ARCHITECTURE.md` at the repository root for the five-minute tour.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod plugins;
+
+/// Exit code for bad user input (config errors, unknown plugins, bad parameters).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for other failures.
+pub const EXIT_FAILURE: i32 = 1;

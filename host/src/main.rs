@@ -1,0 +1,5 @@
+//! The `memlab` command line.
+
+fn main() {
+    std::process::exit(memlab::cli::main());
+}

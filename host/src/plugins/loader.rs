@@ -1,0 +1,122 @@
+//! Finding and loading plugin libraries.
+//!
+//! Each library is loaded with `lib_header_from_path(path)?.init_root_module::<PluginModRef>()`
+//! (not `RootModule::load_from_file`, which caches one module per root-module type and would
+//! return the first plugin for every later one). abi_stable checks the plugin-api version and
+//! the layout of every type reachable from the root module; a mismatch is refused with its
+//! reason. Libraries are never unloaded.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use anyhow::{Context, Result};
+use memlab_plugin_api::ffi::{PluginManifest, PluginModRef};
+use sha2::{Digest, Sha256};
+
+/// Environment variable with extra plugin directories (`:`-separated on Unix, `;` on Windows).
+pub const PLUGIN_PATH_ENV: &str = "MEMLAB_PLUGIN_PATH";
+
+/// A library that loaded.
+pub struct LoadedLibrary {
+    /// Where it was found.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// What it says about itself.
+    pub manifest: PluginManifest,
+    /// Its root module.
+    pub module: PluginModRef,
+}
+
+/// A library that did not load, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadFailure {
+    /// The file.
+    pub path: PathBuf,
+    /// The reason, in words.
+    pub reason: String,
+}
+
+/// Whether `path` looks like a dynamic library on this platform.
+pub fn is_dylib(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    ext == std::env::consts::DLL_EXTENSION
+}
+
+/// Plugin directories in search order: `extra` (e.g. `[plugins] dirs` of a config), then
+/// `MEMLAB_PLUGIN_PATH`, then the directory of the running executable. Duplicates removed.
+pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = extra.to_vec();
+    if let Some(v) = std::env::var_os(PLUGIN_PATH_ENV) {
+        dirs.extend(std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()));
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        // `cargo test` runs test binaries from target/<profile>/deps: also look one level up,
+        // where cargo places the plugin libraries.
+        if dir.file_name().is_some_and(|n| n == "deps")
+            && let Some(up) = dir.parent()
+        {
+            dirs.push(up.to_path_buf());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.into_iter()
+        .filter(|d| seen.insert(d.canonicalize().unwrap_or_else(|_| d.clone())))
+        .collect()
+}
+
+/// Library files in `dirs` (sorted per directory; missing directories are skipped).
+pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else { continue };
+        let mut files: Vec<PathBuf> =
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_dylib(p)).collect();
+        files.sort();
+        out.extend(files);
+    }
+    out
+}
+
+/// SHA-256 of a file, hex-encoded.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn explain(e: &LibraryError) -> String {
+    match e {
+        LibraryError::OpenError { .. } => format!("cannot open the library: {e}"),
+        LibraryError::GetSymbolError { .. } => {
+            "not a memlab plugin: it exports no abi_stable root module (was it built with \
+             memlab_plugin_api::export_plugin!?)"
+                .to_string()
+        }
+        LibraryError::IncompatibleVersionNumber { .. } => format!(
+            "built against an incompatible memlab-plugin-api version (host uses {}): {e}",
+            memlab_plugin_api::API_VERSION
+        ),
+        LibraryError::AbiInstability(_) => format!(
+            "its plugin interface does not match this host's (it was built against a different \
+             memlab-plugin-api): {e}"
+        ),
+        LibraryError::RootModule { .. } => format!("its root module failed to initialise: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+/// Loads one library, checking its ABI, and reads its manifest.
+pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
+    let fail = |reason: String| LoadFailure { path: path.to_path_buf(), reason };
+    if !path.exists() {
+        return Err(fail("file not found".into()));
+    }
+    let sha256 = sha256_file(path).map_err(|e| fail(e.to_string()))?;
+    let header = lib_header_from_path(path).map_err(|e| fail(explain(&e)))?;
+    let module = header.init_root_module::<PluginModRef>().map_err(|e| fail(explain(&e)))?;
+    let manifest = (module.manifest())().into_result().map_err(|e| fail(format!("manifest: {e}")))?;
+    Ok(LoadedLibrary { path: path.to_path_buf(), sha256, manifest, module })
+}
