@@ -383,7 +383,7 @@ name = "edm"
         let s = e.to_string();
         assert!(s.starts_with("cfg/x.toml: key `train.stpes`"), "{s}");
         assert!(s.contains("unknown field `stpes`"), "{s}");
-        assert!(s.contains("line 12"), "{s}");
+        assert!(s.contains("line 10"), "{s}");
     }
 
     #[test]

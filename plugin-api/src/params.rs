@@ -3,7 +3,7 @@
 //! ```
 //! use memlab_plugin_api::{Params, serde::Deserialize};
 //!
-//! #[derive(Deserialize)]
+//! #[derive(Deserialize, Debug)]
 //! #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 //! struct MyParams {
 //!     #[serde(default = "default_size")]

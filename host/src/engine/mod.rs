@@ -9,7 +9,7 @@ pub mod graph;
 pub mod params;
 pub mod rank;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use burn::tensor::{Device, DispatchTensor, Tensor};
 use indexmap::IndexMap;
 use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, TensorId};
@@ -24,7 +24,7 @@ pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) 
     let out = arch.forward(graph.ops(), args);
     match out {
         Ok(id) => {
-            let res = graph.finish(id).with_context(|| format!("{} forward pass", arch.label()));
+            let res = graph.finish(id).map_err(|e| anyhow!("{} forward pass: {e}", arch.label()));
             graph_release(graph, id);
             res
         }

@@ -53,13 +53,11 @@ pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
-        dirs.push(dir.to_path_buf());
-        // `cargo test` runs test binaries from target/<profile>/deps: also look one level up,
-        // where cargo places the plugin libraries.
-        if dir.file_name().is_some_and(|n| n == "deps")
-            && let Some(up) = dir.parent()
-        {
-            dirs.push(up.to_path_buf());
+        // `cargo test` runs test binaries from target/<profile>/deps, which holds a second copy
+        // of every cdylib: use the profile directory, where cargo places the plugin libraries.
+        match dir.parent() {
+            Some(up) if dir.file_name().is_some_and(|n| n == "deps") => dirs.push(up.to_path_buf()),
+            _ => dirs.push(dir.to_path_buf()),
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -99,10 +97,19 @@ fn explain(e: &LibraryError) -> String {
             "built against an incompatible memlab-plugin-api version (host uses {}): {e}",
             memlab_plugin_api::API_VERSION
         ),
-        LibraryError::AbiInstability(_) => format!(
-            "its plugin interface does not match this host's (it was built against a different \
-             memlab-plugin-api): {e}"
-        ),
+        LibraryError::AbiInstability(_) => {
+            let full = e.to_string();
+            if std::env::var_os("MEMLAB_ABI_DETAILS").is_some() {
+                log::info!("full ABI comparison:\n{full}");
+            }
+            format!(
+                "its plugin interface does not match this host's (it was built against an \
+                 incompatible memlab-plugin-api; rebuild it against plugin-api {}): {} \
+                 [set MEMLAB_ABI_DETAILS=1 for the full layout comparison]",
+                memlab_plugin_api::API_VERSION,
+                summarize_abi_error(&full)
+            )
+        }
         LibraryError::RootModule { .. } => format!("its root module failed to initialise: {e}"),
         _ => e.to_string(),
     }
@@ -119,4 +126,29 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
     let module = header.init_root_module::<PluginModRef>().map_err(|e| fail(explain(&e)))?;
     let manifest = (module.manifest())().into_result().map_err(|e| fail(format!("manifest: {e}")))?;
     Ok(LoadedLibrary { path: path.to_path_buf(), sha256, manifest, module })
+}
+
+/// Condenses abi_stable's multi-page layout comparison to its verdicts ("mismatched package:
+/// expected memlab-plugin-api, found bad-abi").
+fn summarize_abi_error(full: &str) -> String {
+    let mut verdicts = Vec::new();
+    let mut lines = full.lines().peekable();
+    while let Some(l) = lines.next() {
+        if let Some(rest) = l.trim().strip_prefix("Error:") {
+            let mut v = rest.trim().to_string();
+            while let Some(next) = lines.peek() {
+                let t = next.trim();
+                if t.is_empty() || t.starts_with("Error:") {
+                    break;
+                }
+                v.push(' ');
+                v.push_str(t);
+                lines.next();
+            }
+            if !verdicts.contains(&v) {
+                verdicts.push(v);
+            }
+        }
+    }
+    if verdicts.is_empty() { "layouts differ".to_string() } else { verdicts.join("; ") }
 }

@@ -89,10 +89,6 @@ impl Registry {
     }
 
     fn add(&mut self, lib: LoadedLibrary) -> Result<()> {
-        // The same file reached through two directories (symlinks, hard links) loads once.
-        if self.libraries.iter().any(|l| l.sha256 == lib.sha256 && l.manifest.name == lib.manifest.name) {
-            return Ok(());
-        }
         let idx = self.libraries.len();
         for c in lib.manifest.components.iter() {
             let key = (c.kind, c.name.to_string());

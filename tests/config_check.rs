@@ -1,0 +1,106 @@
+//! `memlab config check`: good configs pass; bad ones name the file, the key and the cause,
+//! with exit code 2.
+
+use std::path::Path;
+
+use memlab_e2e::*;
+
+const GOOD: &str = r#"
+[run]
+name = "check-me"
+seed = 1
+
+[dataset]
+name = "mondrian"
+params = { resolution = 16, size = 64 }
+
+[architecture]
+name = "convnet"
+params = { channels = 16 }
+
+[schedule]
+name = "edm"
+
+[[criteria]]
+name = "ratio"
+params = { threshold = 0.3333 }
+
+[train]
+steps = 10
+batch_size = 8
+"#;
+
+fn check(text: &str) -> (Run, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("study.toml");
+    std::fs::write(&file, text).unwrap();
+    let r = memlab(&["config", "check", file.to_str().unwrap()], None, None);
+    (r, file, dir)
+}
+
+fn assert_error(r: &Run, file: &Path, key: &str, cause: &str) {
+    assert_eq!(r.code, 2, "exit code 2; stdout {} stderr {}", r.stdout, r.stderr);
+    let f = file.display().to_string();
+    assert!(r.stderr.contains(&f), "names the file {f}: {}", r.stderr);
+    assert!(r.stderr.contains(&format!("key `{key}`")), "names the key {key}: {}", r.stderr);
+    assert!(r.stderr.contains(cause), "says `{cause}`: {}", r.stderr);
+}
+
+#[test]
+fn a_good_config_passes() {
+    let (r, _, _d) = check(GOOD);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(": ok"), "{}", r.stdout);
+}
+
+#[test]
+fn a_misspelled_key_is_named() {
+    let (r, f, _d) = check(&GOOD.replace("batch_size = 8", "bach_size = 8"));
+    assert_error(&r, &f, "train.bach_size", "unknown field `bach_size`");
+    assert!(r.stderr.contains("batch_size"), "lists valid keys: {}", r.stderr);
+}
+
+#[test]
+fn a_missing_plugin_is_named() {
+    let (r, f, _d) = check(&GOOD.replace("name = \"convnet\"", "name = \"unet9\""));
+    assert_error(&r, &f, "architecture.name", "no architecture named `unet9`");
+    assert!(r.stderr.contains("convnet"), "lists what is available: {}", r.stderr);
+}
+
+#[test]
+fn bad_plugin_params_are_reported_by_the_plugin() {
+    let (r, f, _d) = check(&GOOD.replace("resolution = 16", "resolutoin = 16"));
+    assert_error(&r, &f, "dataset.params", "unknown field `resolutoin`");
+    assert!(r.stderr.contains("memlab-synthetic"), "names the plugin: {}", r.stderr);
+
+    let (r, f, _d) = check(&GOOD.replace("threshold = 0.3333", "threshold = 3.0"));
+    assert_error(&r, &f, "criteria[0].params", "threshold must be in (0, 1]");
+}
+
+#[test]
+fn a_bad_host_value_is_named() {
+    let (r, f, _d) = check(&GOOD.replace("batch_size = 8", "batch_size = 0"));
+    assert_error(&r, &f, "train.batch_size", "at least 1");
+}
+
+#[test]
+fn invalid_toml_is_reported_with_its_line() {
+    let (r, f, _d) = check(&GOOD.replace("seed = 1", "seed = = 1"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&f.display().to_string()) && r.stderr.contains("line 4"), "{}", r.stderr);
+}
+
+#[test]
+fn every_shipped_config_passes() {
+    let dir = root().join("configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let r = memlab(&["config", "check", p.to_str().unwrap()], None, None);
+            assert_eq!(r.code, 0, "{}: {}", p.display(), r.stderr);
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "configs/ has at least one config");
+}

@@ -1,0 +1,202 @@
+//! The host engine through the ABI: gradients against finite differences, training and
+//! inference forward passes of a real plugin, and failures inside plugins.
+
+use memlab::engine::graph::{Graph, Mode};
+use memlab::engine::params::{ParamStore, read_f32};
+use memlab::engine::{self, cpu};
+use memlab::plugins::Registry;
+use memlab_e2e::fixture_dir;
+use memlab_plugin_api::ffi::{ForwardArgs, HostOps};
+use memlab_plugin_api::nn::{Conv2d, GroupNorm, LayerNorm, Linear, SpatialAttention};
+use memlab_plugin_api::{Ctx, SplitMix64};
+
+fn registry() -> Registry {
+    Registry::load(&[fixture_dir()]).expect("registry")
+}
+
+/// A small network touching most ops of the tensor API; returns the scalar loss id.
+fn loss_of(ctx: &Ctx<'_>) -> memlab_plugin_api::ffi::TensorId {
+    let mut g = SplitMix64(42);
+    let xs: Vec<f32> = (0..2 * 4 * 4 * 4).map(|_| g.normal() as f32).collect();
+    let x = ctx.constant(&xs, &[2, 4, 4, 4]);
+    let labels = ctx.constant_int(&[2, 0], &[2]);
+    let h = Conv2d::new(4, 8, 3).same().forward(&ctx.scope("conv"), &x);
+    let h = GroupNorm::new(4, 8).forward(&ctx.scope("gn"), &h).silu();
+    let table = ctx.param("emb", &[3, 8], memlab_plugin_api::Init::normal(0.0, 1.0));
+    let e = table.embedding(&labels).reshape_to(&[2, 8, 1, 1]);
+    let h = h + e;
+    let h = SpatialAttention::new(8, 2).forward(&ctx.scope("attn"), &h);
+    let u = h.avg_pool2d(2, 2).upsample_nearest2d(2);
+    let h = ctx.concat(&[&h, &u], 1);
+    let f = h.flatten_from(1);
+    let f = LayerNorm::new(256).forward(&ctx.scope("ln"), &f);
+    let f = Linear::new(256, 5).forward(&ctx.scope("fc"), &f).tanh();
+    let s = (f.square() + 1.0).sqrt().log() + f.sigmoid() * f.gelu() - f.var_dim(1, true) / 3.0;
+    let w = ctx.constant(&[1.0, -0.5, 2.0, 0.25, 1.5], &[5]);
+    let loss = (s * w).mean();
+    loss.into_id()
+}
+
+fn eval_loss(store: &mut ParamStore) -> f64 {
+    let graph = Graph::new(&cpu(), Mode::Eval, store, 0);
+    let ops = graph.ops();
+    let ctx = Ctx::new(&ops);
+    let id = loss_of(&ctx);
+    let slot = graph.finish(id).expect("loss");
+    read_f32(&slot.t, slot.shape.len()).unwrap()[0] as f64
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let device = cpu();
+    let mut store = ParamStore::new(3);
+    eval_loss(&mut store); // creates the parameters
+    // Re-draw every parameter (zero-initialised layers would make many gradients trivially 0).
+    let mut g = SplitMix64(7);
+    let names: Vec<String> = store.iter().map(|(n, _)| n.clone()).collect();
+    for n in &names {
+        let len = store.read(n).unwrap().len();
+        let v: Vec<f32> = (0..len).map(|_| (0.5 * g.normal()) as f32).collect();
+        store.write(n, v, &device).unwrap();
+    }
+    store.freeze();
+
+    let grads = {
+        let graph = Graph::new(&device, Mode::Train, &mut store, 0);
+        let ops = graph.ops();
+        let ctx = Ctx::new(&ops);
+        let id = loss_of(&ctx);
+        let loss = graph.finish(id).unwrap();
+        let grads = engine::gradients(&graph, &loss).unwrap();
+        grads
+            .into_iter()
+            .map(|(n, t)| {
+                let r = store_rank(&names, &n);
+                (n, read_f32(&t, r).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(grads.len(), names.len(), "every parameter gets a gradient");
+
+    // Central differences in f32: 3e-3 balances truncation (O(eps²)) against rounding (O(1e-7/eps)).
+    let eps = 3e-3f32;
+    let mut checked = 0;
+    for (name, grad) in &grads {
+        let base = store.read(name).unwrap();
+        let step = (base.len() / 6).max(1);
+        for j in (0..base.len()).step_by(step) {
+            let mut v = base.clone();
+            v[j] = base[j] + eps;
+            store.write(name, v.clone(), &device).unwrap();
+            let up = eval_loss(&mut store);
+            v[j] = base[j] - eps;
+            store.write(name, v, &device).unwrap();
+            let down = eval_loss(&mut store);
+            store.write(name, base.clone(), &device).unwrap();
+            let fd = (up - down) / (2.0 * eps as f64);
+            let ad = grad[j] as f64;
+            assert!(
+                (fd - ad).abs() <= 2e-3 + 3e-2 * fd.abs().max(ad.abs()),
+                "{name}[{j}]: autodiff {ad} vs finite difference {fd}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "checked {checked} coordinates");
+}
+
+fn store_rank(_names: &[String], name: &str) -> usize {
+    // Gradients have the parameter's shape; ranks follow the layer conventions.
+    match name {
+        n if n.ends_with("conv.weight") || n.contains("qkv.weight") || n.contains("proj_out.weight") => 4,
+        "emb" | "fc.weight" => 2,
+        _ => 1,
+    }
+}
+
+#[test]
+fn architecture_plugin_runs_under_training_and_inference() {
+    let reg = registry();
+    let arch = reg.architecture("convnet", "channels = 8\nblocks = 1", 0).unwrap();
+    let device = cpu();
+    let mut store = ParamStore::new(1);
+    let mut g = SplitMix64(3);
+    let x: Vec<f32> = (0..2 * 3 * 8 * 8).map(|_| g.normal() as f32).collect();
+
+    let run = |store: &mut ParamStore, mode: Mode| {
+        let graph = Graph::new(&device, mode, store, 0);
+        let xi = graph.insert_data(x.clone(), &[2, 3, 8, 8]).unwrap();
+        let ni = graph.insert_data(vec![0.1, -0.7], &[2]).unwrap();
+        let args = ForwardArgs { x: xi, noise: ni, labels: abi_stable::std_types::RNone, classes: 0 };
+        let out = engine::forward(&arch, &graph, args).unwrap();
+        graph.release(xi);
+        graph.release(ni);
+        assert_eq!(graph.live_tensors(), 0, "plugin released every tensor it made");
+        let grads = if mode == Mode::Train {
+            let loss_id = {
+                let ops = graph.ops();
+                let ctx = Ctx::new(&ops);
+                let o = ctx.wrap(graph.insert(out.clone()));
+                (o.square() + 0.5).mean().into_id()
+            };
+            let loss = graph.finish(loss_id).unwrap();
+            engine::gradients(&graph, &loss).unwrap().len()
+        } else {
+            0
+        };
+        (out.shape.clone(), read_f32(&out.t, 4).unwrap(), grads)
+    };
+    let (shape_t, out_t, n_grads) = run(&mut store, Mode::Train);
+    let n_params = store.len();
+    let (shape_e, out_e, _) = run(&mut store, Mode::Eval);
+    assert_eq!(shape_t, vec![2, 3, 8, 8]);
+    assert_eq!(shape_t, shape_e);
+    assert_eq!(n_grads, n_params, "gradients reach every parameter");
+    for (a, b) in out_t.iter().zip(&out_e) {
+        assert!((a - b).abs() < 1e-5, "train {a} vs eval {b}");
+    }
+}
+
+#[test]
+fn panics_in_plugins_become_errors_naming_the_plugin() {
+    let reg = registry();
+
+    // In the constructor.
+    let e = reg.architecture("external-panicky", "panic_in = \"new\"", 0).err().unwrap().to_string();
+    assert!(e.contains("external-plugin") && e.contains("panicked") && e.contains("deliberate panic in constructor"), "{e}");
+
+    // In forward.
+    let arch = reg.architecture("external-panicky", "panic_in = \"forward\"", 0).unwrap();
+    let mut store = ParamStore::new(0);
+    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let x = graph.insert_data(vec![0.0; 16], &[1, 1, 4, 4]).unwrap();
+    let n = graph.insert_data(vec![1.0], &[1]).unwrap();
+    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
+    let e = engine::forward(&arch, &graph, args).err().unwrap().to_string();
+    assert!(e.contains("external-panicky") && e.contains("external-plugin") && e.contains("deliberate panic in forward"), "{e}");
+
+    // In a dataset method.
+    let mut ds = reg.dataset("external-checker", "resolution = 4", 0).unwrap();
+    assert!(ds.fill(&[1, 2]).is_ok());
+    let e = ds.fill(&[12, 13]).err().unwrap().to_string();
+    assert!(e.contains("external-checker") && e.contains("unlucky index 13"), "{e}");
+
+    // A bad op inside the host is reported with the op and the shapes, not a crash.
+    let arch = reg.architecture("external-panicky", "panic_in = \"shape\"", 0).unwrap();
+    let mut store = ParamStore::new(0);
+    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let x = graph.insert_data(vec![0.0; 32], &[1, 2, 4, 4]).unwrap();
+    let n = graph.insert_data(vec![1.0], &[1]).unwrap();
+    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
+    let e = engine::forward(&arch, &graph, args).err().unwrap().to_string();
+    assert!(e.contains("conv2d") && e.contains("[1, 2, 4, 4]") && e.contains("channels"), "{e}");
+
+    // And the process is still here to say so; a fresh call works.
+    let ok = reg.architecture("external-panicky", "", 0).unwrap();
+    let mut store = ParamStore::new(0);
+    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let x = graph.insert_data(vec![0.5; 16], &[1, 1, 4, 4]).unwrap();
+    let n = graph.insert_data(vec![1.0], &[1]).unwrap();
+    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
+    assert!(engine::forward(&ok, &graph, args).is_ok());
+}
