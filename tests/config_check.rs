@@ -39,10 +39,18 @@ fn check(text: &str) -> (Run, std::path::PathBuf, tempfile::TempDir) {
 }
 
 fn assert_error(r: &Run, file: &Path, key: &str, cause: &str) {
-    assert_eq!(r.code, 2, "exit code 2; stdout {} stderr {}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 2,
+        "exit code 2; stdout {} stderr {}",
+        r.stdout, r.stderr
+    );
     let f = file.display().to_string();
     assert!(r.stderr.contains(&f), "names the file {f}: {}", r.stderr);
-    assert!(r.stderr.contains(&format!("key `{key}`")), "names the key {key}: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("key `{key}`")),
+        "names the key {key}: {}",
+        r.stderr
+    );
     assert!(r.stderr.contains(cause), "says `{cause}`: {}", r.stderr);
 }
 
@@ -57,21 +65,33 @@ fn a_good_config_passes() {
 fn a_misspelled_key_is_named() {
     let (r, f, _d) = check(&GOOD.replace("batch_size = 8", "bach_size = 8"));
     assert_error(&r, &f, "train.bach_size", "unknown field `bach_size`");
-    assert!(r.stderr.contains("batch_size"), "lists valid keys: {}", r.stderr);
+    assert!(
+        r.stderr.contains("batch_size"),
+        "lists valid keys: {}",
+        r.stderr
+    );
 }
 
 #[test]
 fn a_missing_plugin_is_named() {
     let (r, f, _d) = check(&GOOD.replace("name = \"convnet\"", "name = \"unet9\""));
     assert_error(&r, &f, "architecture.name", "no architecture named `unet9`");
-    assert!(r.stderr.contains("convnet"), "lists what is available: {}", r.stderr);
+    assert!(
+        r.stderr.contains("convnet"),
+        "lists what is available: {}",
+        r.stderr
+    );
 }
 
 #[test]
 fn bad_plugin_params_are_reported_by_the_plugin() {
     let (r, f, _d) = check(&GOOD.replace("resolution = 16", "resolutoin = 16"));
     assert_error(&r, &f, "dataset.params", "unknown field `resolutoin`");
-    assert!(r.stderr.contains("memlab-synthetic"), "names the plugin: {}", r.stderr);
+    assert!(
+        r.stderr.contains("memlab-synthetic"),
+        "names the plugin: {}",
+        r.stderr
+    );
 
     let (r, f, _d) = check(&GOOD.replace("threshold = 0.3333", "threshold = 3.0"));
     assert_error(&r, &f, "criteria[0].params", "threshold must be in (0, 1]");
@@ -87,7 +107,11 @@ fn a_bad_host_value_is_named() {
 fn invalid_toml_is_reported_with_its_line() {
     let (r, f, _d) = check(&GOOD.replace("seed = 1", "seed = = 1"));
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains(&f.display().to_string()) && r.stderr.contains("line 4"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&f.display().to_string()) && r.stderr.contains("line 4"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

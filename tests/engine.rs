@@ -108,7 +108,12 @@ fn gradients_match_finite_differences() {
 fn store_rank(_names: &[String], name: &str) -> usize {
     // Gradients have the parameter's shape; ranks follow the layer conventions.
     match name {
-        n if n.ends_with("conv.weight") || n.contains("qkv.weight") || n.contains("proj_out.weight") => 4,
+        n if n.ends_with("conv.weight")
+            || n.contains("qkv.weight")
+            || n.contains("proj_out.weight") =>
+        {
+            4
+        }
         "emb" | "fc.weight" => 2,
         _ => 1,
     }
@@ -117,7 +122,9 @@ fn store_rank(_names: &[String], name: &str) -> usize {
 #[test]
 fn architecture_plugin_runs_under_training_and_inference() {
     let reg = registry();
-    let arch = reg.architecture("convnet", "channels = 8\nblocks = 1", 0).unwrap();
+    let arch = reg
+        .architecture("convnet", "channels = 8\nblocks = 1", 0)
+        .unwrap();
     let device = cpu();
     let mut store = ParamStore::new(1);
     let mut g = SplitMix64(3);
@@ -127,11 +134,20 @@ fn architecture_plugin_runs_under_training_and_inference() {
         let graph = Graph::new(&device, mode, store, 0);
         let xi = graph.insert_data(x.clone(), &[2, 3, 8, 8]).unwrap();
         let ni = graph.insert_data(vec![0.1, -0.7], &[2]).unwrap();
-        let args = ForwardArgs { x: xi, noise: ni, labels: abi_stable::std_types::RNone, classes: 0 };
+        let args = ForwardArgs {
+            x: xi,
+            noise: ni,
+            labels: abi_stable::std_types::RNone,
+            classes: 0,
+        };
         let out = engine::forward(&arch, &graph, args).unwrap();
         graph.release(xi);
         graph.release(ni);
-        assert_eq!(graph.live_tensors(), 0, "plugin released every tensor it made");
+        assert_eq!(
+            graph.live_tensors(),
+            0,
+            "plugin released every tensor it made"
+        );
         let grads = if mode == Mode::Train {
             let loss_id = {
                 let ops = graph.ops();
@@ -162,34 +178,76 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
     let reg = registry();
 
     // In the constructor.
-    let e = reg.architecture("external-panicky", "panic_in = \"new\"", 0).err().unwrap().to_string();
-    assert!(e.contains("external-plugin") && e.contains("panicked") && e.contains("deliberate panic in constructor"), "{e}");
+    let e = reg
+        .architecture("external-panicky", "panic_in = \"new\"", 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("external-plugin")
+            && e.contains("panicked")
+            && e.contains("deliberate panic in constructor"),
+        "{e}"
+    );
 
     // In forward.
-    let arch = reg.architecture("external-panicky", "panic_in = \"forward\"", 0).unwrap();
+    let arch = reg
+        .architecture("external-panicky", "panic_in = \"forward\"", 0)
+        .unwrap();
     let mut store = ParamStore::new(0);
     let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.0; 16], &[1, 1, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
-    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
-    let e = engine::forward(&arch, &graph, args).err().unwrap().to_string();
-    assert!(e.contains("external-panicky") && e.contains("external-plugin") && e.contains("deliberate panic in forward"), "{e}");
+    let args = ForwardArgs {
+        x,
+        noise: n,
+        labels: abi_stable::std_types::RNone,
+        classes: 0,
+    };
+    let e = engine::forward(&arch, &graph, args)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("external-panicky")
+            && e.contains("external-plugin")
+            && e.contains("deliberate panic in forward"),
+        "{e}"
+    );
 
     // In a dataset method.
-    let mut ds = reg.dataset("external-checker", "resolution = 4", 0).unwrap();
+    let mut ds = reg
+        .dataset("external-checker", "resolution = 4", 0)
+        .unwrap();
     assert!(ds.fill(&[1, 2]).is_ok());
     let e = ds.fill(&[12, 13]).err().unwrap().to_string();
-    assert!(e.contains("external-checker") && e.contains("unlucky index 13"), "{e}");
+    assert!(
+        e.contains("external-checker") && e.contains("unlucky index 13"),
+        "{e}"
+    );
 
     // A bad op inside the host is reported with the op and the shapes, not a crash.
-    let arch = reg.architecture("external-panicky", "panic_in = \"shape\"", 0).unwrap();
+    let arch = reg
+        .architecture("external-panicky", "panic_in = \"shape\"", 0)
+        .unwrap();
     let mut store = ParamStore::new(0);
     let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.0; 32], &[1, 2, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
-    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
-    let e = engine::forward(&arch, &graph, args).err().unwrap().to_string();
-    assert!(e.contains("conv2d") && e.contains("[1, 2, 4, 4]") && e.contains("channels"), "{e}");
+    let args = ForwardArgs {
+        x,
+        noise: n,
+        labels: abi_stable::std_types::RNone,
+        classes: 0,
+    };
+    let e = engine::forward(&arch, &graph, args)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("conv2d") && e.contains("[1, 2, 4, 4]") && e.contains("channels"),
+        "{e}"
+    );
 
     // And the process is still here to say so; a fresh call works.
     let ok = reg.architecture("external-panicky", "", 0).unwrap();
@@ -197,6 +255,11 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
     let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.5; 16], &[1, 1, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
-    let args = ForwardArgs { x, noise: n, labels: abi_stable::std_types::RNone, classes: 0 };
+    let args = ForwardArgs {
+        x,
+        noise: n,
+        labels: abi_stable::std_types::RNone,
+        classes: 0,
+    };
     assert!(engine::forward(&ok, &graph, args).is_ok());
 }

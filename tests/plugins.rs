@@ -5,7 +5,11 @@ use memlab_e2e::*;
 use serde_json::Value;
 
 fn rows(stdout: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(stdout).expect("JSON output").as_array().unwrap().clone()
+    serde_json::from_str::<Value>(stdout)
+        .expect("JSON output")
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -27,7 +31,11 @@ fn builtin_plugins_cover_all_five_kinds() {
     }
     // Table form names the library and version of each.
     let t = memlab(&["plugins"], None, None);
-    assert!(t.stdout.contains("memlab-synthetic") && t.stdout.contains("0.1.0"), "{}", t.stdout);
+    assert!(
+        t.stdout.contains("memlab-synthetic") && t.stdout.contains("0.1.0"),
+        "{}",
+        t.stdout
+    );
 }
 
 #[test]
@@ -36,10 +44,16 @@ fn external_plugin_is_loaded_from_memlab_plugin_path() {
     let r = memlab(&["plugins", "--json"], Some(&dir), None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rows = rows(&r.stdout);
-    let ext = rows.iter().find(|r| r["name"] == "external-checker").expect("external dataset listed");
+    let ext = rows
+        .iter()
+        .find(|r| r["name"] == "external-checker")
+        .expect("external dataset listed");
     assert_eq!(ext["library"], "external-plugin");
     assert_eq!(ext["version"], "0.3.1");
-    assert!(rows.iter().any(|r| r["name"] == "external-panicky" && r["kind"] == "architecture"));
+    assert!(
+        rows.iter()
+            .any(|r| r["name"] == "external-panicky" && r["kind"] == "architecture")
+    );
     // Built-ins still there.
     assert!(rows.iter().any(|r| r["name"] == "mondrian"));
 }
@@ -50,9 +64,21 @@ fn incompatible_plugin_is_refused_and_the_rest_load() {
     let bad = fixture_file("bad_abi");
     let r = memlab(&["plugins", "--json"], Some(&dir), None);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains(&bad.display().to_string()), "names the file: {}", r.stderr);
-    assert!(r.stderr.contains("does not match"), "says why: {}", r.stderr);
-    assert!(r.stderr.contains("mismatched package"), "names the mismatch: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&bad.display().to_string()),
+        "names the file: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("does not match"),
+        "says why: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("mismatched package"),
+        "names the mismatch: {}",
+        r.stderr
+    );
     let rows = rows(&r.stdout);
     assert!(rows.iter().any(|r| r["name"] == "external-checker"));
     assert!(rows.iter().any(|r| r["name"] == "ratio"));
@@ -73,28 +99,65 @@ fn check_reports_a_good_library() {
 
 #[test]
 fn missing_and_non_plugin_files_are_reported_with_their_path() {
-    let c = memlab(&["plugins", "--check", "/definitely/not/here.so"], None, None);
+    let c = memlab(
+        &["plugins", "--check", "/definitely/not/here.so"],
+        None,
+        None,
+    );
     assert_eq!(c.code, 1);
-    assert!(c.stderr.contains("/definitely/not/here.so") && c.stderr.contains("not found"), "{}", c.stderr);
+    assert!(
+        c.stderr.contains("/definitely/not/here.so") && c.stderr.contains("not found"),
+        "{}",
+        c.stderr
+    );
 
     let tmp = tempfile::tempdir().unwrap();
-    let junk = tmp.path().join(format!("{}junk{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
+    let junk = tmp.path().join(format!(
+        "{}junk{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
     std::fs::write(&junk, b"this is not a shared library").unwrap();
     let r = memlab(&["plugins", "--json"], Some(tmp.path()), None);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains(&junk.display().to_string()), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&junk.display().to_string()),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("cannot open"), "{}", r.stderr);
-    assert!(rows(&r.stdout).iter().any(|r| r["name"] == "mondrian"), "others still load");
+    assert!(
+        rows(&r.stdout).iter().any(|r| r["name"] == "mondrian"),
+        "others still load"
+    );
 }
 
 #[test]
 fn duplicate_component_names_are_an_error_naming_both_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join(plugin_file("memlab_criteria").file_name().unwrap());
+    let copy = tmp
+        .path()
+        .join(plugin_file("memlab_criteria").file_name().unwrap());
     std::fs::copy(plugin_file("memlab_criteria"), &copy).unwrap();
     let r = memlab(&["plugins"], Some(tmp.path()), None);
     assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stderr.contains("duplicate criterion `ratio`"), "{}", r.stderr);
-    assert!(r.stderr.contains(&copy.display().to_string()), "{}", r.stderr);
-    assert!(r.stderr.contains(&plugin_file("memlab_criteria").file_name().unwrap().to_string_lossy().to_string()));
+    assert!(
+        r.stderr.contains("duplicate criterion `ratio`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&copy.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(
+            &plugin_file("memlab_criteria")
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        )
+    );
 }

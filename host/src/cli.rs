@@ -38,11 +38,43 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         check: Option<PathBuf>,
     },
+    /// Benchmarks (results go in BENCHMARKS.md; never run as timed tests).
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Work with study configs.
     Config {
         /// What to do.
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+/// `memlab bench` targets.
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Per-op cost of the plugin tensor API and its share of a training step.
+    Dispatch {
+        /// Architecture component.
+        #[arg(long, default_value = "convnet")]
+        arch: String,
+        /// Its parameters (TOML).
+        #[arg(long, default_value = "channels = 32\nblocks = 2")]
+        params: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Image side.
+        #[arg(long, default_value_t = 32)]
+        res: usize,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -79,14 +111,42 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Plugins { json, params, check: Some(path) } => check_library(&path, json, params),
-        Command::Plugins { json, params, check: None } => {
+        Command::Plugins {
+            json,
+            params,
+            check: Some(path),
+        } => check_library(&path, json, params),
+        Command::Plugins {
+            json,
+            params,
+            check: None,
+        } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
             print_rows(&reg.rows(), json, params)?;
             Ok(0)
         }
-        Command::Config { action: ConfigAction::Check { files } } => {
+        Command::Bench { what: BenchWhat::Dispatch { arch, params, batch, res, steps, json } } => {
+            let reg = Registry::load(&cli.plugin_dirs)?;
+            report_failures(&reg);
+            let r = crate::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("plugin->host call (no tensor work): {:8.1} ns", r.vtable_call_ns);
+                println!("add via host tensor API:            {:8.1} ns", r.api_add_ns);
+                println!("add directly on burn tensors:       {:8.1} ns", r.burn_add_ns);
+                println!("overhead per op:                    {:8.1} ns", r.overhead_per_op_ns);
+                println!(
+                    "training step of {} ({batch}x3x{res}x{res}): {:.1} ms, {} ops -> dispatch overhead {:.3}% of the step",
+                    r.arch, r.step_ms, r.ops_per_step, r.overhead_percent
+                );
+            }
+            Ok(0)
+        }
+        Command::Config {
+            action: ConfigAction::Check { files },
+        } => {
             let mut code = 0;
             for file in files {
                 match check_config(&file, &cli.plugin_dirs) {
@@ -118,14 +178,18 @@ fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
 
 fn report_failures(reg: &Registry) {
     for f in reg.failures() {
-        eprintln!("warning: skipped plugin library {}: {}", f.path.display(), f.reason);
+        eprintln!(
+            "warning: skipped plugin library {}: {}",
+            f.path.display(),
+            f.reason
+        );
     }
 }
 
 fn check_library(path: &std::path::Path, json: bool, params: bool) -> Result<i32> {
     match crate::plugins::check_file(path) {
         Ok(lib) => {
-            let reg = Registry::from_files(&[lib.path.clone()])?;
+            let reg = Registry::from_files(std::slice::from_ref(&lib.path))?;
             if !json {
                 println!(
                     "{}: ok — {} {} (plugin-api {}), {} component(s), sha256 {}",
@@ -154,13 +218,24 @@ fn print_rows(rows: &[ComponentRow], json: bool, params: bool) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        writeln!(out, "no plugins found (searched --plugin-dir, MEMLAB_PLUGIN_PATH and the executable's directory)")?;
+        writeln!(
+            out,
+            "no plugins found (searched --plugin-dir, MEMLAB_PLUGIN_PATH and the executable's directory)"
+        )?;
         return Ok(());
     }
     let headers = ["KIND", "NAME", "LIBRARY", "VERSION", "DESCRIPTION"];
     let cells: Vec<[String; 5]> = rows
         .iter()
-        .map(|r| [r.kind.clone(), r.name.clone(), r.library.clone(), r.version.clone(), r.description.clone()])
+        .map(|r| {
+            [
+                r.kind.clone(),
+                r.name.clone(),
+                r.library.clone(),
+                r.version.clone(),
+                r.description.clone(),
+            ]
+        })
         .collect();
     let mut widths = headers.map(str::len);
     for c in &cells {
@@ -188,7 +263,11 @@ fn print_rows(rows: &[ComponentRow], json: bool, params: bool) -> Result<()> {
         line(&mut out, [&c[0], &c[1], &c[2], &c[3], &c[4]])?;
         if params {
             for p in &r.params {
-                let default = if p.default.is_empty() { "required".to_string() } else { format!("= {}", p.default) };
+                let default = if p.default.is_empty() {
+                    "required".to_string()
+                } else {
+                    format!("= {}", p.default)
+                };
                 writeln!(out, "      {} ({}, {}): {}", p.name, p.ty, default, p.doc)?;
             }
         }

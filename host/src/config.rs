@@ -29,7 +29,13 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
@@ -50,7 +56,10 @@ pub struct ComponentRef {
 impl ComponentRef {
     /// A component with no parameters.
     pub fn named(name: &str) -> ComponentRef {
-        ComponentRef { name: name.to_string(), params: toml::Table::new() }
+        ComponentRef {
+            name: name.to_string(),
+            params: toml::Table::new(),
+        }
     }
     /// The parameters as TOML text.
     pub fn params_toml(&self) -> String {
@@ -74,7 +83,12 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        RunSection { name: "run".into(), seed: 0, device: DeviceChoice::Auto, out_dir: "runs".into() }
+        RunSection {
+            name: "run".into(),
+            seed: 0,
+            device: DeviceChoice::Auto,
+            out_dir: "runs".into(),
+        }
     }
 }
 
@@ -103,7 +117,10 @@ pub struct DatasetSection {
 impl DatasetSection {
     /// As a component reference.
     pub fn component(&self) -> ComponentRef {
-        ComponentRef { name: self.name.clone(), params: self.params.clone() }
+        ComponentRef {
+            name: self.name.clone(),
+            params: self.params.clone(),
+        }
     }
 }
 
@@ -165,7 +182,13 @@ pub struct SampleSection {
 
 impl Default for SampleSection {
     fn default() -> Self {
-        SampleSection { count: 64, sampler: "heun".into(), steps: 18, batch_size: 64, ema: true }
+        SampleSection {
+            count: 64,
+            sampler: "heun".into(),
+            steps: 18,
+            batch_size: 64,
+            ema: true,
+        }
     }
 }
 
@@ -214,7 +237,9 @@ fn default_criteria() -> Vec<ComponentRef> {
 fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[line_start..].find('\n').map_or(text.len(), |i| line_start + i);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
     let line = text[line_start..line_end].trim();
     let mut table = String::new();
     for l in before[..line_start].lines().rev() {
@@ -225,9 +250,17 @@ fn key_at(text: &str, offset: usize) -> String {
         }
     }
     if line.starts_with('[') {
-        return line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        return line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string();
     }
-    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key.to_string(),
         (false, true) => table,
@@ -254,7 +287,11 @@ impl Config {
                 }
                 None => (String::new(), String::new()),
             };
-            ConfigError { file: file.to_path_buf(), key, message: format!("{}{loc}", e.message().trim()) }
+            ConfigError {
+                file: file.to_path_buf(),
+                key,
+                message: format!("{}{loc}", e.message().trim()),
+            }
         })
     }
 
@@ -267,7 +304,18 @@ impl Config {
         })?;
         let mut cfg = Config::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        cfg.plugins.dirs = cfg.plugins.dirs.iter().map(|d| if d.is_absolute() { d.clone() } else { base.join(d) }).collect();
+        cfg.plugins.dirs = cfg
+            .plugins
+            .dirs
+            .iter()
+            .map(|d| {
+                if d.is_absolute() {
+                    d.clone()
+                } else {
+                    base.join(d)
+                }
+            })
+            .collect();
         Ok(cfg)
     }
 
@@ -278,12 +326,19 @@ impl Config {
 
     /// Host-side checks that need no plugins.
     pub fn check_values(&self, file: &Path) -> Result<(), ConfigError> {
-        let err = |key: &str, message: String| ConfigError { file: file.to_path_buf(), key: key.into(), message };
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message,
+        };
         if self.train.batch_size == 0 {
             return Err(err("train.batch_size", "must be at least 1".into()));
         }
         if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {
-            return Err(err("train.lr", format!("must be a positive number, got {}", self.train.lr)));
+            return Err(err(
+                "train.lr",
+                format!("must be a positive number, got {}", self.train.lr),
+            ));
         }
         if self.train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return Err(err("train.betas", "each must be in [0, 1)".into()));
@@ -297,14 +352,24 @@ impl Config {
         if !SAMPLERS.contains(&self.sample.sampler.as_str()) {
             return Err(err(
                 "sample.sampler",
-                format!("unknown sampler `{}` (one of: {})", self.sample.sampler, SAMPLERS.join(", ")),
+                format!(
+                    "unknown sampler `{}` (one of: {})",
+                    self.sample.sampler,
+                    SAMPLERS.join(", ")
+                ),
             ));
         }
         if self.sample.steps == 0 || self.sample.batch_size == 0 {
-            return Err(err("sample", "steps and batch_size must be at least 1".into()));
+            return Err(err(
+                "sample",
+                "steps and batch_size must be at least 1".into(),
+            ));
         }
         if self.criteria.is_empty() {
-            return Err(err("criteria", "at least one replication criterion is needed".into()));
+            return Err(err(
+                "criteria",
+                "at least one replication criterion is needed".into(),
+            ));
         }
         if self.dataset.size == Some(0) {
             return Err(err("dataset.size", "must be at least 1".into()));
@@ -315,13 +380,33 @@ impl Config {
     /// Every component reference with its config key.
     pub fn components(&self) -> Vec<(String, ComponentKind, ComponentRef)> {
         let mut v = vec![
-            ("dataset".to_string(), ComponentKind::Dataset, self.dataset.component()),
-            ("architecture".to_string(), ComponentKind::Architecture, self.architecture.clone()),
-            ("schedule".to_string(), ComponentKind::Schedule, self.schedule.clone()),
-            ("conditioning".to_string(), ComponentKind::Conditioning, self.conditioning.clone()),
+            (
+                "dataset".to_string(),
+                ComponentKind::Dataset,
+                self.dataset.component(),
+            ),
+            (
+                "architecture".to_string(),
+                ComponentKind::Architecture,
+                self.architecture.clone(),
+            ),
+            (
+                "schedule".to_string(),
+                ComponentKind::Schedule,
+                self.schedule.clone(),
+            ),
+            (
+                "conditioning".to_string(),
+                ComponentKind::Conditioning,
+                self.conditioning.clone(),
+            ),
         ];
         for (i, c) in self.criteria.iter().enumerate() {
-            v.push((format!("criteria[{i}]"), ComponentKind::Criterion, c.clone()));
+            v.push((
+                format!("criteria[{i}]"),
+                ComponentKind::Criterion,
+                c.clone(),
+            ));
         }
         v
     }

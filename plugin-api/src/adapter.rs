@@ -8,7 +8,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RString, RVec};
 
-use crate::component::{Architecture, Conditioning, Criterion, Dataset, Inputs, NoiseSchedule, PResult};
+use crate::component::{
+    Architecture, Conditioning, Criterion, Dataset, Inputs, NoiseSchedule, PResult,
+};
 use crate::ffi::*;
 use crate::tensor::Ctx;
 
@@ -56,16 +58,26 @@ impl<T: Dataset> FfiDataset for DatasetAdapter<T> {
         mut images: RSliceMut<'_, f32>,
         mut labels: RSliceMut<'_, i64>,
     ) -> RResult<(), RString> {
-        guard(&self.who, || self.inner.fill(&indices, &mut images, &mut labels))
+        guard(&self.who, || {
+            self.inner.fill(&indices, &mut images, &mut labels)
+        })
     }
     fn has_validity(&self) -> bool {
-        catch_unwind(AssertUnwindSafe(|| self.inner.validity(&[], &mut []).is_some()))
-            .unwrap_or(false)
+        catch_unwind(AssertUnwindSafe(|| {
+            self.inner.validity(&[], &mut []).is_some()
+        }))
+        .unwrap_or(false)
     }
-    fn validity(&self, images: RSlice<'_, f32>, mut scores: RSliceMut<'_, f32>) -> RResult<(), RString> {
-        guard(&self.who, || match self.inner.validity(&images, &mut scores) {
-            Some(r) => r,
-            None => Err("this dataset has no validity score".into()),
+    fn validity(
+        &self,
+        images: RSlice<'_, f32>,
+        mut scores: RSliceMut<'_, f32>,
+    ) -> RResult<(), RString> {
+        guard(&self.who, || {
+            match self.inner.validity(&images, &mut scores) {
+                Some(r) => r,
+                None => Err("this dataset has no validity score".into()),
+            }
         })
     }
 }
@@ -82,7 +94,9 @@ impl<T: NoiseSchedule> FfiSchedule for ScheduleAdapter<T> {
         normal: RSlice<'_, f64>,
         mut out: RSliceMut<'_, f64>,
     ) -> RResult<(), RString> {
-        guard(&self.who, || self.inner.training_sigmas(&uniform, &normal, &mut out))
+        guard(&self.who, || {
+            self.inner.training_sigmas(&uniform, &normal, &mut out)
+        })
     }
     fn precond(&self, sigma: f64) -> RResult<Precond, RString> {
         guard(&self.who, || Ok(self.inner.precond(sigma)))
@@ -91,7 +105,9 @@ impl<T: NoiseSchedule> FfiSchedule for ScheduleAdapter<T> {
         guard(&self.who, || Ok(self.inner.loss_weight(sigma)))
     }
     fn sampling_sigmas(&self, steps: usize) -> RResult<RVec<f64>, RString> {
-        guard(&self.who, || self.inner.sampling_sigmas(steps).map(RVec::from))
+        guard(&self.who, || {
+            self.inner.sampling_sigmas(steps).map(RVec::from)
+        })
     }
     fn round_sigma(&self, sigma: f64) -> RResult<f64, RString> {
         guard(&self.who, || Ok(self.inner.round_sigma(sigma)))
@@ -114,9 +130,17 @@ impl<T: Conditioning> FfiConditioning for ConditioningAdapter<T> {
         ids: RSlice<'_, u64>,
         mut out: RSliceMut<'_, i64>,
     ) -> RResult<(), RString> {
-        guard(&self.who, || self.inner.train_labels(data, &dataset_labels, &ids, &mut out))
+        guard(&self.who, || {
+            self.inner
+                .train_labels(data, &dataset_labels, &ids, &mut out)
+        })
     }
-    fn sample_labels(&self, data: DataSummary, seed: u64, mut out: RSliceMut<'_, i64>) -> RResult<(), RString> {
+    fn sample_labels(
+        &self,
+        data: DataSummary,
+        seed: u64,
+        mut out: RSliceMut<'_, i64>,
+    ) -> RResult<(), RString> {
         guard(&self.who, || self.inner.sample_labels(data, seed, &mut out))
     }
 }
@@ -152,7 +176,9 @@ pub(crate) struct CriterionAdapter<T> {
 
 impl<T: Criterion> FfiCriterion for CriterionAdapter<T> {
     fn info(&self) -> RResult<CriterionInfo, RString> {
-        guard(&self.who, || Ok(crate::component::criterion_info(&self.inner)))
+        guard(&self.who, || {
+            Ok(crate::component::criterion_info(&self.inner))
+        })
     }
     fn judge(
         &self,
@@ -163,7 +189,8 @@ impl<T: Criterion> FfiCriterion for CriterionAdapter<T> {
     ) -> RResult<(), RString> {
         guard(&self.who, || {
             let k = self.inner.neighbours();
-            if neighbours != k || distances.len() != flags.len() * k || scores.len() != flags.len() {
+            if neighbours != k || distances.len() != flags.len() * k || scores.len() != flags.len()
+            {
                 return Err(format!(
                     "judge called with {} distances, {neighbours} neighbours, {} flags, {} scores; \
                      expected {k} neighbours per sample",

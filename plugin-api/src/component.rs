@@ -123,5 +123,8 @@ pub trait Criterion: Send + Sync + 'static {
 }
 
 pub(crate) fn criterion_info(c: &dyn Criterion) -> CriterionInfo {
-    CriterionInfo { distance: c.distance(), neighbours: c.neighbours() }
+    CriterionInfo {
+        distance: c.distance(),
+        neighbours: c.neighbours(),
+    }
 }

@@ -157,15 +157,27 @@ impl Init {
 
     /// Every value `v`.
     pub const fn constant(v: f64) -> Init {
-        Init { kind: InitKind::Constant, a: v, b: 0.0 }
+        Init {
+            kind: InitKind::Constant,
+            a: v,
+            b: 0.0,
+        }
     }
     /// Uniform on `[lo, hi)`.
     pub const fn uniform(lo: f64, hi: f64) -> Init {
-        Init { kind: InitKind::Uniform, a: lo, b: hi }
+        Init {
+            kind: InitKind::Uniform,
+            a: lo,
+            b: hi,
+        }
     }
     /// Normal with mean `mean` and standard deviation `std`.
     pub const fn normal(mean: f64, std: f64) -> Init {
-        Init { kind: InitKind::Normal, a: mean, b: std }
+        Init {
+            kind: InitKind::Normal,
+            a: mean,
+            b: std,
+        }
     }
     /// PyTorch's default for `Linear`/`Conv2d` weights and biases: U(±1/√fan_in).
     pub fn torch_default(fan_in: usize) -> Init {
@@ -262,7 +274,12 @@ pub struct Conv2dOptions {
 
 impl Default for Conv2dOptions {
     fn default() -> Self {
-        Conv2dOptions { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
     }
 }
 
@@ -318,8 +335,13 @@ pub trait HostOps {
     /// `x @ w + b` over the last dimension; `w` is `[in, out]`, `b` is `[out]`.
     fn linear(&self, x: TensorId, w: TensorId, b: ROption<TensorId>) -> TensorId;
     /// 2-D convolution of NCHW `x` with `w` `[out, in/groups, kh, kw]` and optional bias `[out]`.
-    fn conv2d(&self, x: TensorId, w: TensorId, b: ROption<TensorId>, opts: Conv2dOptions)
-    -> TensorId;
+    fn conv2d(
+        &self,
+        x: TensorId,
+        w: TensorId,
+        b: ROption<TensorId>,
+        opts: Conv2dOptions,
+    ) -> TensorId;
     /// Group normalisation of NC… `x` over `groups` channel groups, with optional per-channel
     /// affine `gamma`, `beta` of shape `[C]`.
     fn group_norm(
@@ -398,11 +420,8 @@ pub trait FfiDataset: Send + Sync {
     fn has_validity(&self) -> bool;
     /// Scores in [0, 1] of how well each image obeys the distribution's rules.
     #[sabi(last_prefix_field)]
-    fn validity(
-        &self,
-        images: RSlice<'_, f32>,
-        scores: RSliceMut<'_, f32>,
-    ) -> RResult<(), RString>;
+    fn validity(&self, images: RSlice<'_, f32>, scores: RSliceMut<'_, f32>)
+    -> RResult<(), RString>;
 }
 
 /// EDM preconditioning coefficients at one noise level.

@@ -124,11 +124,14 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::component::{
-        Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, NoiseSchedule, PResult,
+        Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, NoiseSchedule,
+        PResult,
     };
     pub use crate::export_plugin;
     pub use crate::ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
-    pub use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, ResBlock, SpatialAttention, timestep_embedding};
+    pub use crate::nn::{
+        Conv2d, GroupNorm, LayerNorm, Linear, ResBlock, SpatialAttention, timestep_embedding,
+    };
     pub use crate::params::{Param, Params, param};
     pub use crate::plugin::Plugin;
     pub use crate::tensor::{Ctx, Tensor};

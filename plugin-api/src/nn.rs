@@ -25,7 +25,12 @@ pub struct Linear {
 impl Linear {
     /// `d_in → d_out` with bias.
     pub fn new(d_in: usize, d_out: usize) -> Linear {
-        Linear { d_in, d_out, bias: true, init: None }
+        Linear {
+            d_in,
+            d_out,
+            bias: true,
+            init: None,
+        }
     }
     /// Without bias.
     pub fn no_bias(mut self) -> Linear {
@@ -45,9 +50,17 @@ impl Linear {
     /// Applies the layer; parameters are `weight` and `bias` in `ctx`'s scope.
     pub fn forward<'a>(&self, ctx: &Ctx<'a>, x: &Tensor<'a>) -> Tensor<'a> {
         let default = Init::torch_default(self.d_in);
-        let w = ctx.param("weight", &[self.d_in, self.d_out], self.init.unwrap_or(default));
+        let w = ctx.param(
+            "weight",
+            &[self.d_in, self.d_out],
+            self.init.unwrap_or(default),
+        );
         let b = self.bias.then(|| {
-            let bi = if self.init == Some(Init::ZEROS) { Init::ZEROS } else { default };
+            let bi = if self.init == Some(Init::ZEROS) {
+                Init::ZEROS
+            } else {
+                default
+            };
             ctx.param("bias", &[self.d_out], bi)
         });
         let y = x.linear(&w, b.as_ref());
@@ -79,7 +92,14 @@ pub struct Conv2d {
 impl Conv2d {
     /// `c_in → c_out` with a `kernel × kernel` kernel, stride 1, no padding, bias.
     pub fn new(c_in: usize, c_out: usize, kernel: usize) -> Conv2d {
-        Conv2d { c_in, c_out, kernel, opts: Conv2dOptions::default(), bias: true, init: None }
+        Conv2d {
+            c_in,
+            c_out,
+            kernel,
+            opts: Conv2dOptions::default(),
+            bias: true,
+            init: None,
+        }
     }
     /// Zero padding on both sides.
     pub fn padding(mut self, p: usize) -> Conv2d {
@@ -122,10 +142,19 @@ impl Conv2d {
     /// Applies the layer; parameters are `weight` and `bias` in `ctx`'s scope.
     pub fn forward<'a>(&self, ctx: &Ctx<'a>, x: &Tensor<'a>) -> Tensor<'a> {
         let default = Init::torch_default(self.fan_in());
-        let shape = [self.c_out, self.c_in / self.opts.groups.max(1), self.kernel, self.kernel];
+        let shape = [
+            self.c_out,
+            self.c_in / self.opts.groups.max(1),
+            self.kernel,
+            self.kernel,
+        ];
         let w = ctx.param("weight", &shape, self.init.unwrap_or(default));
         let b = self.bias.then(|| {
-            let bi = if self.init == Some(Init::ZEROS) { Init::ZEROS } else { default };
+            let bi = if self.init == Some(Init::ZEROS) {
+                Init::ZEROS
+            } else {
+                default
+            };
             ctx.param("bias", &[self.c_out], bi)
         });
         let y = x.conv2d(&w, b.as_ref(), self.opts);
@@ -151,7 +180,11 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// `groups` groups over `channels` channels, eps 1e-5 (PyTorch's default).
     pub fn new(groups: usize, channels: usize) -> GroupNorm {
-        GroupNorm { groups, channels, eps: 1e-5 }
+        GroupNorm {
+            groups,
+            channels,
+            eps: 1e-5,
+        }
     }
     /// improved-diffusion's `normalization(ch)`: 32 groups (fewer when `ch` is smaller).
     pub fn gn32(channels: usize) -> GroupNorm {
@@ -173,7 +206,10 @@ impl GroupNorm {
 
 /// The largest divisor of `n` that is at most `max` (for group counts of narrow layers).
 pub fn largest_divisor_at_most(n: usize, max: usize) -> usize {
-    (1..=max.min(n).max(1)).rev().find(|g| n % g == 0).unwrap_or(1)
+    (1..=max.min(n).max(1))
+        .rev()
+        .find(|g| n.is_multiple_of(*g))
+        .unwrap_or(1)
 }
 
 /// Layer normalisation over the last dimension with affine parameters.
@@ -238,7 +274,9 @@ impl SpatialAttention {
         let weights = (q.transpose(2, 3) * scale).matmul(&k).softmax(3);
         // out [n, heads, dh, hw] = v · weightsᵀ
         let out = v.matmul(&weights.transpose(2, 3)).reshape_to(&[n, c, h, w]);
-        let out = Conv2d::new(c, c, 1).zero_init().forward(&ctx.scope("proj_out"), &out);
+        let out = Conv2d::new(c, c, 1)
+            .zero_init()
+            .forward(&ctx.scope("proj_out"), &out);
         let y = x + &out;
         ctx.wrap(y.into_id())
     }
@@ -265,7 +303,13 @@ pub struct ResBlock {
 impl ResBlock {
     /// A block `c_in → c_out` conditioned on an `emb`-wide embedding.
     pub fn new(c_in: usize, c_out: usize, emb: usize) -> ResBlock {
-        ResBlock { c_in, c_out, emb, dropout: 0.0, scale_shift: false }
+        ResBlock {
+            c_in,
+            c_out,
+            emb,
+            dropout: 0.0,
+            scale_shift: false,
+        }
     }
     /// Dropout probability.
     pub fn dropout(mut self, p: f64) -> ResBlock {
@@ -278,13 +322,26 @@ impl ResBlock {
         self
     }
     /// Applies the block to `x` `[N, c_in, H, W]` with embedding `emb` `[N, emb]`.
-    pub fn forward<'a>(&self, ctx: &Ctx<'a>, x: &Tensor<'a>, emb: Option<&Tensor<'a>>) -> Tensor<'a> {
-        let h = GroupNorm::gn32(self.c_in).forward(&ctx.scope("in_norm"), x).silu();
-        let mut h = Conv2d::new(self.c_in, self.c_out, 3).same().forward(&ctx.scope("in_conv"), &h);
+    pub fn forward<'a>(
+        &self,
+        ctx: &Ctx<'a>,
+        x: &Tensor<'a>,
+        emb: Option<&Tensor<'a>>,
+    ) -> Tensor<'a> {
+        let h = GroupNorm::gn32(self.c_in)
+            .forward(&ctx.scope("in_norm"), x)
+            .silu();
+        let mut h = Conv2d::new(self.c_in, self.c_out, 3)
+            .same()
+            .forward(&ctx.scope("in_conv"), &h);
         let out_norm = GroupNorm::gn32(self.c_out);
         let h2 = match emb {
             Some(e) if self.emb > 0 => {
-                let width = if self.scale_shift { 2 * self.c_out } else { self.c_out };
+                let width = if self.scale_shift {
+                    2 * self.c_out
+                } else {
+                    self.c_out
+                };
                 let e = Linear::new(self.emb, width).forward(&ctx.scope("emb"), &e.silu());
                 let [n, _] = e.dims::<2>();
                 let e = e.reshape_to(&[n, width, 1, 1]);
@@ -317,7 +374,12 @@ impl ResBlock {
 /// Sinusoidal embedding of a `[N]` noise-level tensor into `[N, dim]`
 /// (improved-diffusion's `timestep_embedding`: `[cos(t·f), sin(t·f)]`,
 /// `f_i = max_period^(−i/half)`).
-pub fn timestep_embedding<'a>(ctx: &Ctx<'a>, t: &Tensor<'a>, dim: usize, max_period: f64) -> Tensor<'a> {
+pub fn timestep_embedding<'a>(
+    ctx: &Ctx<'a>,
+    t: &Tensor<'a>,
+    dim: usize,
+    max_period: f64,
+) -> Tensor<'a> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(max_period.ln()) * i as f64 / half as f64).exp() as f32)

@@ -53,7 +53,9 @@ impl Params {
     pub fn expect_empty(&self) -> Result<(), String> {
         match self.table.keys().next() {
             None => Ok(()),
-            Some(k) => Err(format!("unknown parameter `{k}`: this component takes no parameters")),
+            Some(k) => Err(format!(
+                "unknown parameter `{k}`: this component takes no parameters"
+            )),
         }
     }
 }
@@ -72,8 +74,18 @@ pub struct Param {
 }
 
 /// Shorthand constructor for [`Param`].
-pub const fn param(name: &'static str, ty: &'static str, default: &'static str, doc: &'static str) -> Param {
-    Param { name, ty, default, doc }
+pub const fn param(
+    name: &'static str,
+    ty: &'static str,
+    default: &'static str,
+    doc: &'static str,
+) -> Param {
+    Param {
+        name,
+        ty,
+        default,
+        doc,
+    }
 }
 
 impl Param {

@@ -1,10 +1,11 @@
 //! Declaring what a plugin library provides, and exporting it to the host.
 
-use abi_stable::std_types::{RErr, RResult, RStr, RString};
 use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString};
 
 use crate::adapter::{
-    ArchitectureAdapter, ConditioningAdapter, CriterionAdapter, DatasetAdapter, ScheduleAdapter, guard,
+    ArchitectureAdapter, ConditioningAdapter, CriterionAdapter, DatasetAdapter, ScheduleAdapter,
+    guard,
 };
 use crate::component::{Architecture, Conditioning, Criterion, Dataset, NoiseSchedule, PResult};
 use crate::ffi::*;
@@ -28,7 +29,11 @@ pub struct Plugin {
 impl Plugin {
     /// An empty plugin named `name` at `version` (the export macro passes the crate's).
     pub fn new(name: &str, version: &str) -> Plugin {
-        Plugin { name: name.to_string(), version: version.to_string(), entries: Vec::new() }
+        Plugin {
+            name: name.to_string(),
+            version: version.to_string(),
+            entries: Vec::new(),
+        }
     }
 
     /// Library name.
@@ -36,7 +41,14 @@ impl Plugin {
         &self.name
     }
 
-    fn push(&mut self, kind: ComponentKind, name: &str, description: &str, params: &[Param], make: Maker) {
+    fn push(
+        &mut self,
+        kind: ComponentKind,
+        name: &str,
+        description: &str,
+        params: &[Param],
+        make: Maker,
+    ) {
         self.entries.push(Entry {
             info: ComponentInfo {
                 kind,
@@ -63,7 +75,10 @@ impl Plugin {
         let who = self.who(ComponentKind::Dataset, name);
         let maker: Maker = Box::new(move |p, s| {
             let inner = make(p, s)?;
-            let a = DatasetAdapter { who: who.clone(), inner };
+            let a = DatasetAdapter {
+                who: who.clone(),
+                inner,
+            };
             Ok(Component::Dataset(FfiDataset_TO::from_value(a, TD_Opaque)))
         });
         self.push(ComponentKind::Dataset, name, description, params, maker);
@@ -81,8 +96,13 @@ impl Plugin {
         let who = self.who(ComponentKind::Schedule, name);
         let maker: Maker = Box::new(move |p, s| {
             let inner = make(p, s)?;
-            let a = ScheduleAdapter { who: who.clone(), inner };
-            Ok(Component::Schedule(FfiSchedule_TO::from_value(a, TD_Opaque)))
+            let a = ScheduleAdapter {
+                who: who.clone(),
+                inner,
+            };
+            Ok(Component::Schedule(FfiSchedule_TO::from_value(
+                a, TD_Opaque,
+            )))
         });
         self.push(ComponentKind::Schedule, name, description, params, maker);
         self
@@ -99,10 +119,21 @@ impl Plugin {
         let who = self.who(ComponentKind::Conditioning, name);
         let maker: Maker = Box::new(move |p, s| {
             let inner = make(p, s)?;
-            let a = ConditioningAdapter { who: who.clone(), inner };
-            Ok(Component::Conditioning(FfiConditioning_TO::from_value(a, TD_Opaque)))
+            let a = ConditioningAdapter {
+                who: who.clone(),
+                inner,
+            };
+            Ok(Component::Conditioning(FfiConditioning_TO::from_value(
+                a, TD_Opaque,
+            )))
         });
-        self.push(ComponentKind::Conditioning, name, description, params, maker);
+        self.push(
+            ComponentKind::Conditioning,
+            name,
+            description,
+            params,
+            maker,
+        );
         self
     }
 
@@ -117,10 +148,21 @@ impl Plugin {
         let who = self.who(ComponentKind::Architecture, name);
         let maker: Maker = Box::new(move |p, s| {
             let inner = make(p, s)?;
-            let a = ArchitectureAdapter { who: who.clone(), inner };
-            Ok(Component::Architecture(FfiArchitecture_TO::from_value(a, TD_Opaque)))
+            let a = ArchitectureAdapter {
+                who: who.clone(),
+                inner,
+            };
+            Ok(Component::Architecture(FfiArchitecture_TO::from_value(
+                a, TD_Opaque,
+            )))
         });
-        self.push(ComponentKind::Architecture, name, description, params, maker);
+        self.push(
+            ComponentKind::Architecture,
+            name,
+            description,
+            params,
+            maker,
+        );
         self
     }
 
@@ -135,8 +177,13 @@ impl Plugin {
         let who = self.who(ComponentKind::Criterion, name);
         let maker: Maker = Box::new(move |p, s| {
             let inner = make(p, s)?;
-            let a = CriterionAdapter { who: who.clone(), inner };
-            Ok(Component::Criterion(FfiCriterion_TO::from_value(a, TD_Opaque)))
+            let a = CriterionAdapter {
+                who: who.clone(),
+                inner,
+            };
+            Ok(Component::Criterion(FfiCriterion_TO::from_value(
+                a, TD_Opaque,
+            )))
         });
         self.push(ComponentKind::Criterion, name, description, params, maker);
         self
@@ -153,21 +200,30 @@ impl Plugin {
     }
 
     /// Constructs a component (the host calls this through the root module).
-    pub fn create(&self, kind: ComponentKind, name: &str, params: &str, seed: u64) -> PResult<Component> {
+    pub fn create(
+        &self,
+        kind: ComponentKind,
+        name: &str,
+        params: &str,
+        seed: u64,
+    ) -> PResult<Component> {
         let entry = self
             .entries
             .iter()
             .find(|e| e.info.kind == kind && e.info.name.as_str() == name)
             .ok_or_else(|| format!("plugin {} has no {kind} named `{name}`", self.name))?;
-        let params = Params::from_toml(params)
-            .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        let params =
+            Params::from_toml(params).map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
         (entry.make)(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
     }
 }
 
 #[doc(hidden)]
 pub fn __manifest(lib: &str, get: fn() -> &'static Plugin) -> RResult<PluginManifest, RString> {
-    guard(&format!("plugin {lib} (building its component list)"), || Ok(get().manifest()))
+    guard(
+        &format!("plugin {lib} (building its component list)"),
+        || Ok(get().manifest()),
+    )
 }
 
 #[doc(hidden)]
@@ -180,10 +236,9 @@ pub fn __create(
     seed: u64,
 ) -> RResult<Component, RString> {
     let who = format!("{kind} `{name}` (plugin {lib}) constructor");
-    match guard(&who, || get().create(kind, name.as_str(), params.as_str(), seed)) {
-        RErr(e) => RErr(e),
-        ok => ok,
-    }
+    guard(&who, || {
+        get().create(kind, name.as_str(), params.as_str(), seed)
+    })
 }
 
 /// Exports a plugin library. Pass a function `fn(&mut Plugin)` that registers components.

@@ -15,9 +15,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use abi_stable::std_types::{RNone, ROption, RSome};
 
-use crate::ffi::{
-    BinaryOp, Conv2dOptions, HostOps, Init, ReduceOp, ScalarOp, TensorId, UnaryOp,
-};
+use crate::ffi::{BinaryOp, Conv2dOptions, HostOps, Init, ReduceOp, ScalarOp, TensorId, UnaryOp};
 
 /// The forward-pass context: the host ops plus the current parameter-name scope.
 pub struct Ctx<'a> {
@@ -28,7 +26,10 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// Wraps the host ops object at the root scope.
     pub fn new(ops: &'a dyn HostOps) -> Ctx<'a> {
-        Ctx { ops, prefix: String::new() }
+        Ctx {
+            ops,
+            prefix: String::new(),
+        }
     }
 
     /// A child scope: parameters created through it are named `<scope>.<child>.<name>`.
@@ -38,12 +39,19 @@ impl<'a> Ctx<'a> {
         } else {
             format!("{}.{}", self.prefix, child)
         };
-        Ctx { ops: self.ops, prefix }
+        Ctx {
+            ops: self.ops,
+            prefix,
+        }
     }
 
     /// Full name of `name` in this scope.
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// A trainable parameter named `name` in this scope.
@@ -108,7 +116,10 @@ pub struct Tensor<'a> {
 
 impl Clone for Tensor<'_> {
     fn clone(&self) -> Self {
-        Tensor { ops: self.ops, id: self.ops.retain(self.id) }
+        Tensor {
+            ops: self.ops,
+            id: self.ops.retain(self.id),
+        }
     }
 }
 
@@ -311,7 +322,9 @@ impl<'a> Tensor<'a> {
     /// Splits into `n` equal chunks along `dim`.
     pub fn chunk(&self, n: usize, dim: usize) -> Vec<Tensor<'a>> {
         let size = self.dim(dim) / n.max(1);
-        (0..n).map(|i| self.slice(dim, i * size, (i + 1) * size)).collect()
+        (0..n)
+            .map(|i| self.slice(dim, i * size, (i + 1) * size))
+            .collect()
     }
     fn reduce(&self, op: ReduceOp, dim: usize, keepdim: bool) -> Tensor<'a> {
         self.wrap(self.ops.reduce(op, self.id, dim, keepdim))
@@ -357,7 +370,12 @@ impl<'a> Tensor<'a> {
         self.wrap(self.ops.linear(self.id, w.id, opt(b)))
     }
     /// 2-D convolution (see [`HostOps::conv2d`]).
-    pub fn conv2d(&self, w: &Tensor<'_>, b: Option<&Tensor<'_>>, opts: Conv2dOptions) -> Tensor<'a> {
+    pub fn conv2d(
+        &self,
+        w: &Tensor<'_>,
+        b: Option<&Tensor<'_>>,
+        opts: Conv2dOptions,
+    ) -> Tensor<'a> {
         self.wrap(self.ops.conv2d(self.id, w.id, opt(b), opts))
     }
     /// Group normalisation (see [`HostOps::group_norm`]).
@@ -368,10 +386,18 @@ impl<'a> Tensor<'a> {
         beta: Option<&Tensor<'_>>,
         eps: f64,
     ) -> Tensor<'a> {
-        self.wrap(self.ops.group_norm(self.id, groups, opt(gamma), opt(beta), eps))
+        self.wrap(
+            self.ops
+                .group_norm(self.id, groups, opt(gamma), opt(beta), eps),
+        )
     }
     /// Layer normalisation over the last dimension.
-    pub fn layer_norm(&self, gamma: Option<&Tensor<'_>>, beta: Option<&Tensor<'_>>, eps: f64) -> Tensor<'a> {
+    pub fn layer_norm(
+        &self,
+        gamma: Option<&Tensor<'_>>,
+        beta: Option<&Tensor<'_>>,
+        eps: f64,
+    ) -> Tensor<'a> {
         self.wrap(self.ops.layer_norm(self.id, opt(gamma), opt(beta), eps))
     }
     /// Dropout with drop probability `p` (identity outside training).

@@ -6,7 +6,7 @@
 //! failed op returns `TensorId::INVALID`, ops on invalid ids return `INVALID` silently, and
 //! [`Graph::finish`] reports the first error with the op and the shapes involved.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{ROption, RSlice, RStr, RVec};
@@ -39,7 +39,11 @@ pub struct Slot {
 
 impl Slot {
     fn float(t: DispatchTensor, shape: Vec<usize>) -> Slot {
-        Slot { t, shape, int: false }
+        Slot {
+            t,
+            shape,
+            int: false,
+        }
     }
     fn rank(&self) -> usize {
         self.shape.len()
@@ -101,6 +105,7 @@ pub struct Graph<'p> {
     error: RefCell<Option<String>>,
     rng: RefCell<SplitMix64>,
     training_set: Option<TensorId>,
+    ops_run: Cell<u64>,
 }
 
 fn fl<const D: usize>(s: &Slot) -> Tensor<D> {
@@ -116,8 +121,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -134,7 +147,10 @@ pub fn reshape_dyn(s: &Slot, shape: &[usize]) -> Result<Slot> {
     let n_in: usize = s.shape.iter().product();
     let n_out: usize = shape.iter().product();
     if n_in != n_out {
-        bail!("cannot reshape {:?} ({n_in} elements) to {shape:?} ({n_out} elements)", s.shape);
+        bail!(
+            "cannot reshape {:?} ({n_in} elements) to {shape:?} ({n_out} elements)",
+            s.shape
+        );
     }
     if s.shape == shape {
         return Ok(s.clone());
@@ -143,7 +159,11 @@ pub fn reshape_dyn(s: &Slot, shape: &[usize]) -> Result<Slot> {
         let x = Tensor::<DI>::from_dispatch(s.t.clone());
         by_rank!(shape.len(), DO => x.reshape(arr::<DO>(shape)).into_dispatch())?
     })?;
-    Ok(Slot { t, shape: shape.to_vec(), int: s.int })
+    Ok(Slot {
+        t,
+        shape: shape.to_vec(),
+        int: s.int,
+    })
 }
 
 impl<'p> Graph<'p> {
@@ -163,6 +183,7 @@ impl<'p> Graph<'p> {
             error: RefCell::new(None),
             rng: RefCell::new(SplitMix64::for_index(seed, 0x64726f70)),
             training_set: None,
+            ops_run: Cell::new(0),
         }
     }
 
@@ -190,7 +211,11 @@ impl<'p> Graph<'p> {
     /// Inserts integer data.
     pub fn insert_int(&self, data: Vec<i64>, shape: &[usize]) -> Result<TensorId> {
         let t = to_dispatch_int(TensorData::new(data, shape.to_vec()), &self.device)?;
-        Ok(self.insert(Slot { t, shape: shape.to_vec(), int: true }))
+        Ok(self.insert(Slot {
+            t,
+            shape: shape.to_vec(),
+            int: true,
+        }))
     }
 
     /// Makes `data` (e.g. the training set) available through `HostOps::training_set`.
@@ -211,6 +236,11 @@ impl<'p> Graph<'p> {
     /// Number of live tensors (for leak checks in tests).
     pub fn live_tensors(&self) -> usize {
         self.slab.borrow().live()
+    }
+
+    /// Number of tensor ops executed so far in this pass (for dispatch-overhead accounting).
+    pub fn ops_run(&self) -> u64 {
+        self.ops_run.get()
     }
 
     /// The first error any op raised, if one did.
@@ -252,7 +282,13 @@ impl<'p> Graph<'p> {
 
     /// Runs one op: skips it after an earlier error or on invalid inputs, catches panics, and
     /// records failures with the op name and input shapes.
-    fn run(&self, op: &str, inputs: &[TensorId], f: impl FnOnce(&[Slot]) -> Result<Slot>) -> TensorId {
+    fn run(
+        &self,
+        op: &str,
+        inputs: &[TensorId],
+        f: impl FnOnce(&[Slot]) -> Result<Slot>,
+    ) -> TensorId {
+        self.ops_run.set(self.ops_run.get() + 1);
         if self.error.borrow().is_some() {
             return TensorId::INVALID;
         }
@@ -261,7 +297,10 @@ impl<'p> Graph<'p> {
             inputs.iter().map(|id| slab.get(*id).cloned()).collect()
         };
         let Some(slots) = slots else {
-            self.record(format!("op `{op}` got an invalid or released tensor id ({})", self.shapes(inputs)));
+            self.record(format!(
+                "op `{op}` got an invalid or released tensor id ({})",
+                self.shapes(inputs)
+            ));
             return TensorId::INVALID;
         };
         match catch_unwind(AssertUnwindSafe(|| f(&slots))) {
@@ -284,13 +323,21 @@ impl<'p> Graph<'p> {
     fn param_impl(&self, name: &str, shape: &[usize], init: Init) -> Result<Slot> {
         if let Some(t) = self.leaves.borrow().get(name) {
             let params = self.params.borrow();
-            let stored = params.get(name).map(|p| p.shape.clone()).unwrap_or_default();
+            let stored = params
+                .get(name)
+                .map(|p| p.shape.clone())
+                .unwrap_or_default();
             if stored != shape {
                 bail!("parameter `{name}` has shape {stored:?} but is requested with {shape:?}");
             }
             return Ok(Slot::float(t.clone(), shape.to_vec()));
         }
-        let value = self.params.borrow_mut().get_or_create(name, shape, init, &self.device.clone().inner())?;
+        let value = self.params.borrow_mut().get_or_create(
+            name,
+            shape,
+            init,
+            &self.device.clone().inner(),
+        )?;
         let t = match self.mode {
             Mode::Train => by_rank!(shape.len(), D => Tensor::<D>::from_dispatch(value)
                 .autodiff()
@@ -301,6 +348,36 @@ impl<'p> Graph<'p> {
         // A stored shape may differ from the request only if get_or_create failed above.
         self.leaves.borrow_mut().insert(name.to_string(), t.clone());
         Ok(Slot::float(t, shape.to_vec()))
+    }
+}
+
+fn unary_name(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "neg",
+        UnaryOp::Exp => "exp",
+        UnaryOp::Log => "log",
+        UnaryOp::Sqrt => "sqrt",
+        UnaryOp::Sin => "sin",
+        UnaryOp::Cos => "cos",
+        UnaryOp::Tanh => "tanh",
+        UnaryOp::Sigmoid => "sigmoid",
+        UnaryOp::Relu => "relu",
+        UnaryOp::Silu => "silu",
+        UnaryOp::Gelu => "gelu",
+        UnaryOp::Abs => "abs",
+        UnaryOp::Square => "square",
+        UnaryOp::Recip => "recip",
+    }
+}
+
+fn binary_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Max => "maximum",
+        BinaryOp::Min => "minimum",
     }
 }
 
@@ -407,7 +484,7 @@ fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>> {
         }
     }
     if let Some(i) = unknown {
-        if known == 0 || n % known != 0 {
+        if known == 0 || !n.is_multiple_of(known) {
             bail!("cannot reshape {input:?} to {spec:?}");
         }
         out[i] = n / known;
@@ -444,22 +521,30 @@ fn norm_groups(x: &Slot, groups: usize, eps: f64) -> Result<Slot> {
     // [N, C, ...] → [N, G, C/G·rest]; normalise over the last dim.
     let n = x.shape[0];
     let c = x.shape[1];
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         bail!("{c} channels cannot be split into {groups} groups");
     }
-    let grouped = reshape_dyn(x, &[n, groups, x.shape[1..].iter().product::<usize>() / groups])?;
+    let grouped = reshape_dyn(
+        x,
+        &[n, groups, x.shape[1..].iter().product::<usize>() / groups],
+    )?;
     let g = fl::<3>(&grouped);
     let mean = g.clone().mean_dim(2);
     let centered = g - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(2);
     let y = centered / var.add_scalar(eps).sqrt();
-    reshape_dyn(&Slot::float(y.into_dispatch(), grouped.shape.clone()), &x.shape)
+    reshape_dyn(
+        &Slot::float(y.into_dispatch(), grouped.shape.clone()),
+        &x.shape,
+    )
 }
 
 impl HostOps for Graph<'_> {
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId {
         let name = name.as_str();
-        self.run(&format!("param `{name}`"), &[], |_| self.param_impl(name, &shape, init))
+        self.run(&format!("param `{name}`"), &[], |_| {
+            self.param_impl(name, &shape, init)
+        })
     }
 
     fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
@@ -480,7 +565,11 @@ impl HostOps for Graph<'_> {
                 bail!("{} values for shape {:?}", data.len(), shape.as_slice());
             }
             let t = to_dispatch_int(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
-            Ok(Slot { t, shape: shape.to_vec(), int: true })
+            Ok(Slot {
+                t,
+                shape: shape.to_vec(),
+                int: true,
+            })
         })
     }
 
@@ -506,11 +595,15 @@ impl HostOps for Graph<'_> {
     }
 
     fn dim(&self, x: TensorId, dim: usize) -> usize {
-        self.slab.borrow().get(x).and_then(|s| s.shape.get(dim).copied()).unwrap_or(0)
+        self.slab
+            .borrow()
+            .get(x)
+            .and_then(|s| s.shape.get(dim).copied())
+            .unwrap_or(0)
     }
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
-        self.run(&format!("{op:?}").to_lowercase(), &[x], |s| {
+        self.run(unary_name(op), &[x], |s| {
             float_only("unary", s)?;
             unary_impl(op, &s[0])
         })
@@ -524,7 +617,7 @@ impl HostOps for Graph<'_> {
     }
 
     fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
-        self.run(&format!("{op:?}").to_lowercase(), &[a, b], |s| {
+        self.run(binary_name(op), &[a, b], |s| {
             float_only("binary", s)?;
             binary_impl(op, &s[0], &s[1])
         })
@@ -548,7 +641,11 @@ impl HostOps for Graph<'_> {
         self.run("permute", &[x], |s| {
             let r = s[0].rank();
             let mut seen = vec![false; r];
-            if axes.len() != r || axes.iter().any(|&a| a >= r || std::mem::replace(&mut seen[a], true)) {
+            if axes.len() != r
+                || axes
+                    .iter()
+                    .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
+            {
                 bail!("axes {:?} are not a permutation of 0..{r}", axes.as_slice());
             }
             let t = by_rank!(r, D => fl::<D>(&s[0]).permute(arr::<D>(&axes)).into_dispatch())?;
@@ -583,7 +680,8 @@ impl HostOps for Graph<'_> {
             if dim >= r || start >= end || end > s[0].shape[dim] {
                 bail!("range {start}..{end} of dimension {dim} is out of bounds");
             }
-            let t = by_rank!(r, D => fl::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
+            let t =
+                by_rank!(r, D => fl::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
             let mut shape = s[0].shape.clone();
             shape[dim] = end - start;
             Ok(Slot::float(t, shape))
@@ -591,7 +689,7 @@ impl HostOps for Graph<'_> {
     }
 
     fn reduce(&self, op: ReduceOp, x: TensorId, dim: usize, keepdim: bool) -> TensorId {
-        self.run(&format!("reduce {op:?}").to_lowercase(), &[x], |s| {
+        self.run("reduce", &[x], |s| {
             float_only("reduce", s)?;
             reduce_impl(op, &s[0], dim, keepdim)
         })
@@ -669,7 +767,11 @@ impl HostOps for Graph<'_> {
             }
             let g = o.groups.max(1);
             if x.shape[1] != w.shape[1] * g || w.shape[0] % g != 0 {
-                bail!("input has {} channels; weight expects {}×{g} groups", x.shape[1], w.shape[1]);
+                bail!(
+                    "input has {} channels; weight expects {}×{g} groups",
+                    x.shape[1],
+                    w.shape[1]
+                );
             }
             let out_hw = |i: usize| -> Result<usize> {
                 let eff = o.dilation[i] * (w.shape[2 + i] - 1) + 1;
@@ -720,13 +822,27 @@ impl HostOps for Graph<'_> {
                     bail!("affine parameters must have shape [{c}]");
                 }
                 let p = reshape_dyn(p, &bshape)?;
-                y = binary_impl(if is_gamma { BinaryOp::Mul } else { BinaryOp::Add }, &y, &p)?;
+                y = binary_impl(
+                    if is_gamma {
+                        BinaryOp::Mul
+                    } else {
+                        BinaryOp::Add
+                    },
+                    &y,
+                    &p,
+                )?;
             }
             Ok(y)
         })
     }
 
-    fn layer_norm(&self, x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>, eps: f64) -> TensorId {
+    fn layer_norm(
+        &self,
+        x: TensorId,
+        gamma: ROption<TensorId>,
+        beta: ROption<TensorId>,
+        eps: f64,
+    ) -> TensorId {
         let mut ids = vec![x];
         ids.extend(gamma.into_option());
         ids.extend(beta.into_option());
@@ -751,7 +867,15 @@ impl HostOps for Graph<'_> {
                 if s[k].shape != [d] {
                     bail!("affine parameters must have shape [{d}]");
                 }
-                y = binary_impl(if is_gamma { BinaryOp::Mul } else { BinaryOp::Add }, &y, &s[k])?;
+                y = binary_impl(
+                    if is_gamma {
+                        BinaryOp::Mul
+                    } else {
+                        BinaryOp::Add
+                    },
+                    &y,
+                    &s[k],
+                )?;
                 k += 1;
             }
             Ok(y)
@@ -771,9 +895,14 @@ impl HostOps for Graph<'_> {
             let scale = (1.0 / keep) as f32;
             let mask: Vec<f32> = {
                 let mut rng = self.rng.borrow_mut();
-                (0..n).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect()
+                (0..n)
+                    .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+                    .collect()
             };
-            let mask = to_dispatch(TensorData::new(mask, s[0].shape.clone()), &self.device.clone().inner())?;
+            let mask = to_dispatch(
+                TensorData::new(mask, s[0].shape.clone()),
+                &self.device.clone().inner(),
+            )?;
             let m = Slot::float(mask, s[0].shape.clone());
             binary_impl(BinaryOp::Mul, &s[0], &m)
         })
@@ -829,12 +958,16 @@ impl HostOps for Graph<'_> {
     }
 
     fn read(&self, x: TensorId) -> RVec<f32> {
-        let Ok(s) = self.slot(x) else { return RVec::new() };
+        let Ok(s) = self.slot(x) else {
+            return RVec::new();
+        };
         let res = catch_unwind(AssertUnwindSafe(|| {
             if s.int {
                 by_rank!(s.rank(), D => Tensor::<D, Int>::from_dispatch(s.t.clone()).into_data())
                     .and_then(|d| {
-                        d.convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow!("{e:?}"))
+                        d.convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .map_err(|e| anyhow!("{e:?}"))
                     })
             } else {
                 read_f32(&s.t, s.rank())

@@ -24,7 +24,9 @@ pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) 
     let out = arch.forward(graph.ops(), args);
     match out {
         Ok(id) => {
-            let res = graph.finish(id).map_err(|e| anyhow!("{} forward pass: {e}", arch.label()));
+            let res = graph
+                .finish(id)
+                .map_err(|e| anyhow!("{} forward pass: {e}", arch.label()));
             graph_release(graph, id);
             res
         }
@@ -54,7 +56,8 @@ pub fn gradients(graph: &Graph<'_>, loss: &Slot) -> Result<IndexMap<String, Disp
     if loss.shape.iter().product::<usize>() != 1 {
         anyhow::bail!("loss must be a single value, got shape {:?}", loss.shape);
     }
-    let grads = by_rank!(loss.shape.len(), D => Tensor::<D>::from_dispatch(loss.t.clone()).backward())?;
+    let grads =
+        by_rank!(loss.shape.len(), D => Tensor::<D>::from_dispatch(loss.t.clone()).backward())?;
     let mut out = IndexMap::new();
     for (name, leaf) in graph.leaves() {
         let g = by_rank!(rank_of(&leaf), D => Tensor::<D>::from_dispatch(leaf.clone())

@@ -43,17 +43,23 @@ pub fn init_values(init: Init, n: usize, seed: u64, name: &str) -> Vec<f32> {
     let mut rng = SplitMix64::for_index(seed, name_hash(name));
     match init.kind {
         InitKind::Constant => vec![init.a as f32; n],
-        InitKind::Uniform => {
-            (0..n).map(|_| (init.a + (init.b - init.a) * rng.next_f64()) as f32).collect()
-        }
-        InitKind::Normal => (0..n).map(|_| (init.a + init.b * rng.normal()) as f32).collect(),
+        InitKind::Uniform => (0..n)
+            .map(|_| (init.a + (init.b - init.a) * rng.next_f64()) as f32)
+            .collect(),
+        InitKind::Normal => (0..n)
+            .map(|_| (init.a + init.b * rng.normal()) as f32)
+            .collect(),
     }
 }
 
 impl ParamStore {
     /// An empty store whose initialisations are drawn from `seed`.
     pub fn new(seed: u64) -> ParamStore {
-        ParamStore { seed, params: IndexMap::new(), frozen: false }
+        ParamStore {
+            seed,
+            params: IndexMap::new(),
+            frozen: false,
+        }
     }
 
     /// After freezing, asking for an unknown parameter is an error (a model must create all
@@ -94,13 +100,22 @@ impl ParamStore {
         let n: usize = shape.iter().product();
         let data = TensorData::new(init_values(init, n, self.seed, name), shape.to_vec());
         let value = to_dispatch(data, device)?;
-        self.params.insert(name.to_string(), Param { shape: shape.to_vec(), value: value.clone() });
+        self.params.insert(
+            name.to_string(),
+            Param {
+                shape: shape.to_vec(),
+                value: value.clone(),
+            },
+        );
         Ok(value)
     }
 
     /// Number of scalar parameters.
     pub fn num_scalars(&self) -> usize {
-        self.params.values().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.params
+            .values()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 
     /// Number of named tensors.
@@ -136,7 +151,10 @@ impl ParamStore {
 
     /// Reads a parameter's values (row-major).
     pub fn read(&self, name: &str) -> Result<Vec<f32>> {
-        let p = self.params.get(name).ok_or_else(|| anyhow::anyhow!("no parameter `{name}`"))?;
+        let p = self
+            .params
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no parameter `{name}`"))?;
         read_f32(&p.value, p.shape.len())
     }
 

@@ -25,7 +25,11 @@ pub struct DatasetHandle {
 
 impl DatasetHandle {
     pub(crate) fn new(inner: DatasetBox, label: String) -> Self {
-        DatasetHandle { inner, label, info: None }
+        DatasetHandle {
+            inner,
+            label,
+            info: None,
+        }
     }
     /// "dataset `name` (plugin lib)".
     pub fn label(&self) -> &str {
@@ -38,7 +42,13 @@ impl DatasetHandle {
         }
         let i = ok(&self.label, self.inner.info())?;
         if i.channels == 0 || i.height == 0 || i.width == 0 {
-            bail!("{}: invalid image shape {}×{}×{}", self.label, i.channels, i.height, i.width);
+            bail!(
+                "{}: invalid image shape {}×{}×{}",
+                self.label,
+                i.channels,
+                i.height,
+                i.width
+            );
         }
         self.info = Some(i.clone());
         Ok(i)
@@ -47,13 +57,27 @@ impl DatasetHandle {
     pub fn fill(&mut self, indices: &[u64]) -> Result<(Vec<f32>, Vec<i64>)> {
         let info = self.info()?;
         if let Some(&bad) = indices.iter().find(|&&i| i >= info.len) {
-            bail!("{}: index {bad} out of range (dataset has {} images)", self.label, info.len);
+            bail!(
+                "{}: index {bad} out of range (dataset has {} images)",
+                self.label,
+                info.len
+            );
         }
         let per = info.channels * info.height * info.width;
         let mut images = vec![f32::NAN; indices.len() * per];
         let mut labels = vec![0i64; indices.len()];
-        ok(&self.label, self.inner.fill(indices.into(), images.as_mut_slice().into(), labels.as_mut_slice().into()))?;
-        if let Some(p) = images.iter().position(|v| !v.is_finite() || v.abs() > 1.0 + 1e-4) {
+        ok(
+            &self.label,
+            self.inner.fill(
+                indices.into(),
+                images.as_mut_slice().into(),
+                labels.as_mut_slice().into(),
+            ),
+        )?;
+        if let Some(p) = images
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > 1.0 + 1e-4)
+        {
             bail!(
                 "{}: image {} has value {} at offset {}; images must be finite and in [-1, 1]",
                 self.label,
@@ -76,11 +100,18 @@ impl DatasetHandle {
     pub fn validity(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         let info = self.info()?;
         let per = info.channels * info.height * info.width;
-        if images.len() % per != 0 {
-            bail!("{}: validity input is not a whole number of images", self.label);
+        if !images.len().is_multiple_of(per) {
+            bail!(
+                "{}: validity input is not a whole number of images",
+                self.label
+            );
         }
         let mut scores = vec![f32::NAN; images.len() / per];
-        ok(&self.label, self.inner.validity(images.into(), scores.as_mut_slice().into()))?;
+        ok(
+            &self.label,
+            self.inner
+                .validity(images.into(), scores.as_mut_slice().into()),
+        )?;
         Ok(scores)
     }
 }
@@ -105,9 +136,16 @@ impl ScheduleHandle {
             bail!("uniform and normal draws differ in length");
         }
         let mut out = vec![f64::NAN; uniform.len()];
-        ok(&self.label, self.inner.training_sigmas(uniform.into(), normal.into(), out.as_mut_slice().into()))?;
+        ok(
+            &self.label,
+            self.inner
+                .training_sigmas(uniform.into(), normal.into(), out.as_mut_slice().into()),
+        )?;
         if let Some(s) = out.iter().find(|s| !s.is_finite() || **s <= 0.0) {
-            bail!("{}: training σ {s} is not a positive finite number", self.label);
+            bail!(
+                "{}: training σ {s} is not a positive finite number",
+                self.label
+            );
         }
         Ok(out)
     }
@@ -166,16 +204,33 @@ impl ConditioningHandle {
         Ok(())
     }
     /// Training labels of samples `ids` with dataset labels `dataset_labels`.
-    pub fn train_labels(&self, data: DataSummary, dataset_labels: &[i64], ids: &[u64]) -> Result<Vec<i64>> {
+    pub fn train_labels(
+        &self,
+        data: DataSummary,
+        dataset_labels: &[i64],
+        ids: &[u64],
+    ) -> Result<Vec<i64>> {
         let mut out = vec![0i64; ids.len()];
-        ok(&self.label, self.inner.train_labels(data, dataset_labels.into(), ids.into(), out.as_mut_slice().into()))?;
+        ok(
+            &self.label,
+            self.inner.train_labels(
+                data,
+                dataset_labels.into(),
+                ids.into(),
+                out.as_mut_slice().into(),
+            ),
+        )?;
         self.check(data, &out)?;
         Ok(out)
     }
     /// Labels for `n` samples.
     pub fn sample_labels(&self, data: DataSummary, seed: u64, n: usize) -> Result<Vec<i64>> {
         let mut out = vec![0i64; n];
-        ok(&self.label, self.inner.sample_labels(data, seed, out.as_mut_slice().into()))?;
+        ok(
+            &self.label,
+            self.inner
+                .sample_labels(data, seed, out.as_mut_slice().into()),
+        )?;
         self.check(data, &out)?;
         Ok(out)
     }
@@ -229,7 +284,7 @@ impl CriterionHandle {
     }
     /// Flags and scores from ascending neighbour distances (`k` per sample, row-major).
     pub fn judge(&self, distances: &[f32], k: usize) -> Result<(Vec<bool>, Vec<f32>)> {
-        if k == 0 || distances.len() % k != 0 {
+        if k == 0 || !distances.len().is_multiple_of(k) {
             bail!("distances are not a whole number of rows of {k}");
         }
         let m = distances.len() / k;
@@ -237,7 +292,12 @@ impl CriterionHandle {
         let mut scores = vec![f32::NAN; m];
         ok(
             &self.label,
-            self.inner.judge(distances.into(), k, flags.as_mut_slice().into(), scores.as_mut_slice().into()),
+            self.inner.judge(
+                distances.into(),
+                k,
+                flags.as_mut_slice().into(),
+                scores.as_mut_slice().into(),
+            ),
         )?;
         Ok((flags, scores))
     }

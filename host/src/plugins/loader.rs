@@ -70,9 +70,13 @@ pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
 pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else { continue };
-        let mut files: Vec<PathBuf> =
-            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_dylib(p)).collect();
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_dylib(p))
+            .collect();
         files.sort();
         out.extend(files);
     }
@@ -117,15 +121,27 @@ fn explain(e: &LibraryError) -> String {
 
 /// Loads one library, checking its ABI, and reads its manifest.
 pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
-    let fail = |reason: String| LoadFailure { path: path.to_path_buf(), reason };
+    let fail = |reason: String| LoadFailure {
+        path: path.to_path_buf(),
+        reason,
+    };
     if !path.exists() {
         return Err(fail("file not found".into()));
     }
     let sha256 = sha256_file(path).map_err(|e| fail(e.to_string()))?;
     let header = lib_header_from_path(path).map_err(|e| fail(explain(&e)))?;
-    let module = header.init_root_module::<PluginModRef>().map_err(|e| fail(explain(&e)))?;
-    let manifest = (module.manifest())().into_result().map_err(|e| fail(format!("manifest: {e}")))?;
-    Ok(LoadedLibrary { path: path.to_path_buf(), sha256, manifest, module })
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| fail(explain(&e)))?;
+    let manifest = (module.manifest())()
+        .into_result()
+        .map_err(|e| fail(format!("manifest: {e}")))?;
+    Ok(LoadedLibrary {
+        path: path.to_path_buf(),
+        sha256,
+        manifest,
+        module,
+    })
 }
 
 /// Condenses abi_stable's multi-page layout comparison to its verdicts ("mismatched package:
@@ -150,5 +166,9 @@ fn summarize_abi_error(full: &str) -> String {
             }
         }
     }
-    if verdicts.is_empty() { "layouts differ".to_string() } else { verdicts.join("; ") }
+    if verdicts.is_empty() {
+        "layouts differ".to_string()
+    } else {
+        verdicts.join("; ")
+    }
 }

@@ -78,7 +78,11 @@ impl Registry {
 
     /// Loads exactly these files.
     pub fn from_files(files: &[PathBuf]) -> Result<Registry> {
-        let mut reg = Registry { libraries: Vec::new(), failures: Vec::new(), index: BTreeMap::new() };
+        let mut reg = Registry {
+            libraries: Vec::new(),
+            failures: Vec::new(),
+            index: BTreeMap::new(),
+        };
         for f in files {
             match loader::load(f) {
                 Ok(lib) => reg.add(lib)?,
@@ -149,18 +153,28 @@ impl Registry {
 
     /// Names of the components of `kind`.
     pub fn names(&self, kind: ComponentKind) -> Vec<String> {
-        self.index.keys().filter(|(k, _)| *k == kind).map(|(_, n)| n.clone()).collect()
+        self.index
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// The manifest entry of a component.
     pub fn info(&self, kind: ComponentKind, name: &str) -> Option<&ComponentInfo> {
         let i = *self.index.get(&(kind, name.to_string()))?;
-        self.libraries[i].manifest.components.iter().find(|c| c.kind == kind && c.name.as_str() == name)
+        self.libraries[i]
+            .manifest
+            .components
+            .iter()
+            .find(|c| c.kind == kind && c.name.as_str() == name)
     }
 
     /// The library providing a component.
     pub fn library_of(&self, kind: ComponentKind, name: &str) -> Option<&LoadedLibrary> {
-        self.index.get(&(kind, name.to_string())).map(|&i| &self.libraries[i])
+        self.index
+            .get(&(kind, name.to_string()))
+            .map(|&i| &self.libraries[i])
     }
 
     /// Provenance of every loaded library.
@@ -180,13 +194,25 @@ impl Registry {
     /// Error for an unknown component, listing what is available.
     pub fn unknown(&self, kind: ComponentKind, name: &str) -> anyhow::Error {
         let names = self.names(kind);
-        let avail = if names.is_empty() { "none loaded".to_string() } else { names.join(", ") };
+        let avail = if names.is_empty() {
+            "none loaded".to_string()
+        } else {
+            names.join(", ")
+        };
         anyhow!("no {kind} named `{name}` is loaded (available: {avail})")
     }
 
     /// Constructs a component from its parameters (TOML table text) and seed.
-    pub fn create(&self, kind: ComponentKind, name: &str, params: &str, seed: u64) -> Result<(Component, String)> {
-        let lib = self.library_of(kind, name).ok_or_else(|| self.unknown(kind, name))?;
+    pub fn create(
+        &self,
+        kind: ComponentKind,
+        name: &str,
+        params: &str,
+        seed: u64,
+    ) -> Result<(Component, String)> {
+        let lib = self
+            .library_of(kind, name)
+            .ok_or_else(|| self.unknown(kind, name))?;
         let label = format!("{kind} `{name}` (plugin {})", lib.manifest.name);
         let c = (lib.module.create())(kind, name.into(), params.into(), seed)
             .into_result()

@@ -11,7 +11,13 @@ impl Conditioning for NoConditioning {
     fn classes(&self, _data: DataSummary) -> u32 {
         0
     }
-    fn train_labels(&self, _d: DataSummary, _labels: &[i64], _ids: &[u64], out: &mut [i64]) -> PResult<()> {
+    fn train_labels(
+        &self,
+        _d: DataSummary,
+        _labels: &[i64],
+        _ids: &[u64],
+        out: &mut [i64],
+    ) -> PResult<()> {
         out.fill(0);
         Ok(())
     }
@@ -22,10 +28,15 @@ impl Conditioning for NoConditioning {
 }
 
 fn register(p: &mut Plugin) {
-    p.conditioning("none", "Unconditional: the model sees no labels", &[], |params, _| {
-        params.expect_empty()?;
-        Ok(NoConditioning)
-    });
+    p.conditioning(
+        "none",
+        "Unconditional: the model sees no labels",
+        &[],
+        |params, _| {
+            params.expect_empty()?;
+            Ok(NoConditioning)
+        },
+    );
 }
 
 export_plugin!(register);

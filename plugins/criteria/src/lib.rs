@@ -28,7 +28,9 @@ impl Ratio {
         if !(p.threshold > 0.0 && p.threshold <= 1.0) {
             return Err(format!("threshold must be in (0, 1], got {}", p.threshold));
         }
-        Ok(Ratio { threshold: p.threshold })
+        Ok(Ratio {
+            threshold: p.threshold,
+        })
     }
 }
 
@@ -59,7 +61,12 @@ fn register(p: &mut Plugin) {
     p.criterion(
         "ratio",
         "Replicate iff d1/d2 < threshold (nearest vs second-nearest training image)",
-        &[param("threshold", "float", "0.3333", "largest d1/d2 counted as a replicate")],
+        &[param(
+            "threshold",
+            "float",
+            "0.3333",
+            "largest d1/d2 counted as a replicate",
+        )],
         Ratio::from_params,
     );
 }

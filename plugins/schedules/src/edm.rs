@@ -3,9 +3,19 @@
 use memlab_plugin_api::prelude::*;
 
 pub const PARAMS: &[Param] = &[
-    param("sigma_data", "float", "0.5", "σ_d, the data standard deviation"),
+    param(
+        "sigma_data",
+        "float",
+        "0.5",
+        "σ_d, the data standard deviation",
+    ),
     param("p_mean", "float", "-1.2", "mean of ln σ during training"),
-    param("p_std", "float", "1.2", "standard deviation of ln σ during training"),
+    param(
+        "p_std",
+        "float",
+        "1.2",
+        "standard deviation of ln σ during training",
+    ),
     param("sigma_min", "float", "0.002", "smallest sampling σ"),
     param("sigma_max", "float", "80", "largest sampling σ"),
     param("rho", "float", "7", "ρ of the sampling σ spacing"),
@@ -24,23 +34,35 @@ pub struct Edm {
 
 impl Default for Edm {
     fn default() -> Self {
-        Edm { sigma_data: 0.5, p_mean: -1.2, p_std: 1.2, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 }
+        Edm {
+            sigma_data: 0.5,
+            p_mean: -1.2,
+            p_std: 1.2,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            rho: 7.0,
+        }
     }
+}
+
+/// True for finite numbers > 0 (false for NaN).
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
 }
 
 impl Edm {
     pub fn from_params(params: &Params, _seed: u64) -> PResult<Edm> {
         let e: Edm = params.parse()?;
-        if !(e.sigma_data > 0.0) {
+        if !positive(e.sigma_data) {
             return Err(format!("sigma_data must be positive, got {}", e.sigma_data));
         }
-        if !(e.sigma_min > 0.0 && e.sigma_max > e.sigma_min) {
+        if !positive(e.sigma_min) || !positive(e.sigma_max - e.sigma_min) {
             return Err(format!(
                 "need 0 < sigma_min < sigma_max, got {} and {}",
                 e.sigma_min, e.sigma_max
             ));
         }
-        if !(e.rho > 0.0) || !(e.p_std > 0.0) {
+        if !positive(e.rho) || !positive(e.p_std) {
             return Err("rho and p_std must be positive".into());
         }
         Ok(e)
@@ -75,10 +97,17 @@ impl NoiseSchedule for Edm {
         if steps == 0 {
             return Err("need at least one sampling step".into());
         }
-        let (a, b) = (self.sigma_max.powf(1.0 / self.rho), self.sigma_min.powf(1.0 / self.rho));
+        let (a, b) = (
+            self.sigma_max.powf(1.0 / self.rho),
+            self.sigma_min.powf(1.0 / self.rho),
+        );
         let mut s: Vec<f64> = (0..steps)
             .map(|i| {
-                let t = if steps == 1 { 0.0 } else { i as f64 / (steps - 1) as f64 };
+                let t = if steps == 1 {
+                    0.0
+                } else {
+                    i as f64 / (steps - 1) as f64
+                };
                 (a + t * (b - a)).powf(self.rho)
             })
             .collect();
@@ -117,7 +146,9 @@ mod tests {
         assert_eq!(s[18], 0.0);
         let rho = 7.0f64;
         let i = 5.0;
-        let expect = (80f64.powf(1.0 / rho) + i / 17.0 * (0.002f64.powf(1.0 / rho) - 80f64.powf(1.0 / rho))).powf(rho);
+        let expect = (80f64.powf(1.0 / rho)
+            + i / 17.0 * (0.002f64.powf(1.0 / rho) - 80f64.powf(1.0 / rho)))
+        .powf(rho);
         assert!((s[5] - expect).abs() < 1e-9);
     }
 

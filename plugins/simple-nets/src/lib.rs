@@ -8,7 +8,12 @@ use memlab_plugin_api::prelude::*;
 pub const CONVNET_PARAMS: &[Param] = &[
     param("channels", "int", "32", "feature channels"),
     param("blocks", "int", "2", "residual blocks"),
-    param("dropout", "float", "0.0", "dropout probability inside residual blocks"),
+    param(
+        "dropout",
+        "float",
+        "0.0",
+        "dropout probability inside residual blocks",
+    ),
 ];
 
 #[derive(Deserialize, Debug, Clone, Copy)]
@@ -21,15 +26,22 @@ pub struct ConvNet {
 
 impl Default for ConvNet {
     fn default() -> Self {
-        ConvNet { channels: 32, blocks: 2, dropout: 0.0 }
+        ConvNet {
+            channels: 32,
+            blocks: 2,
+            dropout: 0.0,
+        }
     }
 }
 
 impl ConvNet {
     pub fn from_params(params: &Params, _seed: u64) -> PResult<ConvNet> {
         let c: ConvNet = params.parse()?;
-        if c.channels == 0 || c.channels % 2 != 0 {
-            return Err(format!("channels must be a positive even number, got {}", c.channels));
+        if c.channels == 0 || !c.channels.is_multiple_of(2) {
+            return Err(format!(
+                "channels must be a positive even number, got {}",
+                c.channels
+            ));
         }
         if !(0.0..1.0).contains(&c.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", c.dropout));
@@ -44,20 +56,33 @@ impl Architecture for ConvNet {
         let ch = self.channels;
         let emb_dim = 4 * ch;
         let t = timestep_embedding(ctx, &inp.noise, ch, 10_000.0);
-        let t = Linear::new(ch, emb_dim).forward(&ctx.scope("time.0"), &t).silu();
+        let t = Linear::new(ch, emb_dim)
+            .forward(&ctx.scope("time.0"), &t)
+            .silu();
         let mut emb = Linear::new(emb_dim, emb_dim).forward(&ctx.scope("time.1"), &t);
         if let (Some(labels), true) = (&inp.labels, inp.classes > 0) {
-            let table = ctx.param("label_emb", &[inp.classes as usize, emb_dim], Init::normal(0.0, 1.0));
+            let table = ctx.param(
+                "label_emb",
+                &[inp.classes as usize, emb_dim],
+                Init::normal(0.0, 1.0),
+            );
             emb = emb + table.embedding(labels);
         }
-        let mut h = Conv2d::new(c, ch, 3).same().forward(&ctx.scope("conv_in"), &inp.x);
+        let mut h = Conv2d::new(c, ch, 3)
+            .same()
+            .forward(&ctx.scope("conv_in"), &inp.x);
         for i in 0..self.blocks {
             h = ResBlock::new(ch, ch, emb_dim)
                 .dropout(self.dropout)
                 .forward(&ctx.scope(format!("block{i}")), &h, Some(&emb));
         }
-        let h = GroupNorm::gn32(ch).forward(&ctx.scope("out_norm"), &h).silu();
-        Ok(Conv2d::new(ch, c, 3).same().zero_init().forward(&ctx.scope("conv_out"), &h))
+        let h = GroupNorm::gn32(ch)
+            .forward(&ctx.scope("out_norm"), &h)
+            .silu();
+        Ok(Conv2d::new(ch, c, 3)
+            .same()
+            .zero_init()
+            .forward(&ctx.scope("conv_out"), &h))
     }
 }
 

@@ -11,9 +11,19 @@ use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::prelude::*;
 
 pub const PARAMS: &[Param] = &[
-    param("resolution", "int", "32", "image height and width in pixels"),
+    param(
+        "resolution",
+        "int",
+        "32",
+        "image height and width in pixels",
+    ),
     param("size", "int", "10000", "number of images the dataset holds"),
-    param("band", "int", "resolution / 16 (≥ 1)", "thickness of the cross's bands in pixels"),
+    param(
+        "band",
+        "int",
+        "resolution / 16 (≥ 1)",
+        "thickness of the cross's bands in pixels",
+    ),
 ];
 
 #[derive(Deserialize)]
@@ -67,7 +77,12 @@ impl Mondrian {
         if p.size == 0 {
             return Err("size must be at least 1".into());
         }
-        Ok(Mondrian { res: p.resolution, band, size: p.size, seed })
+        Ok(Mondrian {
+            res: p.resolution,
+            band,
+            size: p.size,
+            seed,
+        })
     }
 
     /// Writes image `index` (3×res×res, CHW, [−1, 1]) into `out` and returns its cross.
@@ -186,7 +201,10 @@ impl Dataset for Mondrian {
     fn fill(&self, indices: &[u64], images: &mut [f32], labels: &mut [i64]) -> PResult<()> {
         let per = 3 * self.res * self.res;
         if images.len() != indices.len() * per || labels.len() != indices.len() {
-            return Err(format!("buffers sized for {} images expected", indices.len()));
+            return Err(format!(
+                "buffers sized for {} images expected",
+                indices.len()
+            ));
         }
         for (k, &i) in indices.iter().enumerate() {
             if i >= self.size {
@@ -201,7 +219,11 @@ impl Dataset for Mondrian {
     fn validity(&self, images: &[f32], scores: &mut [f32]) -> Option<PResult<()>> {
         let per = 3 * self.res * self.res;
         if images.len() != scores.len() * per {
-            return Some(Err(format!("{} values is not {} images", images.len(), scores.len())));
+            return Some(Err(format!(
+                "{} values is not {} images",
+                images.len(),
+                scores.len()
+            )));
         }
         for (k, s) in scores.iter_mut().enumerate() {
             *s = self.score(&images[k * per..(k + 1) * per]);
@@ -215,7 +237,11 @@ mod tests {
     use super::*;
 
     fn make(res: usize) -> Mondrian {
-        Mondrian::from_params(&Params::from_toml(&format!("resolution = {res}\nsize = 100")).unwrap(), 7).unwrap()
+        Mondrian::from_params(
+            &Params::from_toml(&format!("resolution = {res}\nsize = 100")).unwrap(),
+            7,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -235,7 +261,10 @@ mod tests {
         }
         // the cross row has many distinct values
         let row: Vec<f32> = (0..16).map(|x| px(0, cross.row, x)).collect();
-        let distinct = row.iter().filter(|v| row.iter().filter(|w| w == v).count() == 1).count();
+        let distinct = row
+            .iter()
+            .filter(|v| row.iter().filter(|w| w == v).count() == 1)
+            .count();
         assert!(distinct > 12, "{row:?}");
         assert!(img.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
@@ -275,14 +304,18 @@ mod tests {
         m.draw(1, &mut img);
         assert!(m.score(&img) > 0.95, "{}", m.score(&img));
         let mut g = SplitMix64(9);
-        let noise: Vec<f32> = (0..768).map(|_| (g.next_f64() * 2.0 - 1.0) as f32).collect();
+        let noise: Vec<f32> = (0..768)
+            .map(|_| (g.next_f64() * 2.0 - 1.0) as f32)
+            .collect();
         assert!(m.score(&noise) < 0.05, "{}", m.score(&noise));
         assert!(m.score(&vec![0.3; 768]) < 0.05);
     }
 
     #[test]
     fn rejects_bad_params() {
-        let e = Mondrian::from_params(&Params::from_toml("resolutoin = 8").unwrap(), 0).err().unwrap();
+        let e = Mondrian::from_params(&Params::from_toml("resolutoin = 8").unwrap(), 0)
+            .err()
+            .unwrap();
         assert!(e.contains("unknown field `resolutoin`"), "{e}");
         assert!(Mondrian::from_params(&Params::from_toml("resolution = 2").unwrap(), 0).is_err());
     }
