@@ -503,6 +503,11 @@ pub struct ArchInfo {
     pub outputs_denoised: bool,
     /// No trainable parameters: the host skips training.
     pub parameter_free: bool,
+    /// improved-diffusion's `learn_sigma`: `forward` returns 2·C channels, the first C the
+    /// usual output and the last C the variance interpolation v ∈ [−1, 1]
+    /// (log Σ = v'·log β + (1 − v')·log β̃ with v' = (v + 1)/2). Only meaningful with discrete
+    /// DDPM schedules; the host ignores the extra channels when sampling with ODE samplers.
+    pub learned_variance: bool,
 }
 
 /// Inputs of one forward pass.
