@@ -38,6 +38,17 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         check: Option<PathBuf>,
     },
+    /// Train, sample and evaluate one configuration (resumes an interrupted run).
+    Run {
+        /// The config file.
+        config: PathBuf,
+        /// Override a config value: `--set train.steps=100` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Parent directory of the run directory (default: the config's `run.out_dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks (results go in BENCHMARKS.md; never run as timed tests).
     Bench {
         /// What to measure.
@@ -124,6 +135,23 @@ fn run(cli: Cli) -> Result<i32> {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
             print_rows(&reg.rows(), json, params)?;
+            Ok(0)
+        }
+        Command::Run { config, sets, out } => {
+            let (cfg, reg) = crate::run::prepare(&config, &sets, &cli.plugin_dirs)?;
+            let r = crate::run::run(&cfg, &reg, out.as_deref())?;
+            println!("run directory: {}", r.dir.display());
+            for c in &r.evaluation.criteria {
+                println!(
+                    "{}: memorization ratio {:.2}% ({} of {} samples), {} distinct training images replicated",
+                    c.name,
+                    100.0 * c.ratio,
+                    c.replicates,
+                    r.evaluation.samples,
+                    c.distinct_replicated
+                );
+            }
+            println!("mean nearest-neighbour L2 distance: {:.4}", r.evaluation.mean_nn_l2);
             Ok(0)
         }
         Command::Bench { what: BenchWhat::Dispatch { arch, params, batch, res, steps, json } } => {

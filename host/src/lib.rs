@@ -9,8 +9,18 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod engine;
+pub mod eval;
+pub mod knn;
+pub mod model;
+pub mod optim;
+pub mod output;
 pub mod plugins;
+pub mod run;
+pub mod sampler;
+pub mod snapshot;
+pub mod train;
 
 /// Exit code for bad user input (config errors, unknown plugins, bad parameters).
 pub const EXIT_USAGE: i32 = 2;

@@ -138,6 +138,16 @@ impl ParamStore {
         self.params.get(name)
     }
 
+    /// Inserts (or replaces) a parameter as is.
+    pub fn insert(&mut self, name: &str, p: Param) {
+        self.params.insert(name.to_string(), p);
+    }
+
+    /// The seed parameter initialisations are drawn from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Replaces a parameter's value (same shape).
     pub fn set(&mut self, name: &str, value: DispatchTensor) -> Result<()> {
         match self.params.get_mut(name) {

@@ -1,0 +1,134 @@
+//! Replication evaluation: nearest training images of every sample, each criterion's flags,
+//! and the numbers papers report (memorization ratio, mean d₁, distinct training images
+//! replicated, per class).
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::Result;
+use burn::tensor::Device;
+use memlab_plugin_api::ffi::Distance;
+use serde::Serialize;
+
+use crate::knn::{Neighbours, knn};
+use crate::plugins::CriterionHandle;
+
+/// Results of one criterion.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriterionResult {
+    /// Criterion label (`criterion `ratio` (plugin …)`) and config name.
+    pub name: String,
+    /// Fraction of samples flagged as replicates.
+    pub ratio: f64,
+    /// Number flagged.
+    pub replicates: usize,
+    /// Distinct training images replicated at least once.
+    pub distinct_replicated: usize,
+    /// `distinct_replicated / training images`.
+    pub distinct_fraction: f64,
+    /// Per sample-label class: (samples, ratio).
+    pub per_class: BTreeMap<String, ClassResult>,
+    /// Per-sample flags.
+    #[serde(skip)]
+    pub flags: Vec<bool>,
+    /// Per-sample scores.
+    #[serde(skip)]
+    pub scores: Vec<f32>,
+}
+
+/// One class's share.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassResult {
+    /// Samples generated for the class.
+    pub samples: usize,
+    /// Fraction of them flagged.
+    pub ratio: f64,
+}
+
+/// Whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Training images searched.
+    pub training_images: usize,
+    /// Mean L2 distance to the nearest training image ([−1, 1] pixel scale).
+    pub mean_nn_l2: f64,
+    /// Mean of d₁/√(C·H·W)·127.5, DM's "KNN distance" on the uint8 scale per pixel.
+    pub mean_nn_l2_per_pixel_u8: f64,
+    /// Each criterion.
+    pub criteria: Vec<CriterionResult>,
+    /// Nearest training image of every sample (L2).
+    #[serde(skip)]
+    pub nearest: Vec<u32>,
+}
+
+/// Evaluates `samples` (`m × dim`) against `train` with every criterion; `labels` gives each
+/// sample's class for per-class results.
+pub fn evaluate(
+    samples: &[f32],
+    sample_labels: &[i64],
+    class_names: &[String],
+    train: &[f32],
+    dim: usize,
+    criteria: &[(String, CriterionHandle)],
+    device: &Device,
+) -> Result<Evaluation> {
+    let m = samples.len() / dim;
+    let n = train.len() / dim;
+    // One search per distance, with the most neighbours any criterion needs (at least 1).
+    let mut need: BTreeMap<u8, (Distance, usize)> = BTreeMap::new();
+    need.insert(Distance::L2 as u8, (Distance::L2, 1));
+    for (_, c) in criteria {
+        let i = c.info()?;
+        let e = need.entry(i.distance as u8).or_insert((i.distance, 0));
+        e.1 = e.1.max(i.neighbours).min(n);
+    }
+    let mut found: BTreeMap<u8, Neighbours> = BTreeMap::new();
+    for (key, (d, k)) in &need {
+        log::info!("k-NN: {m} samples × {n} training images, {d:?}, k = {k}");
+        found.insert(*key, knn(samples, train, dim, *k, *d, device)?);
+    }
+    let l2 = &found[&(Distance::L2 as u8)];
+    let mean_nn: f64 = (0..m).map(|i| l2.row(i)[0] as f64).sum::<f64>() / m.max(1) as f64;
+    let nearest: Vec<u32> = (0..m).map(|i| l2.idx[i * l2.k]).collect();
+    let mut results = Vec::new();
+    for (name, c) in criteria {
+        let info = c.info()?;
+        let nb = &found[&(info.distance as u8)];
+        let k = info.neighbours.min(n);
+        let mut d = Vec::with_capacity(m * k);
+        for i in 0..m {
+            d.extend_from_slice(&nb.row(i)[..k]);
+        }
+        let (flags, scores) = c.judge(&d, k)?;
+        let reps = flags.iter().filter(|f| **f).count();
+        let distinct: HashSet<u32> = flags.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| nb.idx[i * nb.k]).collect();
+        let mut per_class = BTreeMap::new();
+        for (ci, cname) in class_names.iter().enumerate() {
+            let idx: Vec<usize> = (0..m).filter(|&i| sample_labels.get(i) == Some(&(ci as i64))).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let r = idx.iter().filter(|&&i| flags[i]).count();
+            per_class.insert(cname.clone(), ClassResult { samples: idx.len(), ratio: r as f64 / idx.len() as f64 });
+        }
+        results.push(CriterionResult {
+            name: name.clone(),
+            ratio: reps as f64 / m.max(1) as f64,
+            replicates: reps,
+            distinct_replicated: distinct.len(),
+            distinct_fraction: distinct.len() as f64 / n.max(1) as f64,
+            per_class,
+            flags,
+            scores,
+        });
+    }
+    Ok(Evaluation {
+        samples: m,
+        training_images: n,
+        mean_nn_l2: mean_nn,
+        mean_nn_l2_per_pixel_u8: mean_nn / (dim as f64).sqrt() * 127.5,
+        criteria: results,
+        nearest,
+    })
+}

@@ -1,0 +1,172 @@
+//! The denoiser D(x; σ, label): an architecture plugin wrapped in a schedule's
+//! preconditioning (EDM's separation: formulation × network), and its training loss.
+
+use abi_stable::std_types::{RNone, RSome};
+use anyhow::{Result, bail};
+use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
+use indexmap::IndexMap;
+use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, HostOps};
+
+use crate::engine::graph::{Graph, Mode, Slot};
+use crate::engine::params::ParamStore;
+use crate::engine::{self};
+use crate::plugins::{ArchitectureHandle, ScheduleHandle};
+
+/// An architecture under a noise formulation.
+pub struct Model {
+    /// The network (or closed-form denoiser).
+    pub arch: ArchitectureHandle,
+    /// The formulation.
+    pub schedule: ScheduleHandle,
+    /// The architecture's declarations.
+    pub info: ArchInfo,
+    /// Device the engine runs on (without autodiff).
+    pub device: Device,
+    /// Label classes (0 = unconditional).
+    pub classes: u32,
+    /// `[c, h, w]`.
+    pub image_shape: [usize; 3],
+    /// The training set, for architectures that asked for it.
+    pub training_set: Option<DispatchTensor>,
+    /// Number of training images in `training_set`.
+    pub training_len: usize,
+}
+
+/// Per-sample preconditioning values as device tensors `[n, 1, 1, 1]`.
+struct Coeffs {
+    c_skip: Vec<f32>,
+    c_out: Vec<f32>,
+    c_in: Vec<f32>,
+    c_noise: Vec<f32>,
+}
+
+impl Model {
+    fn coeffs(&self, sigma: &[f64]) -> Result<Coeffs> {
+        let mut c = Coeffs { c_skip: vec![], c_out: vec![], c_in: vec![], c_noise: vec![] };
+        for &s in sigma {
+            if self.info.outputs_denoised {
+                c.c_skip.push(0.0);
+                c.c_out.push(1.0);
+                c.c_in.push(1.0);
+                c.c_noise.push(s as f32);
+            } else {
+                let p = self.schedule.precond(s)?;
+                for v in [p.c_skip, p.c_out, p.c_in, p.c_noise] {
+                    if !v.is_finite() {
+                        bail!("{}: preconditioning at σ = {s} is not finite", self.schedule.label());
+                    }
+                }
+                c.c_skip.push(p.c_skip as f32);
+                c.c_out.push(p.c_out as f32);
+                c.c_in.push(p.c_in as f32);
+                c.c_noise.push(p.c_noise as f32);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Runs D(x; σ) on `graph` (training or inference) and returns the `[n, c, h, w]` output.
+    fn denoise_on(&self, graph: &mut Graph<'_>, x: Tensor<4>, sigma: &[f64], labels: Option<&[i64]>) -> Result<Tensor<4>> {
+        let [n, c, h, w] = x.dims();
+        if sigma.len() != n {
+            bail!("{} noise levels for {n} images", sigma.len());
+        }
+        if let Some(ts) = &self.training_set {
+            let slot = Slot {
+                t: ts.clone(),
+                shape: vec![self.training_len, self.image_shape[0], self.image_shape[1], self.image_shape[2]],
+                int: false,
+            };
+            graph.set_training_set(slot);
+        }
+        let dev = graph.device().clone();
+        let k = self.coeffs(sigma)?;
+        let col = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [n, 1, 1, 1]), &dev);
+        let x_in = if self.info.outputs_denoised { x.clone() } else { x.clone() * col(&k.c_in) };
+        let xi = graph.insert(Slot { t: x_in.into_dispatch(), shape: vec![n, c, h, w], int: false });
+        let ni = graph.insert_data(k.c_noise.clone(), &[n])?;
+        let li = match (labels, self.classes) {
+            (Some(l), cl) if cl > 0 => {
+                if l.len() != n {
+                    bail!("{} labels for {n} images", l.len());
+                }
+                RSome(graph.insert_int(l.to_vec(), &[n])?)
+            }
+            _ => RNone,
+        };
+        let args = ForwardArgs { x: xi, noise: ni, labels: li, classes: self.classes };
+        let out = engine::forward(&self.arch, graph, args)?;
+        graph.release(xi);
+        graph.release(ni);
+        if let RSome(l) = li {
+            graph.release(l);
+        }
+        let expect_c = if self.info.learned_variance { 2 * c } else { c };
+        if out.shape != [n, expect_c, h, w] {
+            bail!(
+                "{} returned shape {:?}; expected [{n}, {expect_c}, {h}, {w}]",
+                self.arch.label(),
+                out.shape
+            );
+        }
+        let mut f = Tensor::<4>::from_dispatch(out.t);
+        if self.info.learned_variance {
+            f = f.narrow(1, 0, c);
+        }
+        if self.info.outputs_denoised {
+            return Ok(f);
+        }
+        Ok(x * col(&k.c_skip) + f * col(&k.c_out))
+    }
+
+    /// D(x; σ) for sampling (inference mode, no autodiff). `x` lives on [`Model::device`].
+    pub fn denoise(&self, params: &mut ParamStore, x: Tensor<4>, sigma: &[f64], labels: Option<&[i64]>) -> Result<Tensor<4>> {
+        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        self.denoise_on(&mut graph, x, sigma, labels)
+    }
+
+    /// One training loss evaluation with gradients:
+    /// `mean_i λ(σ_i) · mean_pixels (D(y_i + σ_i n_i; σ_i) − y_i)²`.
+    /// Returns the loss and each parameter's gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grads(
+        &self,
+        params: &mut ParamStore,
+        y: Vec<f32>,
+        noise: Vec<f32>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+        dropout_seed: u64,
+    ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
+        let n = sigma.len();
+        let [c, h, w] = self.image_shape;
+        let mut graph = Graph::new(&self.device, Mode::Train, params, dropout_seed);
+        let dev = graph.device().clone();
+        let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
+        let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
+        let sig: Vec<f32> = sigma.iter().map(|&s| s as f32).collect();
+        let sig = Tensor::<4>::from_data(TensorData::new(sig, [n, 1, 1, 1]), &dev);
+        let x = y.clone() + nz * sig;
+        let d = self.denoise_on(&mut graph, x, sigma, labels)?;
+        let mut weights = Vec::with_capacity(n);
+        for &s in sigma {
+            let wgt = self.schedule.loss_weight(s)?;
+            if !wgt.is_finite() {
+                bail!("{}: loss weight at σ = {s} is not finite", self.schedule.label());
+            }
+            weights.push((wgt / n as f64) as f32);
+        }
+        let wt = Tensor::<1>::from_data(TensorData::new(weights, [n]), &dev);
+        let per = (d - y).powi_scalar(2).mean_dims(&[1, 2, 3]).reshape([n]);
+        let loss = (per * wt).sum();
+        let value = loss.clone().into_data().convert::<f64>().try_to_vec::<f64>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let slot = Slot { t: loss.into_dispatch(), shape: vec![1], int: false };
+        let grads = engine::gradients(&graph, &slot)?;
+        Ok((value, grads))
+    }
+
+    /// "architecture … under schedule …".
+    pub fn label(&self) -> String {
+        format!("{} under {}", self.arch.label(), self.schedule.label())
+    }
+}

@@ -1,0 +1,123 @@
+//! Adam / AdamW over a [`ParamStore`], gradient clipping and EMA — on device tensors.
+
+use anyhow::{Result, anyhow};
+use burn::tensor::{DispatchTensor, Tensor};
+use indexmap::IndexMap;
+
+use crate::engine::params::ParamStore;
+use crate::engine::rank::by_rank;
+
+/// Adam(W) hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamConfig {
+    /// Learning rate (after warm-up).
+    pub lr: f64,
+    /// β₁, β₂.
+    pub betas: [f64; 2],
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW); 0 is plain Adam.
+    pub weight_decay: f64,
+}
+
+/// Adam moments of every parameter, by name.
+#[derive(Clone, Default)]
+pub struct AdamState {
+    /// Steps taken.
+    pub t: u64,
+    /// First moments.
+    pub m: IndexMap<String, DispatchTensor>,
+    /// Second moments.
+    pub v: IndexMap<String, DispatchTensor>,
+}
+
+fn rank(t: &DispatchTensor) -> usize {
+    crate::engine::rank_of(t)
+}
+
+/// Global L2 norm of all gradients.
+pub fn global_norm(grads: &IndexMap<String, DispatchTensor>) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for g in grads.values() {
+        let s = by_rank!(rank(g), D => {
+            let t = Tensor::<D>::from_dispatch(g.clone());
+            (t.clone() * t).sum().into_data().convert::<f64>().try_to_vec::<f64>()
+        })?
+        .map_err(|e| anyhow!("{e:?}"))?[0];
+        sq += s;
+    }
+    Ok(sq.sqrt())
+}
+
+/// Scales every gradient by `s`.
+pub fn scale_grads(grads: &mut IndexMap<String, DispatchTensor>, s: f64) -> Result<()> {
+    for g in grads.values_mut() {
+        *g = by_rank!(rank(g), D => Tensor::<D>::from_dispatch(g.clone()).mul_scalar(s).into_dispatch())?;
+    }
+    Ok(())
+}
+
+/// One Adam(W) step at learning rate `lr` (already warmed up) on every parameter that has a
+/// gradient. Bias-corrected moments, decoupled weight decay `p ← p − lr·wd·p`.
+pub fn adam_step(
+    params: &mut ParamStore,
+    state: &mut AdamState,
+    grads: &IndexMap<String, DispatchTensor>,
+    cfg: &AdamConfig,
+    lr: f64,
+) -> Result<()> {
+    state.t += 1;
+    let t = state.t as i32;
+    let [b1, b2] = cfg.betas;
+    let bc1 = 1.0 - b1.powi(t);
+    let bc2 = 1.0 - b2.powi(t);
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    for name in names {
+        let Some(g) = grads.get(&name) else { continue };
+        let p = params.get(&name).expect("listed").value.clone();
+        let r = rank(&p);
+        let (np, nm, nv) = by_rank!(r, D => {
+            let g = Tensor::<D>::from_dispatch(g.clone());
+            let p = Tensor::<D>::from_dispatch(p.clone());
+            let m = match state.m.get(&name) {
+                Some(m) => Tensor::<D>::from_dispatch(m.clone()),
+                None => g.zeros_like(),
+            };
+            let v = match state.v.get(&name) {
+                Some(v) => Tensor::<D>::from_dispatch(v.clone()),
+                None => g.zeros_like(),
+            };
+            let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+            let v = v.mul_scalar(b2) + (g.clone() * g).mul_scalar(1.0 - b2);
+            let update = m.clone().div_scalar(bc1) / (v.clone().div_scalar(bc2).sqrt().add_scalar(cfg.eps));
+            let mut p = p;
+            if cfg.weight_decay > 0.0 {
+                p = p.clone() - p.mul_scalar(lr * cfg.weight_decay);
+            }
+            let p = p - update.mul_scalar(lr);
+            (p.into_dispatch(), m.into_dispatch(), v.into_dispatch())
+        })?;
+        params.set(&name, np)?;
+        state.m.insert(name.clone(), nm);
+        state.v.insert(name, nv);
+    }
+    Ok(())
+}
+
+/// `ema ← decay·ema + (1 − decay)·params` for every parameter (creating missing ones as copies).
+pub fn ema_update(ema: &mut ParamStore, params: &ParamStore, decay: f64) -> Result<()> {
+    for (name, p) in params.iter() {
+        match ema.get(name) {
+            None => ema.insert(name, p.clone()),
+            Some(e) => {
+                let v = by_rank!(p.shape.len(), D => {
+                    let e = Tensor::<D>::from_dispatch(e.value.clone());
+                    let q = Tensor::<D>::from_dispatch(p.value.clone());
+                    (e.mul_scalar(decay) + q.mul_scalar(1.0 - decay)).into_dispatch()
+                })?;
+                ema.set(name, v)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The training loop: seeded batches and noise, Adam(W) with warm-up and clipping, EMA,
+//! atomic snapshots, exact resume, a NaN guard, a progress bar and `metrics.jsonl`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Tensor, TensorData};
+use memlab_plugin_api::SplitMix64;
+use serde::Serialize;
+
+use crate::config::TrainSection;
+use crate::data::{TrainingSet, derive_seed, stream};
+use crate::engine::params::ParamStore;
+use crate::model::Model;
+use crate::optim::{AdamConfig, AdamState, adam_step, ema_update, global_norm, scale_grads};
+use crate::output::write_atomic;
+use crate::snapshot::{self, Snapshot};
+
+/// What training produced.
+pub struct Trained {
+    /// Final parameters.
+    pub params: ParamStore,
+    /// Final EMA parameters (when EMA is on).
+    pub ema: Option<ParamStore>,
+    /// Steps completed.
+    pub steps: u64,
+    /// Step training resumed from (0 for a fresh run).
+    pub resumed_from: u64,
+    /// Snapshot files written or found, by step.
+    pub snapshots: Vec<(u64, PathBuf)>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize, serde::Deserialize)]
+pub struct MetricLine {
+    /// Step (1-based: the number of optimiser steps done).
+    pub step: u64,
+    /// Weighted denoising loss of the step's batch.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Seconds since this process started training.
+    pub elapsed_s: f64,
+}
+
+/// Draws per-sample uniform/normal numbers for σ and per-pixel noise for step `step`.
+pub fn step_noise(seed: u64, step: u64, n: usize, per: usize) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
+    let mut g = SplitMix64::for_index(derive_seed(seed, stream::NOISE), step);
+    let uniform: Vec<f64> = (0..n).map(|_| g.next_f64().clamp(1e-12, 1.0 - 1e-12)).collect();
+    let normal: Vec<f64> = (0..n).map(|_| g.normal()).collect();
+    let noise: Vec<f32> = (0..n * per).map(|_| g.normal() as f32).collect();
+    (uniform, normal, noise)
+}
+
+/// Creates the model's parameters with one inference forward pass (deterministic: each
+/// parameter's initial values depend only on the seed and its name).
+pub fn materialize(model: &Model, params: &mut ParamStore) -> Result<()> {
+    let [c, h, w] = model.image_shape;
+    let x = Tensor::<4>::from_data(TensorData::new(vec![0f32; c * h * w], [1, c, h, w]), &model.device);
+    let labels = (model.classes > 0).then_some(vec![0i64]);
+    model.denoise(params, x, &[1.0], labels.as_deref())?;
+    params.freeze();
+    Ok(())
+}
+
+fn read_metrics(path: &Path, upto: u64) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricLine>(l).is_ok_and(|m| m.step <= upto))
+        .map(String::from)
+        .collect()
+}
+
+/// Trains `model` on `data` in `run_dir` (snapshots under `run_dir/snapshots`, metrics in
+/// `run_dir/metrics.jsonl`), resuming from the newest snapshot written with the same config.
+pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, run_dir: &Path, config_hash: &str) -> Result<Trained> {
+    let snap_dir = run_dir.join("snapshots");
+    std::fs::create_dir_all(&snap_dir).with_context(|| format!("creating {}", snap_dir.display()))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let existing = snapshot::list(&snap_dir);
+
+    let (mut params, mut ema, mut adam, start) = match existing.last() {
+        Some((step, path)) => {
+            let s = Snapshot::load(path, &model.device)?;
+            if s.config_hash != config_hash {
+                bail!(
+                    "{} holds snapshots of a different configuration; use another run name (or \
+                     delete the directory) to start over",
+                    run_dir.display()
+                );
+            }
+            log::info!("resuming from {} (step {step})", path.display());
+            (s.params, s.ema, s.adam, s.step)
+        }
+        None => {
+            let mut p = ParamStore::new(derive_seed(seed, stream::INIT));
+            materialize(model, &mut p)?;
+            let e = (cfg.ema_decay > 0.0).then(|| p.clone());
+            (p, e, AdamState::default(), 0)
+        }
+    };
+    let mut snapshots = existing.clone();
+    // Metrics after the snapshot we resume from were produced by the lost tail of the run.
+    let mut metrics = read_metrics(&metrics_path, start);
+    write_atomic(&metrics_path, metrics.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
+    let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path)?;
+
+    let adam_cfg = AdamConfig { lr: cfg.lr, betas: cfg.betas, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let per = data.image_len();
+    let t0 = Instant::now();
+    let bar = progress_bar(cfg.steps, start);
+    for step in start..cfg.steps {
+        let ids = data.batch_ids(seed, step, cfg.batch_size);
+        let y = data.gather(&ids);
+        let (uniform, normal, noise) = step_noise(seed, step, ids.len(), per);
+        let sigma = model.schedule.training_sigmas(&uniform, &normal)?;
+        let labels: Option<Vec<i64>> = (model.classes > 0).then(|| ids.iter().map(|&i| data.cond_labels[i]).collect());
+        let dropout_seed = SplitMix64::for_index(derive_seed(seed, stream::DROPOUT), step).next_u64();
+        let (loss, mut grads) = model.loss_and_grads(&mut params, y, noise, &sigma, labels.as_deref(), dropout_seed)?;
+        let norm = global_norm(&grads)?;
+        if !loss.is_finite() || !norm.is_finite() {
+            let last = snapshots.last().map_or("none yet".to_string(), |(_, p)| p.display().to_string());
+            bail!(
+                "training diverged at step {}: loss = {loss}, gradient norm = {norm}. The last good \
+                 snapshot is {last}; lower train.lr or set train.grad_clip",
+                step + 1
+            );
+        }
+        if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            scale_grads(&mut grads, cfg.grad_clip / norm)?;
+        }
+        let lr = if cfg.warmup_steps > 0 { cfg.lr * ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0) } else { cfg.lr };
+        adam_step(&mut params, &mut adam, &grads, &adam_cfg, lr)?;
+        if let Some(e) = ema.as_mut() {
+            ema_update(e, &params, cfg.ema_decay)?;
+        }
+        let done = step + 1;
+        let line = serde_json::to_string(&MetricLine { step: done, loss, lr, grad_norm: norm, elapsed_s: t0.elapsed().as_secs_f64() })?;
+        writeln!(metrics_file, "{line}")?;
+        metrics.push(line);
+        report(&bar, done, cfg.steps, loss, start, &t0);
+        let due = cfg.snapshot_every > 0 && done.is_multiple_of(cfg.snapshot_every);
+        if due || done == cfg.steps {
+            let path = snap_dir.join(snapshot::file_name(done));
+            Snapshot { step: done, params: params.clone(), ema: ema.clone(), adam: adam.clone(), config_hash: config_hash.to_string() }
+                .save(&path)?;
+            snapshots.push((done, path));
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    metrics_file.flush()?;
+    Ok(Trained { params, ema, steps: cfg.steps.max(start), resumed_from: start, snapshots })
+}
+
+fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || total == 0 {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_position(start);
+    Some(b)
+}
+
+fn report(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64, loss: f64, start: u64, t0: &Instant) {
+    match bar {
+        Some(b) => {
+            b.set_position(done);
+            b.set_message(format!("{loss:.4}"));
+        }
+        None => {
+            let every = (total / 20).max(1);
+            if done.is_multiple_of(every) || done == total {
+                let rate = (done - start) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                let eta = (total - done) as f64 / rate.max(1e-9);
+                log::info!("train step {done}/{total}  loss {loss:.4}  {rate:.2} steps/s  eta {eta:.0}s");
+            }
+        }
+    }
+}
