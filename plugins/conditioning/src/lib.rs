@@ -1,41 +1,52 @@
 //! Conditioning schemes: how training images are labelled and which labels are sampled.
 //!
 //! - `none`: unconditional.
+//! - `class`: the dataset's true labels.
+//! - `random`: C random classes, each training image's label fixed by seed and index.
+//! - `unique`: one class per training image.
+//!
+//! The labelled schemes share `sample` / `sample_class` ([`sample`]): generate with labels
+//! uniform over the classes, or with one class only (e.g. the Mondrian class of a mixture).
+
+pub mod class;
+pub mod none;
+pub mod random;
+pub mod sample;
+pub mod unique;
 
 use memlab_plugin_api::prelude::*;
 
-/// Unconditional generation: no labels reach the model.
-pub struct NoConditioning;
-
-impl Conditioning for NoConditioning {
-    fn classes(&self, _data: DataSummary) -> u32 {
-        0
-    }
-    fn train_labels(
-        &self,
-        _d: DataSummary,
-        _labels: &[i64],
-        _ids: &[u64],
-        out: &mut [i64],
-    ) -> PResult<()> {
-        out.fill(0);
-        Ok(())
-    }
-    fn sample_labels(&self, _d: DataSummary, _seed: u64, out: &mut [i64]) -> PResult<()> {
-        out.fill(0);
-        Ok(())
-    }
-}
+/// Parameters of `random`: the class count, then the sampling choice.
+const RANDOM_PARAMS: &[Param] = &[
+    param("classes", "int", "10", "C, the number of random classes"),
+    sample::PARAMS[0],
+    sample::PARAMS[1],
+];
 
 fn register(p: &mut Plugin) {
     p.conditioning(
         "none",
         "Unconditional: the model sees no labels",
         &[],
-        |params, _| {
-            params.expect_empty()?;
-            Ok(NoConditioning)
-        },
+        none::NoConditioning::from_params,
+    );
+    p.conditioning(
+        "class",
+        "True dataset labels; samples uniform over the classes or one class",
+        sample::PARAMS,
+        class::TrueClass::from_params,
+    );
+    p.conditioning(
+        "random",
+        "Random labels in 0..C, fixed per (seed, training index)",
+        RANDOM_PARAMS,
+        random::RandomLabels::from_params,
+    );
+    p.conditioning(
+        "unique",
+        "Unique labels: each training image is its own class",
+        sample::PARAMS,
+        unique::UniqueLabels::from_params,
     );
 }
 

@@ -1,94 +1,49 @@
 //! Replication criteria: decide from nearest-neighbour distances whether a generated sample
 //! copies a training image.
 //!
-//! - `ratio`: d₁/d₂ < threshold (Yoon et al.; Du et al.; after Carlini et al.), default 1/3.
+//! Distances come from the host's exact k-NN search over the training set, on images in
+//! [−1, 1]: L2 over all C·H·W values, or L∞.
+//!
+//! - `ratio`: d₁/d₂ < threshold (Yoon et al.; Gu et al.; after Carlini et al.), default 1/3.
+//! - `l2`: d₁ < threshold, absolute L2 distance.
+//! - `linf`: d₁ < threshold, absolute L∞ distance.
+//! - `carlini`: d₁/(α·mean of the n nearest) < threshold (Carlini et al. 2023).
+
+pub mod carlini;
+pub mod l2;
+pub mod linf;
+pub mod ratio;
+mod threshold;
+
+pub use ratio::ratio;
 
 use memlab_plugin_api::prelude::*;
-
-/// The ratio criterion: a sample replicates its nearest training image when that image is
-/// much closer than the second nearest, d₁/d₂ < threshold. Score: d₁/d₂.
-pub struct Ratio {
-    threshold: f64,
-}
-
-#[derive(Deserialize)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
-struct RatioParams {
-    #[serde(default = "third")]
-    threshold: f64,
-}
-
-fn third() -> f64 {
-    1.0 / 3.0
-}
-
-impl Ratio {
-    fn from_params(params: &Params, _seed: u64) -> PResult<Ratio> {
-        let p: RatioParams = params.parse()?;
-        if !(p.threshold > 0.0 && p.threshold <= 1.0) {
-            return Err(format!("threshold must be in (0, 1], got {}", p.threshold));
-        }
-        Ok(Ratio {
-            threshold: p.threshold,
-        })
-    }
-}
-
-/// d₁/d₂, with 0/0 (two exact duplicates in the training set) counted as 1: such a sample is
-/// equally close to two images and replicates neither uniquely.
-pub fn ratio(d1: f32, d2: f32) -> f32 {
-    if d2 > 0.0 { d1 / d2 } else { 1.0 }
-}
-
-impl Criterion for Ratio {
-    fn distance(&self) -> Distance {
-        Distance::L2
-    }
-    fn neighbours(&self) -> usize {
-        2
-    }
-    fn judge(&self, d: &[f32], flags: &mut [bool], scores: &mut [f32]) -> PResult<()> {
-        for (i, (f, s)) in flags.iter_mut().zip(scores.iter_mut()).enumerate() {
-            let r = ratio(d[2 * i], d[2 * i + 1]);
-            *s = r;
-            *f = (r as f64) < self.threshold;
-        }
-        Ok(())
-    }
-}
 
 fn register(p: &mut Plugin) {
     p.criterion(
         "ratio",
         "Replicate iff d1/d2 < threshold (nearest vs second-nearest training image)",
-        &[param(
-            "threshold",
-            "float",
-            "0.3333",
-            "largest d1/d2 counted as a replicate",
-        )],
-        Ratio::from_params,
+        ratio::PARAMS,
+        ratio::Ratio::from_params,
+    );
+    p.criterion(
+        "l2",
+        "Replicate iff the nearest training image is within an L2 distance threshold",
+        l2::PARAMS,
+        l2::L2::from_params,
+    );
+    p.criterion(
+        "linf",
+        "Replicate iff the L-infinity-nearest training image is within a threshold",
+        linf::PARAMS,
+        linf::Linf::from_params,
+    );
+    p.criterion(
+        "carlini",
+        "Carlini et al.: replicate iff d1 / (alpha * mean of the n nearest) < threshold",
+        carlini::PARAMS,
+        carlini::Carlini::from_params,
     );
 }
 
 export_plugin!(register);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_follow_the_ratio() {
-        let r = Ratio::from_params(&Params::default(), 0).unwrap();
-        let d = [1.0, 4.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0];
-        let (mut f, mut s) = ([false; 4], [0f32; 4]);
-        r.judge(&d, &mut f, &mut s).unwrap();
-        assert_eq!(f, [true, false, false, true]);
-        assert_eq!(s, [0.25, 0.5, 1.0, 0.0]);
-    }
-
-    #[test]
-    fn threshold_is_checked() {
-        assert!(Ratio::from_params(&Params::from_toml("threshold = 2.0").unwrap(), 0).is_err());
-    }
-}

@@ -2,6 +2,7 @@
 
 use memlab_plugin_api::prelude::*;
 
+/// Parameters of `edm`.
 pub const PARAMS: &[Param] = &[
     param(
         "sigma_data",
@@ -21,14 +22,22 @@ pub const PARAMS: &[Param] = &[
     param("rho", "float", "7", "ρ of the sampling σ spacing"),
 ];
 
+/// EDM: c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²), c_in = 1/√(σ²+σ_d²),
+/// c_noise = ¼ ln σ; ln σ ~ N(P_mean, P_std²); λ = (σ²+σ_d²)/(σσ_d)²; ρ-spaced sampling σ.
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
 pub struct Edm {
+    /// σ_d.
     pub sigma_data: f64,
+    /// Mean of ln σ in training.
     pub p_mean: f64,
+    /// Standard deviation of ln σ in training.
     pub p_std: f64,
+    /// Smallest sampling σ.
     pub sigma_min: f64,
+    /// Largest sampling σ.
     pub sigma_max: f64,
+    /// ρ of the sampling spacing.
     pub rho: f64,
 }
 
@@ -51,6 +60,7 @@ fn positive(x: f64) -> bool {
 }
 
 impl Edm {
+    /// Parses and checks the parameters.
     pub fn from_params(params: &Params, _seed: u64) -> PResult<Edm> {
         let e: Edm = params.parse()?;
         if !positive(e.sigma_data) {
