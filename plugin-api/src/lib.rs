@@ -105,6 +105,7 @@ pub mod nn;
 pub mod params;
 pub mod plugin;
 pub mod tensor;
+pub mod testing;
 
 pub use abi_stable;
 pub use serde;

@@ -1,0 +1,1105 @@
+//! Shape-only execution of an architecture, for tests and parameter counting.
+//!
+//! [`ShapeOps`] implements [`HostOps`] without any tensor data: every op computes its output
+//! shape with the same rules as the real host (NumPy broadcasting, convolution arithmetic,
+//! batched matmul, reshape with one `-1`, ...), records the first error the way the host does
+//! (later ops and ops on [`TensorId::INVALID`] return `INVALID`), and records every parameter a
+//! forward pass creates. A 200M-parameter model can thus be inspected in microseconds and
+//! without memory.
+//!
+//! ```
+//! use memlab_plugin_api::prelude::*;
+//! use memlab_plugin_api::testing::inspect;
+//!
+//! struct OneConv;
+//! impl Architecture for OneConv {
+//!     fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+//!         Ok(Conv2d::new(3, 3, 3).same().forward(&ctx.scope("conv"), &inp.x))
+//!     }
+//! }
+//!
+//! let s = inspect(&OneConv, [2, 3, 32, 32], 0).unwrap();
+//! assert_eq!(s.total, 3 * 3 * 3 * 3 + 3);
+//! assert_eq!(s.output, vec![2, 3, 32, 32]);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RNone, ROption, RSlice, RSome, RStr, RVec};
+
+use crate::adapter::guard;
+use crate::component::{Architecture, Inputs, PResult};
+use crate::ffi::{
+    ArchitectureBox, BinaryOp, Conv2dOptions, ForwardArgs, HostOps, HostOps_TO, HostOpsDyn, Init,
+    ReduceOp, ScalarOp, TensorId, UnaryOp,
+};
+use crate::tensor::Ctx;
+
+/// Highest tensor rank the host supports (the host also refuses rank 0).
+pub const MAX_RANK: usize = 6;
+
+/// Shape of one live tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Meta {
+    shape: Vec<usize>,
+    int: bool,
+}
+
+impl Meta {
+    fn float(shape: Vec<usize>) -> Meta {
+        Meta { shape, int: false }
+    }
+    fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+type OpResult = Result<Meta, String>;
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Option<Meta>>,
+    free: Vec<usize>,
+    params: Vec<(String, Vec<usize>)>,
+    index: HashMap<String, usize>,
+    error: Option<String>,
+    ops_run: u64,
+}
+
+impl State {
+    fn insert(&mut self, m: Meta) -> TensorId {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(m);
+                TensorId(i as u64)
+            }
+            None => {
+                self.slots.push(Some(m));
+                TensorId((self.slots.len() - 1) as u64)
+            }
+        }
+    }
+    fn get(&self, id: TensorId) -> Option<&Meta> {
+        usize::try_from(id.0)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .and_then(|s| s.as_ref())
+    }
+    fn record(&mut self, msg: String) {
+        if self.error.is_none() {
+            self.error = Some(msg);
+        }
+    }
+}
+
+/// A [`HostOps`] implementation that tracks shapes only (see the [module docs](self)).
+///
+/// Hand it to a forward pass with [`ShapeOps::ops`], then read [`ShapeOps::params`],
+/// [`ShapeOps::error`] and [`ShapeOps::shape`].
+#[derive(Default)]
+pub struct ShapeOps {
+    state: RefCell<State>,
+    training: bool,
+}
+
+impl ShapeOps {
+    /// An empty evaluation-mode pass (`training()` returns false).
+    pub fn new() -> ShapeOps {
+        ShapeOps::default()
+    }
+
+    /// Sets what [`HostOps::training`] reports.
+    pub fn with_training(mut self, training: bool) -> ShapeOps {
+        self.training = training;
+        self
+    }
+
+    /// The ABI object to pass to plugin code (`Ctx::new(&shape_ops.ops())`).
+    pub fn ops(&self) -> HostOpsDyn<'_> {
+        HostOps_TO::from_ptr(self, TD_Opaque)
+    }
+
+    /// A data-less input tensor of `shape` (integer when `int`), e.g. the network input.
+    pub fn input(&self, shape: &[usize], int: bool) -> TensorId {
+        self.run("input", &[], |_| {
+            Ok(Meta {
+                shape: shape.to_vec(),
+                int,
+            })
+        })
+    }
+
+    /// Shape of a live tensor; `None` for an invalid or released id.
+    pub fn shape(&self, id: TensorId) -> Option<Vec<usize>> {
+        self.state.borrow().get(id).map(|m| m.shape.clone())
+    }
+
+    /// The first error an op raised (or the plugin reported), if any.
+    pub fn error(&self) -> Option<String> {
+        self.state.borrow().error.clone()
+    }
+
+    /// Every parameter requested so far, with its shape, in creation order.
+    pub fn params(&self) -> Vec<(String, Vec<usize>)> {
+        self.state.borrow().params.clone()
+    }
+
+    /// Number of scalar parameters requested so far.
+    pub fn num_params(&self) -> usize {
+        self.state
+            .borrow()
+            .params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Number of live tensor handles (for leak checks).
+    pub fn live_tensors(&self) -> usize {
+        self.state
+            .borrow()
+            .slots
+            .iter()
+            .filter(|s| s.is_some())
+            .count()
+    }
+
+    /// Number of ops called so far (including skipped ones).
+    pub fn ops_run(&self) -> u64 {
+        self.state.borrow().ops_run
+    }
+
+    fn shapes(&self, ids: &[TensorId]) -> String {
+        let st = self.state.borrow();
+        let v: Vec<String> = ids
+            .iter()
+            .map(|id| match st.get(*id) {
+                Some(m) => format!("{:?}{}", m.shape, if m.int { " int" } else { "" }),
+                None => "<invalid>".to_string(),
+            })
+            .collect();
+        v.join(", ")
+    }
+
+    /// Runs one op like the host does: skipped after an earlier error, an error on invalid
+    /// inputs, the op's own error recorded with its name and input shapes.
+    fn run(&self, op: &str, inputs: &[TensorId], f: impl FnOnce(&[Meta]) -> OpResult) -> TensorId {
+        let metas: Option<Vec<Meta>> = {
+            let mut st = self.state.borrow_mut();
+            st.ops_run += 1;
+            if st.error.is_some() {
+                return TensorId::INVALID;
+            }
+            inputs.iter().map(|id| st.get(*id).cloned()).collect()
+        };
+        let Some(metas) = metas else {
+            let msg = format!(
+                "op `{op}` got an invalid or released tensor id ({})",
+                self.shapes(inputs)
+            );
+            self.state.borrow_mut().record(msg);
+            return TensorId::INVALID;
+        };
+        let res = f(&metas).and_then(|m| {
+            if m.rank() == 0 || m.rank() > MAX_RANK {
+                Err(format!(
+                    "tensors of rank {} are not supported (ranks 1..={MAX_RANK})",
+                    m.rank()
+                ))
+            } else {
+                Ok(m)
+            }
+        });
+        match res {
+            Ok(m) => self.state.borrow_mut().insert(m),
+            Err(e) => {
+                let msg = format!("op `{op}` on [{}]: {e}", self.shapes(inputs));
+                self.state.borrow_mut().record(msg);
+                TensorId::INVALID
+            }
+        }
+    }
+
+    fn param_impl(&self, name: &str, shape: &[usize]) -> OpResult {
+        let mut st = self.state.borrow_mut();
+        if let Some(&i) = st.index.get(name) {
+            let stored = &st.params[i].1;
+            if stored != shape {
+                return Err(format!(
+                    "parameter `{name}` was created with shape {stored:?} but is now requested \
+                     with shape {shape:?}"
+                ));
+            }
+            return Ok(Meta::float(shape.to_vec()));
+        }
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(format!("parameter `{name}` has invalid shape {shape:?}"));
+        }
+        let i = st.params.len();
+        st.params.push((name.to_string(), shape.to_vec()));
+        st.index.insert(name.to_string(), i);
+        Ok(Meta::float(shape.to_vec()))
+    }
+}
+
+/// NumPy broadcast of two shapes (`None` when they do not broadcast).
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
+            if da == db || db == 1 {
+                Some(da)
+            } else if da == 1 {
+                Some(db)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Resolves a reshape target with at most one `-1` against `input`'s element count.
+pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String> {
+    let n: usize = input.iter().product();
+    let mut unknown = None;
+    let mut known = 1usize;
+    let mut out = Vec::with_capacity(spec.len());
+    for (i, &d) in spec.iter().enumerate() {
+        if d == -1 {
+            if unknown.replace(i).is_some() {
+                return Err(format!("reshape {spec:?}: at most one -1"));
+            }
+            out.push(0);
+        } else if d <= 0 {
+            return Err(format!("reshape {spec:?}: sizes must be positive or -1"));
+        } else {
+            known *= d as usize;
+            out.push(d as usize);
+        }
+    }
+    if let Some(i) = unknown {
+        if known == 0 || !n.is_multiple_of(known) {
+            return Err(format!("cannot reshape {input:?} to {spec:?}"));
+        }
+        out[i] = n / known;
+    }
+    let n_out: usize = out.iter().product();
+    if n != n_out {
+        return Err(format!(
+            "cannot reshape {input:?} ({n} elements) to {out:?} ({n_out} elements)"
+        ));
+    }
+    Ok(out)
+}
+
+fn float_only(op: &str, s: &[Meta]) -> Result<(), String> {
+    if s.iter().any(|m| m.int) {
+        return Err(format!("`{op}` needs float tensors, got an integer tensor"));
+    }
+    Ok(())
+}
+
+fn affine_ids(x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>) -> Vec<TensorId> {
+    let mut ids = vec![x];
+    ids.extend(gamma.into_option());
+    ids.extend(beta.into_option());
+    ids
+}
+
+fn with_bias(x: TensorId, w: TensorId, b: ROption<TensorId>) -> Vec<TensorId> {
+    let mut ids = vec![x, w];
+    ids.extend(b.into_option());
+    ids
+}
+
+fn unary_name(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "neg",
+        UnaryOp::Exp => "exp",
+        UnaryOp::Log => "log",
+        UnaryOp::Sqrt => "sqrt",
+        UnaryOp::Sin => "sin",
+        UnaryOp::Cos => "cos",
+        UnaryOp::Tanh => "tanh",
+        UnaryOp::Sigmoid => "sigmoid",
+        UnaryOp::Relu => "relu",
+        UnaryOp::Silu => "silu",
+        UnaryOp::Gelu => "gelu",
+        UnaryOp::Abs => "abs",
+        UnaryOp::Square => "square",
+        UnaryOp::Recip => "recip",
+    }
+}
+
+fn binary_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Max => "maximum",
+        BinaryOp::Min => "minimum",
+    }
+}
+
+impl HostOps for ShapeOps {
+    fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, _init: Init) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("param `{name}`"), &[], |_| {
+            self.param_impl(name, &shape)
+        })
+    }
+
+    fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
+        self.run("constant", &[], |_| {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                return Err(format!(
+                    "{} values for shape {:?}",
+                    data.len(),
+                    shape.as_slice()
+                ));
+            }
+            Ok(Meta::float(shape.to_vec()))
+        })
+    }
+
+    fn constant_int(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> TensorId {
+        self.run("constant_int", &[], |_| {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                return Err(format!(
+                    "{} values for shape {:?}",
+                    data.len(),
+                    shape.as_slice()
+                ));
+            }
+            Ok(Meta {
+                shape: shape.to_vec(),
+                int: true,
+            })
+        })
+    }
+
+    fn full(&self, shape: RSlice<'_, usize>, _value: f64) -> TensorId {
+        self.run("full", &[], |_| Ok(Meta::float(shape.to_vec())))
+    }
+
+    fn retain(&self, x: TensorId) -> TensorId {
+        self.run("retain", &[x], |s| Ok(s[0].clone()))
+    }
+
+    fn release(&self, x: TensorId) {
+        let mut st = self.state.borrow_mut();
+        let Ok(i) = usize::try_from(x.0) else {
+            return;
+        };
+        if let Some(slot) = st.slots.get_mut(i)
+            && slot.take().is_some()
+        {
+            st.free.push(i);
+        }
+    }
+
+    fn rank(&self, x: TensorId) -> usize {
+        self.state.borrow().get(x).map_or(0, |m| m.rank())
+    }
+
+    fn dim(&self, x: TensorId, dim: usize) -> usize {
+        self.state
+            .borrow()
+            .get(x)
+            .and_then(|m| m.shape.get(dim).copied())
+            .unwrap_or(0)
+    }
+
+    fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
+        self.run(unary_name(op), &[x], |s| {
+            float_only("unary", s)?;
+            Ok(Meta::float(s[0].shape.clone()))
+        })
+    }
+
+    fn scalar(&self, _op: ScalarOp, x: TensorId, _s: f64) -> TensorId {
+        self.run("scalar", &[x], |s| {
+            float_only("scalar", s)?;
+            Ok(Meta::float(s[0].shape.clone()))
+        })
+    }
+
+    fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
+        self.run(binary_name(op), &[a, b], |s| {
+            float_only("binary", s)?;
+            broadcast_shape(&s[0].shape, &s[1].shape)
+                .map(Meta::float)
+                .ok_or_else(|| {
+                    format!(
+                        "shapes {:?} and {:?} do not broadcast",
+                        s[0].shape, s[1].shape
+                    )
+                })
+        })
+    }
+
+    fn clamp(&self, x: TensorId, _lo: f64, _hi: f64) -> TensorId {
+        self.run("clamp", &[x], |s| Ok(Meta::float(s[0].shape.clone())))
+    }
+
+    fn reshape(&self, x: TensorId, shape: RSlice<'_, i64>) -> TensorId {
+        self.run("reshape", &[x], |s| {
+            Ok(Meta {
+                shape: resolve_shape(&s[0].shape, &shape)?,
+                int: s[0].int,
+            })
+        })
+    }
+
+    fn permute(&self, x: TensorId, axes: RSlice<'_, usize>) -> TensorId {
+        self.run("permute", &[x], |s| {
+            let r = s[0].rank();
+            let mut seen = vec![false; r];
+            if axes.len() != r
+                || axes
+                    .iter()
+                    .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
+            {
+                return Err(format!(
+                    "axes {:?} are not a permutation of 0..{r}",
+                    axes.as_slice()
+                ));
+            }
+            Ok(Meta {
+                shape: axes.iter().map(|&a| s[0].shape[a]).collect(),
+                int: s[0].int,
+            })
+        })
+    }
+
+    fn concat(&self, xs: RSlice<'_, TensorId>, dim: usize) -> TensorId {
+        self.run("concat", &xs, |s| {
+            let first = s.first().ok_or("nothing to concatenate")?;
+            let r = first.rank();
+            if dim >= r {
+                return Err(format!("dimension {dim} out of range for rank {r}"));
+            }
+            let mut shape = first.shape.clone();
+            shape[dim] = 0;
+            for x in s {
+                if x.rank() != r || (0..r).any(|d| d != dim && x.shape[d] != first.shape[d]) {
+                    return Err(format!("shapes differ outside dimension {dim}"));
+                }
+                shape[dim] += x.shape[dim];
+            }
+            Ok(Meta {
+                shape,
+                int: first.int,
+            })
+        })
+    }
+
+    fn slice(&self, x: TensorId, dim: usize, start: usize, end: usize) -> TensorId {
+        self.run("slice", &[x], |s| {
+            let r = s[0].rank();
+            if dim >= r || start >= end || end > s[0].shape[dim] {
+                return Err(format!(
+                    "range {start}..{end} of dimension {dim} is out of bounds"
+                ));
+            }
+            let mut shape = s[0].shape.clone();
+            shape[dim] = end - start;
+            Ok(Meta {
+                shape,
+                int: s[0].int,
+            })
+        })
+    }
+
+    fn reduce(&self, _op: ReduceOp, x: TensorId, dim: usize, keepdim: bool) -> TensorId {
+        self.run("reduce", &[x], |s| {
+            float_only("reduce", s)?;
+            let r = s[0].rank();
+            if dim >= r {
+                return Err(format!("dimension {dim} out of range for rank {r}"));
+            }
+            let mut shape = s[0].shape.clone();
+            if keepdim || r == 1 {
+                shape[dim] = 1;
+            } else {
+                shape.remove(dim);
+            }
+            Ok(Meta::float(shape))
+        })
+    }
+
+    fn matmul(&self, a: TensorId, b: TensorId) -> TensorId {
+        self.run("matmul", &[a, b], |s| {
+            let (x, y) = (&s[0], &s[1]);
+            if x.rank() < 2 || y.rank() < 2 {
+                return Err("matmul needs rank ≥ 2".into());
+            }
+            let (m, k1) = (x.shape[x.rank() - 2], x.shape[x.rank() - 1]);
+            let (k2, n) = (y.shape[y.rank() - 2], y.shape[y.rank() - 1]);
+            if k1 != k2 {
+                return Err(format!("inner dimensions differ: {k1} vs {k2}"));
+            }
+            let mut shape = broadcast_shape(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
+                .ok_or("batch dimensions do not broadcast")?;
+            shape.extend([m, n]);
+            Ok(Meta::float(shape))
+        })
+    }
+
+    fn softmax(&self, x: TensorId, dim: usize) -> TensorId {
+        self.run("softmax", &[x], |s| {
+            if dim >= s[0].rank() {
+                return Err(format!("dimension {dim} out of range"));
+            }
+            Ok(Meta::float(s[0].shape.clone()))
+        })
+    }
+
+    fn linear(&self, x: TensorId, w: TensorId, b: ROption<TensorId>) -> TensorId {
+        self.run("linear", &with_bias(x, w, b), |s| {
+            let (x, w) = (&s[0], &s[1]);
+            if w.rank() != 2 || x.shape.last() != Some(&w.shape[0]) {
+                return Err(
+                    "input's last dimension must equal the weight's first ([in, out])".into(),
+                );
+            }
+            if let Some(b) = s.get(2)
+                && b.shape != [w.shape[1]]
+            {
+                return Err(format!("bias must have shape [{}]", w.shape[1]));
+            }
+            let mut shape = x.shape.clone();
+            *shape.last_mut().expect("rank checked") = w.shape[1];
+            Ok(Meta::float(shape))
+        })
+    }
+
+    fn conv2d(&self, x: TensorId, w: TensorId, b: ROption<TensorId>, o: Conv2dOptions) -> TensorId {
+        self.run("conv2d", &with_bias(x, w, b), |s| {
+            let (x, w) = (&s[0], &s[1]);
+            if x.rank() != 4 || w.rank() != 4 {
+                return Err("conv2d needs NCHW input and a rank-4 weight".into());
+            }
+            let g = o.groups.max(1);
+            if x.shape[1] != w.shape[1] * g || !w.shape[0].is_multiple_of(g) {
+                return Err(format!(
+                    "input has {} channels; weight expects {}×{g} groups",
+                    x.shape[1], w.shape[1]
+                ));
+            }
+            if let Some(b) = s.get(2)
+                && b.shape != [w.shape[0]]
+            {
+                return Err(format!("bias must have shape [{}]", w.shape[0]));
+            }
+            let out_hw = |i: usize| -> Result<usize, String> {
+                let eff = o.dilation[i] * (w.shape[2 + i].max(1) - 1) + 1;
+                let padded = x.shape[2 + i] + 2 * o.padding[i];
+                if padded < eff || o.stride[i] == 0 {
+                    return Err("kernel larger than padded input".into());
+                }
+                Ok((padded - eff) / o.stride[i] + 1)
+            };
+            let (oh, ow) = (out_hw(0)?, out_hw(1)?);
+            Ok(Meta::float(vec![x.shape[0], w.shape[0], oh, ow]))
+        })
+    }
+
+    fn group_norm(
+        &self,
+        x: TensorId,
+        groups: usize,
+        gamma: ROption<TensorId>,
+        beta: ROption<TensorId>,
+        _eps: f64,
+    ) -> TensorId {
+        self.run("group_norm", &affine_ids(x, gamma, beta), |s| {
+            let x = &s[0];
+            if x.rank() < 2 {
+                return Err("group_norm needs [N, C, ...]".into());
+            }
+            let c = x.shape[1];
+            if groups == 0 || !c.is_multiple_of(groups) {
+                return Err(format!("{c} channels cannot be split into {groups} groups"));
+            }
+            if s[1..].iter().any(|p| p.shape != [c]) {
+                return Err(format!("affine parameters must have shape [{c}]"));
+            }
+            Ok(Meta::float(x.shape.clone()))
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        x: TensorId,
+        gamma: ROption<TensorId>,
+        beta: ROption<TensorId>,
+        _eps: f64,
+    ) -> TensorId {
+        self.run("layer_norm", &affine_ids(x, gamma, beta), |s| {
+            let x = &s[0];
+            let d = *x.shape.last().ok_or("empty shape")?;
+            if s[1..].iter().any(|p| p.shape != [d]) {
+                return Err(format!("affine parameters must have shape [{d}]"));
+            }
+            Ok(Meta::float(x.shape.clone()))
+        })
+    }
+
+    fn dropout(&self, x: TensorId, p: f64) -> TensorId {
+        self.run("dropout", &[x], |s| {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("dropout probability {p} outside [0, 1)"));
+            }
+            Ok(s[0].clone())
+        })
+    }
+
+    fn avg_pool2d(&self, x: TensorId, kernel: usize, stride: usize) -> TensorId {
+        self.run("avg_pool2d", &[x], |s| {
+            let x = &s[0];
+            if x.rank() != 4
+                || kernel == 0
+                || stride == 0
+                || x.shape[2] < kernel
+                || x.shape[3] < kernel
+            {
+                return Err(format!(
+                    "avg_pool2d(kernel {kernel}, stride {stride}) needs NCHW input at least that \
+                     large"
+                ));
+            }
+            let oh = (x.shape[2] - kernel) / stride + 1;
+            let ow = (x.shape[3] - kernel) / stride + 1;
+            Ok(Meta::float(vec![x.shape[0], x.shape[1], oh, ow]))
+        })
+    }
+
+    fn upsample_nearest2d(&self, x: TensorId, factor: usize) -> TensorId {
+        self.run("upsample_nearest2d", &[x], |s| {
+            let x = &s[0];
+            if x.rank() != 4 || factor == 0 {
+                return Err("upsample needs NCHW input and a positive factor".into());
+            }
+            Ok(Meta::float(vec![
+                x.shape[0],
+                x.shape[1],
+                x.shape[2] * factor,
+                x.shape[3] * factor,
+            ]))
+        })
+    }
+
+    fn embedding(&self, table: TensorId, ids: TensorId) -> TensorId {
+        self.run("embedding", &[table, ids], |s| {
+            let (t, i) = (&s[0], &s[1]);
+            if t.rank() != 2 || t.int || !i.int || i.rank() != 1 {
+                return Err("embedding needs a float [V, D] table and integer [N] ids".into());
+            }
+            Ok(Meta::float(vec![i.shape[0], t.shape[1]]))
+        })
+    }
+
+    fn training(&self) -> bool {
+        self.training
+    }
+
+    fn training_set(&self) -> TensorId {
+        TensorId::INVALID
+    }
+
+    fn read(&self, _x: TensorId) -> RVec<f32> {
+        RVec::new()
+    }
+
+    fn fail(&self, message: RStr<'_>) {
+        self.state
+            .borrow_mut()
+            .record(format!("plugin reported: {message}"));
+    }
+}
+
+/// What one shape-only forward pass revealed about a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSummary {
+    /// Every parameter with its shape, in creation order.
+    pub params: Vec<(String, Vec<usize>)>,
+    /// Total number of scalar parameters.
+    pub total: usize,
+    /// Shape of the forward pass's output.
+    pub output: Vec<usize>,
+}
+
+impl ModelSummary {
+    /// Shape of the parameter `name`, if the model has it.
+    pub fn param(&self, name: &str) -> Option<&[usize]> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+
+    /// Number of scalars in parameters whose name starts with `prefix`.
+    pub fn count_with_prefix(&self, prefix: &str) -> usize {
+        self.params
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// The input ids of one inspection pass.
+struct InspectInputs {
+    x: TensorId,
+    noise: TensorId,
+    labels: Option<TensorId>,
+}
+
+fn make_inputs(ops: &ShapeOps, x_shape: [usize; 4], classes: u32) -> InspectInputs {
+    let n = x_shape[0];
+    InspectInputs {
+        x: ops.input(&x_shape, false),
+        noise: ops.input(&[n], false),
+        labels: (classes > 0).then(|| ops.input(&[n], true)),
+    }
+}
+
+fn summarize(ops: &ShapeOps, out: PResult<TensorId>) -> PResult<ModelSummary> {
+    // Like the host, prefer the op error: it names the op and the shapes.
+    if let Some(e) = ops.error() {
+        return Err(e);
+    }
+    let out = out?;
+    let output = ops
+        .shape(out)
+        .ok_or_else(|| "forward returned an invalid tensor id".to_string())?;
+    ops.release(out);
+    Ok(ModelSummary {
+        params: ops.params(),
+        total: ops.num_params(),
+        output,
+    })
+}
+
+/// Runs one shape-only forward pass of `arch` on an input of `x_shape` (`[N, C, H, W]`), with
+/// integer labels `[N]` when `classes > 0`, through the ABI ops object, and reports the
+/// parameters it created and its output shape. Errors are reported as the host would
+/// (the first failing op, with its input shapes), as is a panic in `forward`.
+pub fn inspect(
+    arch: &dyn Architecture,
+    x_shape: [usize; 4],
+    classes: u32,
+) -> PResult<ModelSummary> {
+    let shape_ops = ShapeOps::new();
+    let ins = make_inputs(&shape_ops, x_shape, classes);
+    let out = {
+        let ops = shape_ops.ops();
+        let ops_ref: &HostOpsDyn<'_> = &ops;
+        guard("architecture", || {
+            let ctx = Ctx::new(ops_ref);
+            let inputs = Inputs {
+                x: ctx.wrap(ins.x),
+                noise: ctx.wrap(ins.noise),
+                labels: ins.labels.map(|l| ctx.wrap(l)),
+                classes,
+            };
+            let out = arch.forward(&ctx, inputs)?;
+            Ok(out.into_id())
+        })
+        .into_result()
+        .map_err(|e| e.into_string())
+    };
+    summarize(&shape_ops, out)
+}
+
+/// Like [`inspect`], for an architecture built by a plugin (the boxed FFI object the host
+/// receives), so its size can be reported without allocating its parameters.
+pub fn inspect_ffi(
+    arch: &ArchitectureBox,
+    x_shape: [usize; 4],
+    classes: u32,
+) -> PResult<ModelSummary> {
+    let shape_ops = ShapeOps::new();
+    let ins = make_inputs(&shape_ops, x_shape, classes);
+    let args = ForwardArgs {
+        x: ins.x,
+        noise: ins.noise,
+        labels: match ins.labels {
+            Some(l) => RSome(l),
+            None => RNone,
+        },
+        classes,
+    };
+    let out = arch
+        .forward(shape_ops.ops(), args)
+        .into_result()
+        .map_err(|e| e.into_string());
+    // The adapter retains the inputs it is given; release the originals.
+    shape_ops.release(ins.x);
+    shape_ops.release(ins.noise);
+    if let Some(l) = ins.labels {
+        shape_ops.release(l);
+    }
+    summarize(&shape_ops, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Conv2d, GroupNorm, Linear, ResBlock, SpatialAttention, timestep_embedding};
+    use crate::tensor::Tensor;
+
+    /// A small conditional conv net exercising most layers.
+    struct Net {
+        ch: usize,
+        blocks: usize,
+    }
+
+    impl Architecture for Net {
+        fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+            let [_, c, _, _] = inp.x.dims::<4>();
+            let ch = self.ch;
+            let t = timestep_embedding(ctx, &inp.noise, ch, 10_000.0);
+            let mut emb = Linear::new(ch, 4 * ch)
+                .forward(&ctx.scope("time"), &t)
+                .silu();
+            if let Some(l) = &inp.labels {
+                let table = ctx.param(
+                    "label_emb",
+                    &[inp.classes as usize, 4 * ch],
+                    Init::normal(0.0, 1.0),
+                );
+                emb = emb + table.embedding(l);
+            }
+            let mut h = Conv2d::new(c, ch, 3)
+                .same()
+                .forward(&ctx.scope("conv_in"), &inp.x);
+            for i in 0..self.blocks {
+                h = ResBlock::new(ch, ch, 4 * ch).scale_shift(true).forward(
+                    &ctx.scope(format!("block{i}")),
+                    &h,
+                    Some(&emb),
+                );
+            }
+            let h = SpatialAttention::new(ch, 2).forward(&ctx.scope("attn"), &h);
+            let h = h.avg_pool2d(2, 2).upsample_nearest2d(2);
+            let h = GroupNorm::gn32(ch).forward(&ctx.scope("norm"), &h).silu();
+            Ok(Conv2d::new(ch, c, 3)
+                .same()
+                .zero_init()
+                .forward(&ctx.scope("conv_out"), &h))
+        }
+    }
+
+    fn net_count(c: usize, ch: usize, blocks: usize, classes: usize) -> usize {
+        let e = 4 * ch;
+        let time = ch * e + e;
+        let conv_in = c * ch * 9 + ch;
+        // in_norm, in_conv, emb (scale-shift: 2·ch outputs), out_norm, out_conv.
+        let block = 2 * ch + (ch * ch * 9 + ch) + (e * 2 * ch + 2 * ch) + 2 * ch + ch * ch * 9 + ch;
+        let attn = 2 * ch + (ch * 3 * ch + 3 * ch) + (ch * ch + ch);
+        let out = 2 * ch + ch * c * 9 + c;
+        time + classes * e + conv_in + blocks * block + attn + out
+    }
+
+    #[test]
+    fn counts_match_hand_computed() {
+        let net = Net { ch: 16, blocks: 2 };
+        let s = inspect(&net, [4, 3, 8, 8], 0).unwrap();
+        assert_eq!(s.total, net_count(3, 16, 2, 0));
+        assert_eq!(s.total, 16_691);
+        assert_eq!(s.output, vec![4, 3, 8, 8]);
+        assert_eq!(s.param("conv_in.weight"), Some(&[16, 3, 3, 3][..]));
+        assert_eq!(s.param("block1.emb.weight"), Some(&[64, 32][..]));
+        assert_eq!(s.param("label_emb"), None);
+        assert_eq!(
+            s.count_with_prefix("attn."),
+            2 * 16 + 16 * 48 + 48 + 16 * 16 + 16
+        );
+
+        let cond = inspect(&net, [4, 3, 8, 8], 10).unwrap();
+        assert_eq!(cond.total, s.total + 10 * 64);
+        assert_eq!(cond.param("label_emb"), Some(&[10, 64][..]));
+    }
+
+    #[test]
+    fn reports_shape_errors_like_the_host() {
+        // 3 input channels but the net is built for 4: the first conv fails, and the error
+        // names the op and the shapes; later ops do not overwrite it.
+        struct Bad;
+        impl Architecture for Bad {
+            fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+                let h = Conv2d::new(4, 8, 3).forward(&ctx.scope("c1"), &inp.x);
+                let h = h.reshape(&[7, -1]);
+                Ok(h.silu())
+            }
+        }
+        let e = inspect(&Bad, [2, 3, 8, 8], 0).unwrap_err();
+        assert_eq!(
+            e,
+            "op `conv2d` on [[2, 3, 8, 8], [8, 4, 3, 3], [8]]: input has 3 channels; weight \
+             expects 4×1 groups"
+        );
+    }
+
+    #[test]
+    fn reports_param_shape_conflicts() {
+        struct Twice;
+        impl Architecture for Twice {
+            fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+                let _a = ctx.param("w", &[3, 4], Init::ZEROS);
+                let _b = ctx.param("w", &[3, 4], Init::ONES);
+                let _c = ctx.param("w", &[4, 3], Init::ZEROS);
+                Ok(inp.x)
+            }
+        }
+        let e = inspect(&Twice, [1, 1, 2, 2], 0).unwrap_err();
+        assert!(
+            e.contains(
+                "parameter `w` was created with shape [3, 4] but is now requested with shape [4, 3]"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn forward_errors_and_panics_are_reported() {
+        struct Fails;
+        impl Architecture for Fails {
+            fn forward<'a>(&self, ctx: &'a Ctx<'a>, _inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+                ctx.fail("width must be even");
+                Err("gave up".into())
+            }
+        }
+        assert_eq!(
+            inspect(&Fails, [1, 1, 2, 2], 0).unwrap_err(),
+            "plugin reported: width must be even"
+        );
+        struct Panics;
+        impl Architecture for Panics {
+            fn forward<'a>(&self, _ctx: &'a Ctx<'a>, _inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+                panic!("boom")
+            }
+        }
+        let e = inspect(&Panics, [1, 1, 2, 2], 0).unwrap_err();
+        assert!(e.contains("panicked: boom"), "{e}");
+    }
+
+    #[test]
+    fn op_shape_rules() {
+        let s = ShapeOps::new();
+        let ops = s.ops();
+        let ctx = Ctx::new(&ops);
+        let a = ctx.wrap(s.input(&[2, 1, 5], false));
+        let b = ctx.wrap(s.input(&[3, 1], false));
+        assert_eq!((&a + &b).shape(), vec![2, 3, 5]);
+        assert_eq!(a.reshape(&[-1, 5]).shape(), vec![2, 5]);
+        assert_eq!(a.permute(&[2, 0, 1]).shape(), vec![5, 2, 1]);
+        assert_eq!(a.sum_dim(2, false).shape(), vec![2, 1]);
+        assert_eq!(a.mean_dim(0, true).shape(), vec![1, 1, 5]);
+        assert_eq!(a.reshape(&[-1]).sum_dim(0, false).shape(), vec![1]);
+        assert_eq!(ctx.concat(&[&a, &a, &a], 1).shape(), vec![2, 3, 5]);
+        assert_eq!(a.slice(2, 1, 4).shape(), vec![2, 1, 3]);
+        let m = ctx.wrap(s.input(&[4, 5, 7], false));
+        // [2, 1, 5] @ [4, 5, 7]: batch dimensions [2] and [4] do not broadcast.
+        assert!(a.matmul(&m).is_invalid());
+        assert!(
+            s.error()
+                .unwrap()
+                .contains("batch dimensions do not broadcast")
+        );
+
+        let s = ShapeOps::new();
+        let ops = s.ops();
+        let ctx = Ctx::new(&ops);
+        let x = ctx.wrap(s.input(&[2, 8, 9, 9], false));
+        let w = ctx.param("w", &[16, 4, 3, 3], Init::ZEROS);
+        let opts = Conv2dOptions {
+            stride: [2, 2],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 2,
+        };
+        assert_eq!(x.conv2d(&w, None, opts).shape(), vec![2, 16, 5, 5]);
+        assert_eq!(x.avg_pool2d(2, 2).shape(), vec![2, 8, 4, 4]);
+        assert_eq!(x.upsample_nearest2d(3).shape(), vec![2, 8, 27, 27]);
+        assert_eq!(x.group_norm(4, None, None, 1e-5).shape(), vec![2, 8, 9, 9]);
+        let lw = ctx.param("lw", &[9, 3], Init::ZEROS);
+        assert_eq!(x.linear(&lw, None).shape(), vec![2, 8, 9, 3]);
+        let q = ctx.wrap(s.input(&[6, 2, 4, 3], false));
+        let k = ctx.wrap(s.input(&[2, 3, 5], false));
+        assert_eq!(q.matmul(&k).shape(), vec![6, 2, 4, 5]);
+        let table = ctx.param("table", &[10, 7], Init::ZEROS);
+        let ids = ctx.constant_int(&[1, 2, 3], &[3]);
+        assert_eq!(table.embedding(&ids).shape(), vec![3, 7]);
+        assert_eq!(s.error(), None);
+        assert_eq!(s.num_params(), 16 * 4 * 9 + 27 + 70);
+        // A float tensor as embedding ids is an error, and everything after it is INVALID.
+        let bad = table.embedding(&x.reshape(&[-1]));
+        assert!(bad.is_invalid());
+        assert!(x.silu().is_invalid());
+        assert!(s.error().unwrap().starts_with("op `embedding`"));
+    }
+
+    #[test]
+    fn handles_are_released() {
+        let s = ShapeOps::new();
+        {
+            let ops = s.ops();
+            let ctx = Ctx::new(&ops);
+            let x = ctx.wrap(s.input(&[2, 3], false));
+            let y = (&x * 2.0 + 1.0).silu();
+            let _z = y.clone();
+            assert!(s.live_tensors() >= 3);
+        }
+        assert_eq!(s.live_tensors(), 0);
+        assert_eq!(s.error(), None);
+    }
+
+    #[test]
+    fn rank_limits_match_the_host() {
+        let s = ShapeOps::new();
+        let ops = s.ops();
+        let ctx = Ctx::new(&ops);
+        let x = ctx.wrap(s.input(&[2, 3], false));
+        assert!(x.reshape(&[1, 1, 1, 1, 1, 2, 3]).is_invalid());
+        assert!(
+            s.error()
+                .unwrap()
+                .contains("tensors of rank 7 are not supported")
+        );
+    }
+
+    #[test]
+    fn inspect_ffi_matches_inspect() {
+        use crate::adapter::ArchitectureAdapter;
+        use crate::ffi::FfiArchitecture_TO;
+        let boxed: ArchitectureBox = FfiArchitecture_TO::from_value(
+            ArchitectureAdapter {
+                who: "test".into(),
+                inner: Net { ch: 8, blocks: 1 },
+            },
+            TD_Opaque,
+        );
+        let a = inspect_ffi(&boxed, [2, 3, 8, 8], 4).unwrap();
+        let b = inspect(&Net { ch: 8, blocks: 1 }, [2, 3, 8, 8], 4).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.total, net_count(3, 8, 1, 4));
+    }
+}
