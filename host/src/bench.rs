@@ -48,7 +48,14 @@ fn time_per_iter(iters: u32, mut f: impl FnMut()) -> Duration {
 
 /// Measures the per-op cost of the plugin boundary and relates it to one training step of
 /// architecture `arch` (with `params`) on a `batch`×3×`res`×`res` input.
-pub fn dispatch(reg: &Registry, arch: &str, params: &str, batch: usize, res: usize, steps: usize) -> Result<DispatchReport> {
+pub fn dispatch(
+    reg: &Registry,
+    arch: &str,
+    params: &str,
+    batch: usize,
+    res: usize,
+    steps: usize,
+) -> Result<DispatchReport> {
     let device = cpu();
     let mut store = ParamStore::new(0);
     let graph = Graph::new(&device, Mode::Eval, &mut store, 0);
@@ -74,7 +81,9 @@ pub fn dispatch(reg: &Registry, arch: &str, params: &str, batch: usize, res: usi
 
     let arch_h = reg.architecture(arch, params, 0)?;
     let mut g = SplitMix64(1);
-    let x: Vec<f32> = (0..batch * 3 * res * res).map(|_| g.normal() as f32).collect();
+    let x: Vec<f32> = (0..batch * 3 * res * res)
+        .map(|_| g.normal() as f32)
+        .collect();
     let noise: Vec<f32> = (0..batch).map(|_| g.normal() as f32).collect();
     let mut store = ParamStore::new(0);
     let mut times = Vec::new();
@@ -84,7 +93,16 @@ pub fn dispatch(reg: &Registry, arch: &str, params: &str, batch: usize, res: usi
         let graph = Graph::new(&device, Mode::Train, &mut store, 0);
         let xi = graph.insert_data(x.clone(), &[batch, 3, res, res])?;
         let ni = graph.insert_data(noise.clone(), &[batch])?;
-        let out = engine::forward(&arch_h, &graph, ForwardArgs { x: xi, noise: ni, labels: RNone, classes: 0 })?;
+        let out = engine::forward(
+            &arch_h,
+            &graph,
+            ForwardArgs {
+                x: xi,
+                noise: ni,
+                labels: RNone,
+                classes: 0,
+            },
+        )?;
         let loss_id = {
             let ops = graph.ops();
             let ctx = Ctx::new(&ops);
@@ -110,5 +128,112 @@ pub fn dispatch(reg: &Registry, arch: &str, params: &str, batch: usize, res: usi
         ops_per_step,
         step_ms: step.as_secs_f64() * 1e3,
         overhead_percent: 100.0 * ops_per_step as f64 * overhead.max(0.0) / step.as_secs_f64(),
+    })
+}
+
+/// Results of `memlab bench train`.
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    /// Architecture and parameters.
+    pub arch: String,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Training batch size.
+    pub batch: usize,
+    /// Median seconds per training step (forward, backward, Adam update).
+    pub train_step_s: f64,
+    /// All timed steps, seconds.
+    pub train_steps_s: Vec<f64>,
+    /// Forward batch size.
+    pub forward_batch: usize,
+    /// Median seconds per inference forward pass.
+    pub forward_s: f64,
+    /// CPU threads available to the engine.
+    pub threads: usize,
+}
+
+/// Times training steps and inference forward passes of `arch` under the EDM formulation on
+/// `res`×`res`×3 images.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    reg: &Registry,
+    arch: &str,
+    params: &str,
+    batch: usize,
+    res: usize,
+    steps: usize,
+    forward_batch: usize,
+    forward_reps: usize,
+) -> Result<TrainReport> {
+    use crate::model::Model;
+    use crate::optim::{AdamConfig, AdamState, adam_step};
+    let device = cpu();
+    let arch_h = reg.architecture(arch, params, 0)?;
+    let info = arch_h.info()?;
+    let model = Model {
+        arch: arch_h,
+        schedule: reg.schedule("edm", "", 0)?,
+        info,
+        device: device.clone(),
+        classes: 0,
+        image_shape: [3, res, res],
+        training_set: None,
+        training_len: 0,
+    };
+    let mut store = ParamStore::new(0);
+    crate::train::materialize(&model, &mut store)?;
+    let mut adam = AdamState::default();
+    let cfg = AdamConfig {
+        lr: 1e-4,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut g = SplitMix64(1);
+    let per = 3 * res * res;
+    let mut times = Vec::new();
+    for i in 0..steps + 1 {
+        let y: Vec<f32> = (0..batch * per)
+            .map(|_| (g.next_f64() * 2.0 - 1.0) as f32)
+            .collect();
+        let n: Vec<f32> = (0..batch * per).map(|_| g.normal() as f32).collect();
+        let sigma: Vec<f64> = (0..batch)
+            .map(|_| (-1.2 + 1.2 * g.normal()).exp())
+            .collect();
+        let t = Instant::now();
+        let (_, grads) = model.loss_and_grads(&mut store, y, n, &sigma, None, i as u64)?;
+        adam_step(&mut store, &mut adam, &grads, &cfg, 1e-4)?;
+        black_box(&store);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut fwd = Vec::new();
+    for _ in 0..forward_reps {
+        let x: Vec<f32> = (0..forward_batch * per)
+            .map(|_| g.normal() as f32)
+            .collect();
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(x, [forward_batch, 3, res, res]),
+            &device,
+        );
+        let t = Instant::now();
+        let out = model.denoise(&mut store, x, &vec![1.0; forward_batch], None)?;
+        black_box(out.into_data());
+        fwd.push(t.elapsed().as_secs_f64());
+    }
+    fwd.sort_by(f64::total_cmp);
+    Ok(TrainReport {
+        arch: format!("{arch} ({})", params.replace('\n', ", ")),
+        parameters: store.num_scalars(),
+        batch,
+        train_step_s: sorted[sorted.len() / 2],
+        train_steps_s: times,
+        forward_batch,
+        forward_s: fwd.get(fwd.len() / 2).copied().unwrap_or(f64::NAN),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     })
 }

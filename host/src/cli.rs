@@ -66,6 +66,33 @@ pub enum Command {
 /// `memlab bench` targets.
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
+    /// Training-step and forward-pass time of an architecture (compare with bench/torch_unet.py).
+    Train {
+        /// Architecture component.
+        #[arg(long, default_value = "unet")]
+        arch: String,
+        /// Its parameters (TOML).
+        #[arg(
+            long,
+            default_value = "channels = 32\nchannel_mult = [1, 2, 2]\nres_blocks = 2\nattention_resolutions = [8]\nheads = 4\ndropout = 0.0\nscale_shift = false\nlearn_sigma = false"
+        )]
+        params: String,
+        /// Training batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Image side.
+        #[arg(long, default_value_t = 32)]
+        res: usize,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Inference batch size.
+        #[arg(long, default_value_t = 256)]
+        forward_batch: usize,
+        /// Timed forward passes.
+        #[arg(long, default_value_t = 2)]
+        forward_reps: usize,
+    },
     /// Per-op cost of the plugin tensor API and its share of a training step.
     Dispatch {
         /// Architecture component.
@@ -151,20 +178,72 @@ fn run(cli: Cli) -> Result<i32> {
                     c.distinct_replicated
                 );
             }
-            println!("mean nearest-neighbour L2 distance: {:.4}", r.evaluation.mean_nn_l2);
+            println!(
+                "mean nearest-neighbour L2 distance: {:.4}",
+                r.evaluation.mean_nn_l2
+            );
             Ok(0)
         }
-        Command::Bench { what: BenchWhat::Dispatch { arch, params, batch, res, steps, json } } => {
+        Command::Bench {
+            what:
+                BenchWhat::Train {
+                    arch,
+                    params,
+                    batch,
+                    res,
+                    steps,
+                    forward_batch,
+                    forward_reps,
+                },
+        } => {
+            let reg = Registry::load(&cli.plugin_dirs)?;
+            report_failures(&reg);
+            let r = crate::bench::train(
+                &reg,
+                &arch,
+                &params,
+                batch,
+                res,
+                steps,
+                forward_batch,
+                forward_reps,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(0)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Dispatch {
+                    arch,
+                    params,
+                    batch,
+                    res,
+                    steps,
+                    json,
+                },
+        } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
             let r = crate::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("plugin->host call (no tensor work): {:8.1} ns", r.vtable_call_ns);
-                println!("add via host tensor API:            {:8.1} ns", r.api_add_ns);
-                println!("add directly on burn tensors:       {:8.1} ns", r.burn_add_ns);
-                println!("overhead per op:                    {:8.1} ns", r.overhead_per_op_ns);
+                println!(
+                    "plugin->host call (no tensor work): {:8.1} ns",
+                    r.vtable_call_ns
+                );
+                println!(
+                    "add via host tensor API:            {:8.1} ns",
+                    r.api_add_ns
+                );
+                println!(
+                    "add directly on burn tensors:       {:8.1} ns",
+                    r.burn_add_ns
+                );
+                println!(
+                    "overhead per op:                    {:8.1} ns",
+                    r.overhead_per_op_ns
+                );
                 println!(
                     "training step of {} ({batch}x3x{res}x{res}): {:.1} ms, {} ops -> dispatch overhead {:.3}% of the step",
                     r.arch, r.step_ms, r.ops_per_step, r.overhead_percent

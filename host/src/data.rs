@@ -51,11 +51,20 @@ pub struct TrainingSet {
 impl TrainingSet {
     /// Loads `size` images (all when `None`) from `dataset`: a seeded random subset, in
     /// ascending index order, then labels them with `cond`.
-    pub fn load(dataset: &mut DatasetHandle, size: Option<u64>, seed: u64, cond: &ConditioningHandle) -> Result<TrainingSet> {
+    pub fn load(
+        dataset: &mut DatasetHandle,
+        size: Option<u64>,
+        seed: u64,
+        cond: &ConditioningHandle,
+    ) -> Result<TrainingSet> {
         let info = dataset.info()?;
         let n = size.unwrap_or(info.len);
         if n > info.len {
-            bail!("{}: asked for {n} images but the dataset holds {}", dataset.label(), info.len);
+            bail!(
+                "{}: asked for {n} images but the dataset holds {}",
+                dataset.label(),
+                info.len
+            );
         }
         let mut indices: Vec<u64> = if n == info.len {
             (0..n).collect()
@@ -83,7 +92,10 @@ impl TrainingSet {
         } else {
             info.class_names.iter().map(|s| s.to_string()).collect()
         };
-        let summary = DataSummary { len: n, classes: class_names.len() as u32 };
+        let summary = DataSummary {
+            len: n,
+            classes: class_names.len() as u32,
+        };
         let ids: Vec<u64> = (0..n).collect();
         let cond_labels = cond.train_labels(summary, &labels, &ids)?;
         let cond_classes = cond.classes(summary)?;
@@ -115,7 +127,10 @@ impl TrainingSet {
 
     /// What the conditioning scheme sees.
     pub fn summary(&self) -> DataSummary {
-        DataSummary { len: self.len() as u64, classes: self.class_names.len() as u32 }
+        DataSummary {
+            len: self.len() as u64,
+            classes: self.class_names.len() as u32,
+        }
     }
 
     /// Training-set positions of the images in optimisation step `step` (0-based) with
@@ -127,7 +142,11 @@ impl TrainingSet {
         let mut pos = step as usize * batch;
         while out.len() < batch {
             let epoch = pos / n;
-            let perm = permutation(n, derive_seed(seed, stream::ORDER) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let perm = permutation(
+                n,
+                derive_seed(seed, stream::ORDER)
+                    ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let start = pos % n;
             let take = (batch - out.len()).min(n - start);
             out.extend_from_slice(&perm[start..start + take]);

@@ -102,15 +102,28 @@ pub fn evaluate(
         }
         let (flags, scores) = c.judge(&d, k)?;
         let reps = flags.iter().filter(|f| **f).count();
-        let distinct: HashSet<u32> = flags.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| nb.idx[i * nb.k]).collect();
+        let distinct: HashSet<u32> = flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f)
+            .map(|(i, _)| nb.idx[i * nb.k])
+            .collect();
         let mut per_class = BTreeMap::new();
         for (ci, cname) in class_names.iter().enumerate() {
-            let idx: Vec<usize> = (0..m).filter(|&i| sample_labels.get(i) == Some(&(ci as i64))).collect();
+            let idx: Vec<usize> = (0..m)
+                .filter(|&i| sample_labels.get(i) == Some(&(ci as i64)))
+                .collect();
             if idx.is_empty() {
                 continue;
             }
             let r = idx.iter().filter(|&&i| flags[i]).count();
-            per_class.insert(cname.clone(), ClassResult { samples: idx.len(), ratio: r as f64 / idx.len() as f64 });
+            per_class.insert(
+                cname.clone(),
+                ClassResult {
+                    samples: idx.len(),
+                    ratio: r as f64 / idx.len() as f64,
+                },
+            );
         }
         results.push(CriterionResult {
             name: name.clone(),

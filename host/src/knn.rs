@@ -34,13 +34,29 @@ impl Neighbours {
 
 fn exact(a: &[f32], b: &[f32], d: Distance) -> f64 {
     match d {
-        Distance::L2 => a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt(),
-        Distance::Linf => a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max),
+        Distance::L2 => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum::<f64>()
+            .sqrt(),
+        Distance::Linf => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .fold(0.0, f64::max),
     }
 }
 
 /// k nearest of each of the `samples` (`m × dim`) among `train` (`n × dim`).
-pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Distance, device: &Device) -> Result<Neighbours> {
+pub fn knn(
+    samples: &[f32],
+    train: &[f32],
+    dim: usize,
+    k: usize,
+    distance: Distance,
+    device: &Device,
+) -> Result<Neighbours> {
     if dim == 0 || samples.len() % dim != 0 || train.len() % dim != 0 {
         bail!("k-NN inputs are not whole images of {dim} values");
     }
@@ -56,7 +72,10 @@ pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Dista
     for s0 in (0..m).step_by(ms) {
         let s1 = (s0 + ms).min(m);
         let rows = s1 - s0;
-        let x = Tensor::<2>::from_data(TensorData::new(samples[s0 * dim..s1 * dim].to_vec(), [rows, dim]), device);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(samples[s0 * dim..s1 * dim].to_vec(), [rows, dim]),
+            device,
+        );
         let xn = match distance {
             Distance::L2 => Some(x.clone().powi_scalar(2).sum_dim(1)),
             Distance::Linf => None,
@@ -64,12 +83,18 @@ pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Dista
         for t0 in (0..n).step_by(nc) {
             let t1 = (t0 + nc).min(n);
             let cols = t1 - t0;
-            let y = Tensor::<2>::from_data(TensorData::new(train[t0 * dim..t1 * dim].to_vec(), [cols, dim]), device);
+            let y = Tensor::<2>::from_data(
+                TensorData::new(train[t0 * dim..t1 * dim].to_vec(), [cols, dim]),
+                device,
+            );
             let d2: Vec<f32> = match distance {
                 Distance::L2 => {
                     let yn = y.clone().powi_scalar(2).sum_dim(1).reshape([1, cols]);
                     let dot = x.clone().matmul(y.transpose());
-                    (xn.clone().unwrap() + yn - dot.mul_scalar(2.0)).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    (xn.clone().unwrap() + yn - dot.mul_scalar(2.0))
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?
                 }
                 Distance::Linf => {
                     let mut out = vec![0f32; rows * cols];
@@ -77,7 +102,11 @@ pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Dista
                         let a = &samples[(s0 + r) * dim..(s0 + r + 1) * dim];
                         for (c, v) in row.iter_mut().enumerate() {
                             let b = &train[(t0 + c) * dim..(t0 + c + 1) * dim];
-                            *v = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+                            *v = a
+                                .iter()
+                                .zip(b)
+                                .map(|(p, q)| (p - q).abs())
+                                .fold(0.0, f32::max);
                         }
                     }
                     out
@@ -85,9 +114,16 @@ pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Dista
             };
             for r in 0..rows {
                 let list = &mut cand[s0 + r];
-                list.extend(d2[r * cols..(r + 1) * cols].iter().enumerate().map(|(c, &v)| (v, (t0 + c) as u32)));
+                list.extend(
+                    d2[r * cols..(r + 1) * cols]
+                        .iter()
+                        .enumerate()
+                        .map(|(c, &v)| (v, (t0 + c) as u32)),
+                );
                 if list.len() > keep {
-                    list.select_nth_unstable_by(keep - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    list.select_nth_unstable_by(keep - 1, |a, b| {
+                        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+                    });
                     list.truncate(keep);
                 }
             }
@@ -97,8 +133,19 @@ pub fn knn(samples: &[f32], train: &[f32], dim: usize, k: usize, distance: Dista
     let mut idx = Vec::with_capacity(m * k);
     for (i, list) in cand.iter().enumerate() {
         let a = &samples[i * dim..(i + 1) * dim];
-        let mut exact_list: Vec<(f64, u32)> =
-            list.iter().map(|&(_, j)| (exact(a, &train[j as usize * dim..(j as usize + 1) * dim], distance), j)).collect();
+        let mut exact_list: Vec<(f64, u32)> = list
+            .iter()
+            .map(|&(_, j)| {
+                (
+                    exact(
+                        a,
+                        &train[j as usize * dim..(j as usize + 1) * dim],
+                        distance,
+                    ),
+                    j,
+                )
+            })
+            .collect();
         exact_list.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
         for &(d, j) in exact_list.iter().take(k) {
             dist.push(d as f32);
@@ -117,7 +164,9 @@ mod tests {
         let n = train.len() / dim;
         let mut out = Vec::new();
         for a in samples.chunks(dim) {
-            let mut all: Vec<(f64, u32)> = (0..n).map(|j| (exact(a, &train[j * dim..(j + 1) * dim], d), j as u32)).collect();
+            let mut all: Vec<(f64, u32)> = (0..n)
+                .map(|j| (exact(a, &train[j * dim..(j + 1) * dim], d), j as u32))
+                .collect();
             all.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
             out.extend(all.into_iter().take(k));
         }
@@ -128,7 +177,9 @@ mod tests {
     fn matches_brute_force_including_near_duplicates() {
         let mut g = SplitMix64(5);
         let dim = 48;
-        let train: Vec<f32> = (0..300 * dim).map(|_| (g.next_f64() * 2.0 - 1.0) as f32).collect();
+        let train: Vec<f32> = (0..300 * dim)
+            .map(|_| (g.next_f64() * 2.0 - 1.0) as f32)
+            .collect();
         // Samples: exact copies, tiny perturbations of training images, and fresh points.
         let mut samples = Vec::new();
         for i in 0..20 {
@@ -142,7 +193,11 @@ mod tests {
             let want = brute(&samples, &train, dim, 3, d);
             for (i, (dv, j)) in want.iter().enumerate() {
                 assert_eq!(got.idx[i], *j, "{d:?} row {}", i / 3);
-                assert!((got.dist[i] as f64 - dv).abs() <= 1e-6 * dv.max(1.0), "{d:?}: {} vs {dv}", got.dist[i]);
+                assert!(
+                    (got.dist[i] as f64 - dv).abs() <= 1e-6 * dv.max(1.0),
+                    "{d:?}: {} vs {dv}",
+                    got.dist[i]
+                );
             }
         }
     }

@@ -42,7 +42,12 @@ struct Coeffs {
 
 impl Model {
     fn coeffs(&self, sigma: &[f64]) -> Result<Coeffs> {
-        let mut c = Coeffs { c_skip: vec![], c_out: vec![], c_in: vec![], c_noise: vec![] };
+        let mut c = Coeffs {
+            c_skip: vec![],
+            c_out: vec![],
+            c_in: vec![],
+            c_noise: vec![],
+        };
         for &s in sigma {
             if self.info.outputs_denoised {
                 c.c_skip.push(0.0);
@@ -53,7 +58,10 @@ impl Model {
                 let p = self.schedule.precond(s)?;
                 for v in [p.c_skip, p.c_out, p.c_in, p.c_noise] {
                     if !v.is_finite() {
-                        bail!("{}: preconditioning at σ = {s} is not finite", self.schedule.label());
+                        bail!(
+                            "{}: preconditioning at σ = {s} is not finite",
+                            self.schedule.label()
+                        );
                     }
                 }
                 c.c_skip.push(p.c_skip as f32);
@@ -66,7 +74,13 @@ impl Model {
     }
 
     /// Runs D(x; σ) on `graph` (training or inference) and returns the `[n, c, h, w]` output.
-    fn denoise_on(&self, graph: &mut Graph<'_>, x: Tensor<4>, sigma: &[f64], labels: Option<&[i64]>) -> Result<Tensor<4>> {
+    fn denoise_on(
+        &self,
+        graph: &mut Graph<'_>,
+        x: Tensor<4>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<Tensor<4>> {
         let [n, c, h, w] = x.dims();
         if sigma.len() != n {
             bail!("{} noise levels for {n} images", sigma.len());
@@ -74,16 +88,30 @@ impl Model {
         if let Some(ts) = &self.training_set {
             let slot = Slot {
                 t: ts.clone(),
-                shape: vec![self.training_len, self.image_shape[0], self.image_shape[1], self.image_shape[2]],
+                shape: vec![
+                    self.training_len,
+                    self.image_shape[0],
+                    self.image_shape[1],
+                    self.image_shape[2],
+                ],
                 int: false,
             };
             graph.set_training_set(slot);
         }
         let dev = graph.device().clone();
         let k = self.coeffs(sigma)?;
-        let col = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [n, 1, 1, 1]), &dev);
-        let x_in = if self.info.outputs_denoised { x.clone() } else { x.clone() * col(&k.c_in) };
-        let xi = graph.insert(Slot { t: x_in.into_dispatch(), shape: vec![n, c, h, w], int: false });
+        let col =
+            |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [n, 1, 1, 1]), &dev);
+        let x_in = if self.info.outputs_denoised {
+            x.clone()
+        } else {
+            x.clone() * col(&k.c_in)
+        };
+        let xi = graph.insert(Slot {
+            t: x_in.into_dispatch(),
+            shape: vec![n, c, h, w],
+            int: false,
+        });
         let ni = graph.insert_data(k.c_noise.clone(), &[n])?;
         let li = match (labels, self.classes) {
             (Some(l), cl) if cl > 0 => {
@@ -94,7 +122,12 @@ impl Model {
             }
             _ => RNone,
         };
-        let args = ForwardArgs { x: xi, noise: ni, labels: li, classes: self.classes };
+        let args = ForwardArgs {
+            x: xi,
+            noise: ni,
+            labels: li,
+            classes: self.classes,
+        };
         let out = engine::forward(&self.arch, graph, args)?;
         graph.release(xi);
         graph.release(ni);
@@ -120,7 +153,13 @@ impl Model {
     }
 
     /// D(x; σ) for sampling (inference mode, no autodiff). `x` lives on [`Model::device`].
-    pub fn denoise(&self, params: &mut ParamStore, x: Tensor<4>, sigma: &[f64], labels: Option<&[i64]>) -> Result<Tensor<4>> {
+    pub fn denoise(
+        &self,
+        params: &mut ParamStore,
+        x: Tensor<4>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<Tensor<4>> {
         let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
         self.denoise_on(&mut graph, x, sigma, labels)
     }
@@ -152,15 +191,27 @@ impl Model {
         for &s in sigma {
             let wgt = self.schedule.loss_weight(s)?;
             if !wgt.is_finite() {
-                bail!("{}: loss weight at σ = {s} is not finite", self.schedule.label());
+                bail!(
+                    "{}: loss weight at σ = {s} is not finite",
+                    self.schedule.label()
+                );
             }
             weights.push((wgt / n as f64) as f32);
         }
         let wt = Tensor::<1>::from_data(TensorData::new(weights, [n]), &dev);
         let per = (d - y).powi_scalar(2).mean_dims(&[1, 2, 3]).reshape([n]);
         let loss = (per * wt).sum();
-        let value = loss.clone().into_data().convert::<f64>().try_to_vec::<f64>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        let slot = Slot { t: loss.into_dispatch(), shape: vec![1], int: false };
+        let value = loss
+            .clone()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let slot = Slot {
+            t: loss.into_dispatch(),
+            shape: vec![1],
+            int: false,
+        };
         let grads = engine::gradients(&graph, &slot)?;
         Ok((value, grads))
     }

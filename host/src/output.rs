@@ -9,12 +9,18 @@ use anyhow::{Context, Result, bail};
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 /// A reader sees the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("temp file in {}", dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("temp file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file().sync_all().ok();
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -23,9 +29,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Pad so magic(6) + version(2) + len(2) + header + '\n' is a multiple of 64.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -65,13 +79,29 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = std::str::from_utf8(&b[10..10 + hl])?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        bail!("{}: only little-endian float32 C-order arrays are supported", path.display());
+        bail!(
+            "{}: only little-endian float32 C-order arrays are supported",
+            path.display()
+        );
     }
-    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).unwrap_or("");
-    let shape: Vec<usize> = shape_txt.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let data: Vec<f32> = b[10 + hl..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or("");
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data: Vec<f32> = b[10 + hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     if shape.iter().product::<usize>() != data.len() {
-        bail!("{}: header shape {shape:?} does not match the data", path.display());
+        bail!(
+            "{}: header shape {shape:?} does not match the data",
+            path.display()
+        );
     }
     Ok((shape, data))
 }
@@ -83,7 +113,14 @@ pub fn to_u8(v: f32) -> u8 {
 
 /// Lays out NCHW images (values in [−1, 1], C = 1 or 3) in a grid of `cols` columns with a
 /// 1-pixel border and returns RGB bytes with the grid's width and height.
-pub fn grid_rgb(images: &[f32], n: usize, c: usize, h: usize, w: usize, cols: usize) -> (Vec<u8>, usize, usize) {
+pub fn grid_rgb(
+    images: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+) -> (Vec<u8>, usize, usize) {
     let cols = cols.clamp(1, n.max(1));
     let rows = n.div_ceil(cols).max(1);
     let (gw, gh) = (cols * (w + 1) + 1, rows * (h + 1) + 1);
@@ -128,7 +165,16 @@ pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize, scale: usize) -> R
 
 /// Writes NCHW images as a PNG grid.
 #[allow(clippy::too_many_arguments)]
-pub fn write_grid(path: &Path, images: &[f32], n: usize, c: usize, h: usize, w: usize, cols: usize, scale: usize) -> Result<()> {
+pub fn write_grid(
+    path: &Path,
+    images: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+    scale: usize,
+) -> Result<()> {
     let (rgb, gw, gh) = grid_rgb(images, n, c, h, w, cols);
     write_png(path, &rgb, gw, gh, scale)
 }

@@ -47,8 +47,14 @@ pub fn apply_overrides(text: &str, sets: &[String], file: &Path) -> Result<Strin
         message: e.message().to_string(),
     })?;
     for s in sets {
-        let err = |m: String| ConfigError { file: file.to_path_buf(), key: s.clone(), message: m };
-        let (key, value) = s.split_once('=').ok_or_else(|| err("--set expects key=value".into()))?;
+        let err = |m: String| ConfigError {
+            file: file.to_path_buf(),
+            key: s.clone(),
+            message: m,
+        };
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| err("--set expects key=value".into()))?;
         let key = key.trim();
         let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
             .map(|mut t| t.remove("v").expect("v"))
@@ -56,8 +62,12 @@ pub fn apply_overrides(text: &str, sets: &[String], file: &Path) -> Result<Strin
         let parts: Vec<&str> = key.split('.').collect();
         let mut table = &mut doc;
         for p in &parts[..parts.len() - 1] {
-            let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| err(format!("`{p}` is not a table")))?;
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| err(format!("`{p}` is not a table")))?;
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
     }
@@ -91,7 +101,18 @@ pub fn prepare(file: &Path, sets: &[String], extra_dirs: &[PathBuf]) -> Result<(
     let text = apply_overrides(&text, sets, file)?;
     let mut cfg = Config::parse(&text, file)?;
     let base = file.parent().unwrap_or(Path::new("."));
-    cfg.plugins.dirs = cfg.plugins.dirs.iter().map(|d| if d.is_absolute() { d.clone() } else { base.join(d) }).collect();
+    cfg.plugins.dirs = cfg
+        .plugins
+        .dirs
+        .iter()
+        .map(|d| {
+            if d.is_absolute() {
+                d.clone()
+            } else {
+                base.join(d)
+            }
+        })
+        .collect();
     let mut dirs = extra_dirs.to_vec();
     dirs.extend(cfg.plugins.dirs.iter().cloned());
     let reg = Registry::load(&dirs)?;
@@ -122,16 +143,20 @@ pub fn generate(
     let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total_evals);
         b.set_style(
-            indicatif::ProgressStyle::with_template("sample [{bar:30}] {pos}/{len} denoiser calls  eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "sample [{bar:30}] {pos}/{len} denoiser calls  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b
     });
     for (bi, start) in (0..count).step_by(batch).enumerate() {
         let n = batch.min(count - start);
         let mut g = SplitMix64::for_index(derive_seed(seed, stream::SAMPLE), bi as u64);
-        let init: Vec<f32> = (0..n * per).map(|_| (g.normal() * sigmas[0]) as f32).collect();
+        let init: Vec<f32> = (0..n * per)
+            .map(|_| (g.normal() * sigmas[0]) as f32)
+            .collect();
         let x = Tensor::<4>::from_data(TensorData::new(init, [n, c, h, w]), &model.device);
         let lab = &labels[start..start + n];
         let mut denoise = |x: Tensor<4>, s: f64| {
@@ -143,11 +168,17 @@ pub fn generate(
         };
         let dev = model.device.clone();
         let mut noise = |like: &Tensor<4>| {
-            let v: Vec<f32> = (0..like.shape().num_elements()).map(|_| g.normal() as f32).collect();
+            let v: Vec<f32> = (0..like.shape().num_elements())
+                .map(|_| g.normal() as f32)
+                .collect();
             Tensor::<4>::from_data(TensorData::new(v, like.dims()), &dev)
         };
         let y = sample(sampler, sigmas, x, &mut denoise, &mut noise, &mut |_| ())?;
-        let v = y.clamp(-1.0, 1.0).into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        let v = y
+            .clamp(-1.0, 1.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow!("{e:?}"))?;
         out.extend_from_slice(&v);
     }
     if let Some(b) = bar {
@@ -160,31 +191,60 @@ pub fn generate(
 pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunReport> {
     let dev = device::select(cfg.run.device)?;
     log::info!("device: {}", device::describe(&dev));
-    let dir = root.map(Path::to_path_buf).unwrap_or_else(|| cfg.run.out_dir.clone()).join(&cfg.run.name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+    let dir = root
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.run.out_dir.clone())
+        .join(&cfg.run.name);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
     let resolved = cfg.to_toml();
     let config_hash = format!("{:x}", Sha256::digest(resolved.as_bytes()));
     write_atomic(&dir.join("config.toml"), resolved.as_bytes())?;
     let seed = cfg.run.seed;
 
     // Components.
-    let mut dataset = reg.dataset(&cfg.dataset.name, &cfg.dataset.component().params_toml(), seed)?;
-    let cond = reg.conditioning(&cfg.conditioning.name, &cfg.conditioning.params_toml(), seed)?;
+    let mut dataset = reg.dataset(
+        &cfg.dataset.name,
+        &cfg.dataset.component().params_toml(),
+        seed,
+    )?;
+    let cond = reg.conditioning(
+        &cfg.conditioning.name,
+        &cfg.conditioning.params_toml(),
+        seed,
+    )?;
     let schedule = reg.schedule(&cfg.schedule.name, &cfg.schedule.params_toml(), seed)?;
-    let arch = reg.architecture(&cfg.architecture.name, &cfg.architecture.params_toml(), seed)?;
+    let arch = reg.architecture(
+        &cfg.architecture.name,
+        &cfg.architecture.params_toml(),
+        seed,
+    )?;
     let criteria: Vec<(String, _)> = cfg
         .criteria
         .iter()
-        .map(|c| Ok((c.name.clone(), reg.criterion(&c.name, &c.params_toml(), seed)?)))
+        .map(|c| {
+            Ok((
+                c.name.clone(),
+                reg.criterion(&c.name, &c.params_toml(), seed)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     write_lock(&dir, cfg, reg)?;
 
     let data = TrainingSet::load(&mut dataset, cfg.dataset.size, seed, &cond)?;
-    log::info!("training set: {} images of {:?} from {}", data.len(), data.shape, dataset.label());
+    log::info!(
+        "training set: {} images of {:?} from {}",
+        data.len(),
+        data.shape,
+        dataset.label()
+    );
     let info = arch.info()?;
     let training_set = if info.needs_training_set {
         let [c, h, w] = data.shape;
-        Some(to_dispatch(TensorData::new(data.images.clone(), [data.len(), c, h, w]), &dev)?)
+        Some(to_dispatch(
+            TensorData::new(data.images.clone(), [data.len(), c, h, w]),
+            &dev,
+        )?)
     } else {
         None
     };
@@ -202,7 +262,10 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     // Train.
     let t0 = Instant::now();
     let (mut params, ema, steps, resumed_from) = if model.info.parameter_free {
-        log::info!("{} has no parameters: skipping training", model.arch.label());
+        log::info!(
+            "{} has no parameters: skipping training",
+            model.arch.label()
+        );
         let mut p = ParamStore::new(0);
         train::materialize(&model, &mut p)?;
         (p, None, 0, 0)
@@ -216,12 +279,25 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     let t1 = Instant::now();
     let sampler = Sampler::parse(&cfg.sample.sampler)?;
     let sigmas = model.schedule.sampling_sigmas(cfg.sample.steps)?;
-    let labels = cond.sample_labels(data.summary(), derive_seed(seed, stream::LABELS), cfg.sample.count)?;
+    let labels = cond.sample_labels(
+        data.summary(),
+        derive_seed(seed, stream::LABELS),
+        cfg.sample.count,
+    )?;
     let mut use_params = match (cfg.sample.ema, ema) {
         (true, Some(e)) => e,
         _ => params.clone(),
     };
-    let samples = generate(&model, &mut use_params, sampler, &sigmas, &labels, cfg.sample.batch_size, seed, true)?;
+    let samples = generate(
+        &model,
+        &mut use_params,
+        sampler,
+        &sigmas,
+        &labels,
+        cfg.sample.batch_size,
+        seed,
+        true,
+    )?;
     drop(params.clone());
     let sample_seconds = t1.elapsed().as_secs_f64();
     let [c, h, w] = data.shape;
@@ -229,14 +305,44 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     write_npy_f32(&dir.join("samples.npy"), &[m, c, h, w], &samples)?;
     write_npy_i64(&dir.join("sample_labels.npy"), &[m], &labels)?;
     let cols = (m as f64).sqrt().ceil() as usize;
-    write_grid(&dir.join("samples.png"), &samples, m, c, h, w, cols, scale_for(h))?;
+    write_grid(
+        &dir.join("samples.png"),
+        &samples,
+        m,
+        c,
+        h,
+        w,
+        cols,
+        scale_for(h),
+    )?;
 
     // Evaluate.
-    let evaluation = evaluate(&samples, &labels, &data.class_names, &data.images, c * h * w, &criteria, &dev)?;
+    let evaluation = evaluate(
+        &samples,
+        &labels,
+        &data.class_names,
+        &data.images,
+        c * h * w,
+        &criteria,
+        &dev,
+    )?;
     write_nearest_png(&dir.join("nearest.png"), &samples, &data, &evaluation, 16)?;
-    let report = RunReport { dir: dir.clone(), steps, resumed_from, evaluation, train_seconds, sample_seconds };
-    write_atomic(&dir.join("replication.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    write_atomic(&dir.join("summary.md"), summary_md(cfg, &report, &data).as_bytes())?;
+    let report = RunReport {
+        dir: dir.clone(),
+        steps,
+        resumed_from,
+        evaluation,
+        train_seconds,
+        sample_seconds,
+    };
+    write_atomic(
+        &dir.join("replication.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join("summary.md"),
+        summary_md(cfg, &report, &data).as_bytes(),
+    )?;
     params.freeze();
     Ok(report)
 }
@@ -264,7 +370,10 @@ fn write_lock(dir: &Path, cfg: &Config, reg: &Registry) -> Result<()> {
         .into_iter()
         .map(|(_, kind, c)| Used {
             kind: kind.to_string(),
-            library: reg.library_of(kind, &c.name).map(|l| l.manifest.name.to_string()).unwrap_or_default(),
+            library: reg
+                .library_of(kind, &c.name)
+                .map(|l| l.manifest.name.to_string())
+                .unwrap_or_default(),
             name: c.name,
         })
         .collect();
@@ -274,10 +383,19 @@ fn write_lock(dir: &Path, cfg: &Config, reg: &Registry) -> Result<()> {
         components,
         libraries: reg.lock(),
     };
-    write_atomic(&dir.join("plugins.lock"), serde_json::to_string_pretty(&lock)?.as_bytes())
+    write_atomic(
+        &dir.join("plugins.lock"),
+        serde_json::to_string_pretty(&lock)?.as_bytes(),
+    )
 }
 
-fn write_nearest_png(path: &Path, samples: &[f32], data: &TrainingSet, ev: &Evaluation, max: usize) -> Result<()> {
+fn write_nearest_png(
+    path: &Path,
+    samples: &[f32],
+    data: &TrainingSet,
+    ev: &Evaluation,
+    max: usize,
+) -> Result<()> {
     let per = data.image_len();
     let [c, h, w] = data.shape;
     let k = ev.samples.min(max);
@@ -297,25 +415,61 @@ fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
     let _ = writeln!(
         s,
         "{} × {} under {}, conditioning {}, {} training images ({}), seed {}.\n",
-        cfg.architecture.name, cfg.dataset.name, cfg.schedule.name, cfg.conditioning.name, data.len(),
-        data.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"), cfg.run.seed
+        cfg.architecture.name,
+        cfg.dataset.name,
+        cfg.schedule.name,
+        cfg.conditioning.name,
+        data.len(),
+        data.shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("×"),
+        cfg.run.seed
     );
-    let _ = writeln!(s, "Trained {} steps ({:.0} s); {} samples with `{}` in {} steps ({:.0} s).\n", r.steps, r.train_seconds, e.samples, cfg.sample.sampler, cfg.sample.steps, r.sample_seconds);
-    let _ = writeln!(s, "| criterion | memorization ratio | replicates | distinct training images replicated |");
+    let _ = writeln!(
+        s,
+        "Trained {} steps ({:.0} s); {} samples with `{}` in {} steps ({:.0} s).\n",
+        r.steps, r.train_seconds, e.samples, cfg.sample.sampler, cfg.sample.steps, r.sample_seconds
+    );
+    let _ = writeln!(
+        s,
+        "| criterion | memorization ratio | replicates | distinct training images replicated |"
+    );
     let _ = writeln!(s, "|---|---|---|---|");
     for c in &e.criteria {
-        let _ = writeln!(s, "| {} | {:.2}% | {} / {} | {} ({:.2}%) |", c.name, 100.0 * c.ratio, c.replicates, e.samples, c.distinct_replicated, 100.0 * c.distinct_fraction);
+        let _ = writeln!(
+            s,
+            "| {} | {:.2}% | {} / {} | {} ({:.2}%) |",
+            c.name,
+            100.0 * c.ratio,
+            c.replicates,
+            e.samples,
+            c.distinct_replicated,
+            100.0 * c.distinct_fraction
+        );
     }
-    let _ = writeln!(s, "\nMean nearest-neighbour L2 distance: {:.4} ([−1, 1] scale), {:.2} per pixel on the uint8 scale.\n", e.mean_nn_l2, e.mean_nn_l2_per_pixel_u8);
+    let _ = writeln!(
+        s,
+        "\nMean nearest-neighbour L2 distance: {:.4} ([−1, 1] scale), {:.2} per pixel on the uint8 scale.\n",
+        e.mean_nn_l2, e.mean_nn_l2_per_pixel_u8
+    );
     for c in &e.criteria {
         if c.per_class.len() > 1 {
-            let _ = writeln!(s, "Per class ({}):\n\n| class | samples | ratio |\n|---|---|---|", c.name);
+            let _ = writeln!(
+                s,
+                "Per class ({}):\n\n| class | samples | ratio |\n|---|---|---|",
+                c.name
+            );
             for (k, v) in &c.per_class {
                 let _ = writeln!(s, "| {k} | {} | {:.2}% |", v.samples, 100.0 * v.ratio);
             }
             let _ = writeln!(s);
         }
     }
-    let _ = writeln!(s, "![samples](samples.png)\n\n![nearest](nearest.png)\n\nSamples (top row) and their nearest training images (bottom row).");
+    let _ = writeln!(
+        s,
+        "![samples](samples.png)\n\n![nearest](nearest.png)\n\nSamples (top row) and their nearest training images (bottom row)."
+    );
     s
 }

@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn heun_is_second_order_on_a_gaussian() {
         let sd2 = 0.25f64;
-        let sigmas: Vec<f64> = (0..=10).map(|i| 10.0 * (0.9f64).powi(i * 4)).chain([0.0]).collect();
+        let sigmas: Vec<f64> = (0..=10)
+            .map(|i| 10.0 * (0.9f64).powi(i * 4))
+            .chain([0.0])
+            .collect();
         let exact = |x0: f64| x0 * (sd2 / (sd2 + sigmas[0] * sigmas[0])).sqrt();
         let mut err = Vec::new();
         for s in [Sampler::Euler, Sampler::Heun] {
@@ -148,7 +151,14 @@ mod tests {
         let mut nz = |x: &Tensor<4>| x.zeros_like().add_scalar(1.0);
         let mut seen = Vec::new();
         let mut on = |i| seen.push(i);
-        let out = sample(Sampler::Ddpm, &sigmas[..2].iter().copied().chain([0.0]).collect::<Vec<_>>(), t(0.0), &mut d, &mut nz, &mut on);
+        let out = sample(
+            Sampler::Ddpm,
+            &sigmas[..2].iter().copied().chain([0.0]).collect::<Vec<_>>(),
+            t(0.0),
+            &mut d,
+            &mut nz,
+            &mut on,
+        );
         assert!(out.is_ok());
         let mut d = |x: Tensor<4>, _s: f64| Ok(x.zeros_like());
         let two = [2.0, 1.0, 0.5, 0.0];
@@ -159,9 +169,20 @@ mod tests {
             }
             d(x, s)
         };
-        sample(Sampler::Ddpm, &two, t(0.0), &mut capture, &mut nz, &mut |_| ()).unwrap();
+        sample(
+            Sampler::Ddpm,
+            &two,
+            t(0.0),
+            &mut capture,
+            &mut nz,
+            &mut |_| (),
+        )
+        .unwrap();
         let expect = 1.0 * (1.0f64 - 0.25).sqrt();
-        assert!((first.unwrap() - expect).abs() < 1e-6, "{first:?} vs {expect}");
+        assert!(
+            (first.unwrap() - expect).abs() < 1e-6,
+            "{first:?} vs {expect}"
+        );
         let _ = sigmas;
     }
 }

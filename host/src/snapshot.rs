@@ -42,7 +42,11 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("snapshot-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            let step = name
+                .strip_prefix("snapshot-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
             Some((step, e.path()))
         })
         .collect();
@@ -71,7 +75,11 @@ impl Snapshot {
         }
         for (prefix, map) in [("adam_m", &self.adam.m), ("adam_v", &self.adam.v)] {
             for (name, t) in map {
-                let shape = self.params.get(name).map(|p| p.shape.clone()).ok_or_else(|| anyhow!("moment of unknown parameter {name}"))?;
+                let shape = self
+                    .params
+                    .get(name)
+                    .map(|p| p.shape.clone())
+                    .ok_or_else(|| anyhow!("moment of unknown parameter {name}"))?;
                 let v = read_f32(t, shape.len())?;
                 blobs.push((format!("{prefix}/{name}"), shape, f32_bytes(&v)));
             }
@@ -85,18 +93,25 @@ impl Snapshot {
         meta.insert("adam_t".to_string(), self.adam.t.to_string());
         meta.insert("init_seed".to_string(), self.params.seed().to_string());
         meta.insert("config_hash".to_string(), self.config_hash.clone());
-        meta.insert("memlab_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        meta.insert(
+            "memlab_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         let bytes = safetensors::serialize(views, Some(meta))?;
         write_atomic(path, &bytes)
     }
 
     /// Reads a snapshot onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Snapshot> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading snapshot {}", path.display()))?;
-        let (_, metadata) = SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading snapshot {}", path.display()))?;
+        let (_, metadata) = SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
         let meta = metadata.metadata().clone().unwrap_or_default();
         let get = |k: &str| -> Result<String> {
-            meta.get(k).cloned().ok_or_else(|| anyhow!("snapshot {} lacks metadata `{k}`", path.display()))
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| anyhow!("snapshot {} lacks metadata `{k}`", path.display()))
         };
         let step: u64 = get("step")?.parse()?;
         let adam_t: u64 = get("adam_t")?.parse()?;
@@ -104,7 +119,10 @@ impl Snapshot {
         let st = SafeTensors::deserialize(&bytes)?;
         let mut params = ParamStore::new(init_seed);
         let mut ema: Option<ParamStore> = None;
-        let mut adam = AdamState { t: adam_t, ..Default::default() };
+        let mut adam = AdamState {
+            t: adam_t,
+            ..Default::default()
+        };
         // Keep the parameter order of the file's writer (sorted by safetensors): sort names so
         // loading is deterministic.
         let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
@@ -115,12 +133,20 @@ impl Snapshot {
                 bail!("{}: tensor {full} is not f32", path.display());
             }
             let shape = view.shape().to_vec();
-            let vals: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let vals: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             let t = to_dispatch(TensorData::new(vals, shape.clone()), device)?;
-            let (prefix, name) = full.split_once('/').ok_or_else(|| anyhow!("bad tensor name {full}"))?;
+            let (prefix, name) = full
+                .split_once('/')
+                .ok_or_else(|| anyhow!("bad tensor name {full}"))?;
             match prefix {
                 "params" => params.insert(name, Param { shape, value: t }),
-                "ema" => ema.get_or_insert_with(|| ParamStore::new(init_seed)).insert(name, Param { shape, value: t }),
+                "ema" => ema
+                    .get_or_insert_with(|| ParamStore::new(init_seed))
+                    .insert(name, Param { shape, value: t }),
                 "adam_m" => {
                     adam.m.insert(name.to_string(), t);
                 }
@@ -134,6 +160,12 @@ impl Snapshot {
         if let Some(e) = ema.as_mut() {
             e.freeze();
         }
-        Ok(Snapshot { step, params, ema, adam, config_hash: get("config_hash")? })
+        Ok(Snapshot {
+            step,
+            params,
+            ema,
+            adam,
+            config_hash: get("config_hash")?,
+        })
     }
 }

@@ -50,7 +50,9 @@ pub struct MetricLine {
 /// Draws per-sample uniform/normal numbers for σ and per-pixel noise for step `step`.
 pub fn step_noise(seed: u64, step: u64, n: usize, per: usize) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
     let mut g = SplitMix64::for_index(derive_seed(seed, stream::NOISE), step);
-    let uniform: Vec<f64> = (0..n).map(|_| g.next_f64().clamp(1e-12, 1.0 - 1e-12)).collect();
+    let uniform: Vec<f64> = (0..n)
+        .map(|_| g.next_f64().clamp(1e-12, 1.0 - 1e-12))
+        .collect();
     let normal: Vec<f64> = (0..n).map(|_| g.normal()).collect();
     let noise: Vec<f32> = (0..n * per).map(|_| g.normal() as f32).collect();
     (uniform, normal, noise)
@@ -60,7 +62,10 @@ pub fn step_noise(seed: u64, step: u64, n: usize, per: usize) -> (Vec<f64>, Vec<
 /// parameter's initial values depend only on the seed and its name).
 pub fn materialize(model: &Model, params: &mut ParamStore) -> Result<()> {
     let [c, h, w] = model.image_shape;
-    let x = Tensor::<4>::from_data(TensorData::new(vec![0f32; c * h * w], [1, c, h, w]), &model.device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![0f32; c * h * w], [1, c, h, w]),
+        &model.device,
+    );
     let labels = (model.classes > 0).then_some(vec![0i64]);
     model.denoise(params, x, &[1.0], labels.as_deref())?;
     params.freeze();
@@ -78,9 +83,17 @@ fn read_metrics(path: &Path, upto: u64) -> Vec<String> {
 
 /// Trains `model` on `data` in `run_dir` (snapshots under `run_dir/snapshots`, metrics in
 /// `run_dir/metrics.jsonl`), resuming from the newest snapshot written with the same config.
-pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, run_dir: &Path, config_hash: &str) -> Result<Trained> {
+pub fn train(
+    model: &Model,
+    data: &TrainingSet,
+    cfg: &TrainSection,
+    seed: u64,
+    run_dir: &Path,
+    config_hash: &str,
+) -> Result<Trained> {
     let snap_dir = run_dir.join("snapshots");
-    std::fs::create_dir_all(&snap_dir).with_context(|| format!("creating {}", snap_dir.display()))?;
+    std::fs::create_dir_all(&snap_dir)
+        .with_context(|| format!("creating {}", snap_dir.display()))?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let existing = snapshot::list(&snap_dir);
 
@@ -107,10 +120,24 @@ pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, r
     let mut snapshots = existing.clone();
     // Metrics after the snapshot we resume from were produced by the lost tail of the run.
     let mut metrics = read_metrics(&metrics_path, start);
-    write_atomic(&metrics_path, metrics.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
-    let mut metrics_file = std::fs::OpenOptions::new().append(true).open(&metrics_path)?;
+    write_atomic(
+        &metrics_path,
+        metrics
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    )?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)?;
 
-    let adam_cfg = AdamConfig { lr: cfg.lr, betas: cfg.betas, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let adam_cfg = AdamConfig {
+        lr: cfg.lr,
+        betas: cfg.betas,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
     let per = data.image_len();
     let t0 = Instant::now();
     let bar = progress_bar(cfg.steps, start);
@@ -119,12 +146,23 @@ pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, r
         let y = data.gather(&ids);
         let (uniform, normal, noise) = step_noise(seed, step, ids.len(), per);
         let sigma = model.schedule.training_sigmas(&uniform, &normal)?;
-        let labels: Option<Vec<i64>> = (model.classes > 0).then(|| ids.iter().map(|&i| data.cond_labels[i]).collect());
-        let dropout_seed = SplitMix64::for_index(derive_seed(seed, stream::DROPOUT), step).next_u64();
-        let (loss, mut grads) = model.loss_and_grads(&mut params, y, noise, &sigma, labels.as_deref(), dropout_seed)?;
+        let labels: Option<Vec<i64>> =
+            (model.classes > 0).then(|| ids.iter().map(|&i| data.cond_labels[i]).collect());
+        let dropout_seed =
+            SplitMix64::for_index(derive_seed(seed, stream::DROPOUT), step).next_u64();
+        let (loss, mut grads) = model.loss_and_grads(
+            &mut params,
+            y,
+            noise,
+            &sigma,
+            labels.as_deref(),
+            dropout_seed,
+        )?;
         let norm = global_norm(&grads)?;
         if !loss.is_finite() || !norm.is_finite() {
-            let last = snapshots.last().map_or("none yet".to_string(), |(_, p)| p.display().to_string());
+            let last = snapshots
+                .last()
+                .map_or("none yet".to_string(), |(_, p)| p.display().to_string());
             bail!(
                 "training diverged at step {}: loss = {loss}, gradient norm = {norm}. The last good \
                  snapshot is {last}; lower train.lr or set train.grad_clip",
@@ -134,21 +172,37 @@ pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, r
         if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
             scale_grads(&mut grads, cfg.grad_clip / norm)?;
         }
-        let lr = if cfg.warmup_steps > 0 { cfg.lr * ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0) } else { cfg.lr };
+        let lr = if cfg.warmup_steps > 0 {
+            cfg.lr * ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0)
+        } else {
+            cfg.lr
+        };
         adam_step(&mut params, &mut adam, &grads, &adam_cfg, lr)?;
         if let Some(e) = ema.as_mut() {
             ema_update(e, &params, cfg.ema_decay)?;
         }
         let done = step + 1;
-        let line = serde_json::to_string(&MetricLine { step: done, loss, lr, grad_norm: norm, elapsed_s: t0.elapsed().as_secs_f64() })?;
+        let line = serde_json::to_string(&MetricLine {
+            step: done,
+            loss,
+            lr,
+            grad_norm: norm,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        })?;
         writeln!(metrics_file, "{line}")?;
         metrics.push(line);
         report(&bar, done, cfg.steps, loss, start, &t0);
         let due = cfg.snapshot_every > 0 && done.is_multiple_of(cfg.snapshot_every);
         if due || done == cfg.steps {
             let path = snap_dir.join(snapshot::file_name(done));
-            Snapshot { step: done, params: params.clone(), ema: ema.clone(), adam: adam.clone(), config_hash: config_hash.to_string() }
-                .save(&path)?;
+            Snapshot {
+                step: done,
+                params: params.clone(),
+                ema: ema.clone(),
+                adam: adam.clone(),
+                config_hash: config_hash.to_string(),
+            }
+            .save(&path)?;
             snapshots.push((done, path));
         }
     }
@@ -156,7 +210,13 @@ pub fn train(model: &Model, data: &TrainingSet, cfg: &TrainSection, seed: u64, r
         b.finish_and_clear();
     }
     metrics_file.flush()?;
-    Ok(Trained { params, ema, steps: cfg.steps.max(start), resumed_from: start, snapshots })
+    Ok(Trained {
+        params,
+        ema,
+        steps: cfg.steps.max(start),
+        resumed_from: start,
+        snapshots,
+    })
 }
 
 fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
@@ -165,15 +225,24 @@ fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(total);
     b.set_style(
-        indicatif::ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     b.set_position(start);
     Some(b)
 }
 
-fn report(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64, loss: f64, start: u64, t0: &Instant) {
+fn report(
+    bar: &Option<indicatif::ProgressBar>,
+    done: u64,
+    total: u64,
+    loss: f64,
+    start: u64,
+    t0: &Instant,
+) {
     match bar {
         Some(b) => {
             b.set_position(done);
@@ -184,7 +253,9 @@ fn report(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64, loss: f64
             if done.is_multiple_of(every) || done == total {
                 let rate = (done - start) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
                 let eta = (total - done) as f64 / rate.max(1e-9);
-                log::info!("train step {done}/{total}  loss {loss:.4}  {rate:.2} steps/s  eta {eta:.0}s");
+                log::info!(
+                    "train step {done}/{total}  loss {loss:.4}  {rate:.2} steps/s  eta {eta:.0}s"
+                );
             }
         }
     }

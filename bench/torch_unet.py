@@ -1,0 +1,185 @@
+"""PyTorch reference for `memlab bench train`: the same improved-diffusion UNet, the same
+step (EDM-preconditioned denoising loss, backward, Adam), timed the same way.
+
+Usage:  python3 bench/torch_unet.py [--threads 2] [--batch 32] [--res 32] [--steps 5]
+Prints JSON. Needs `pip install torch numpy`; exits 0 with a message when torch is missing.
+The network follows openai/improved-diffusion `unet.py` (UNetModel) at the config below.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError:
+    print(json.dumps({"skipped": "torch is not installed (pip install torch numpy)"}))
+    sys.exit(0)
+
+
+def gn(ch):
+    return nn.GroupNorm(min(32, ch), ch)
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def zero(m):
+    for p in m.parameters():
+        p.detach().zero_()
+    return m
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch, emb, out, dropout, scale_shift):
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.in_layers = nn.Sequential(gn(ch), nn.SiLU(), nn.Conv2d(ch, out, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb, 2 * out if scale_shift else out))
+        self.out_norm = gn(out)
+        self.out_rest = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero(nn.Conv2d(out, out, 3, padding=1)))
+        self.skip = nn.Identity() if ch == out else nn.Conv2d(ch, out, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        e = self.emb_layers(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
+        return self.skip(x) + self.out_rest(h)
+
+
+class Attention(nn.Module):
+    def __init__(self, ch, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm = gn(ch)
+        self.qkv = nn.Conv1d(ch, 3 * ch, 1)
+        self.proj = zero(nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, -1)).reshape(b * self.heads, 3 * c // self.heads, -1)
+        q, k, v = qkv.chunk(3, dim=1)
+        scale = 1 / math.sqrt(math.sqrt(c // self.heads))
+        wgt = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+        a = torch.einsum("bts,bcs->bct", wgt, v).reshape(b, c, -1)
+        return x + self.proj(a).reshape(b, c, h, w)
+
+
+class UNet(nn.Module):
+    def __init__(self, ch=32, mult=(1, 2, 2), blocks=2, attn=(8,), heads=4, res=32, out_ch=3, dropout=0.0, scale_shift=False):
+        super().__init__()
+        emb = 4 * ch
+        self.ch = ch
+        self.time = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.ModuleList([nn.Conv2d(3, ch, 3, padding=1)])
+        chans, cur, ds = [ch], ch, res
+        self.kinds = []
+        for lvl, m in enumerate(mult):
+            for _ in range(blocks):
+                layers = nn.ModuleList([ResBlock(cur, emb, m * ch, dropout, scale_shift)])
+                cur = m * ch
+                if ds in attn:
+                    layers.append(Attention(cur, heads))
+                self.inp.append(layers)
+                chans.append(cur)
+            if lvl != len(mult) - 1:
+                self.inp.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                chans.append(cur)
+                ds //= 2
+        self.mid = nn.ModuleList([ResBlock(cur, emb, cur, dropout, scale_shift), Attention(cur, heads), ResBlock(cur, emb, cur, dropout, scale_shift)])
+        self.out_blocks = nn.ModuleList()
+        for lvl, m in list(enumerate(mult))[::-1]:
+            for i in range(blocks + 1):
+                layers = nn.ModuleList([ResBlock(cur + chans.pop(), emb, m * ch, dropout, scale_shift)])
+                cur = m * ch
+                if ds in attn:
+                    layers.append(Attention(cur, heads))
+                if lvl and i == blocks:
+                    layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    layers.append(nn.Conv2d(cur, cur, 3, padding=1))
+                    ds *= 2
+                self.out_blocks.append(layers)
+        self.out = nn.Sequential(gn(cur), nn.SiLU(), zero(nn.Conv2d(cur, out_ch, 3, padding=1)))
+
+    def run(self, layers, h, emb):
+        for l in layers:
+            h = l(h, emb) if isinstance(l, ResBlock) else l(h)
+        return h
+
+    def forward(self, x, t):
+        emb = self.time(timestep_embedding(t, self.ch))
+        hs, h = [], x
+        for layers in self.inp:
+            h = self.run(layers, h, emb) if isinstance(layers, nn.ModuleList) else layers(h)
+            hs.append(h)
+        h = self.run(self.mid, h, emb)
+        for layers in self.out_blocks:
+            h = self.run(layers, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--res", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--forward-batch", type=int, default=256)
+    ap.add_argument("--forward-reps", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    net = UNet(res=a.res)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    sd = 0.5
+    times = []
+    for i in range(a.steps + 1):
+        y = torch.rand(a.batch, 3, a.res, a.res) * 2 - 1
+        n = torch.randn_like(y)
+        sigma = torch.exp(-1.2 + 1.2 * torch.randn(a.batch, 1, 1, 1))
+        t0 = time.perf_counter()
+        x = y + sigma * n
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        f = net(c_in * x, (sigma.log() / 4).flatten())
+        d = c_skip * x + c_out * f
+        w = (sigma**2 + sd**2) / (sigma * sd) ** 2
+        loss = (w * (d - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    times = times[1:]
+    fwd = []
+    with torch.no_grad():
+        for _ in range(a.forward_reps):
+            x = torch.randn(a.forward_batch, 3, a.res, a.res)
+            t0 = time.perf_counter()
+            net(x, torch.zeros(a.forward_batch))
+            fwd.append(time.perf_counter() - t0)
+    print(json.dumps({
+        "framework": f"torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "batch": a.batch,
+        "train_step_s": sorted(times)[len(times) // 2],
+        "train_steps_s": times,
+        "forward_batch": a.forward_batch,
+        "forward_s": sorted(fwd)[len(fwd) // 2],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
