@@ -53,14 +53,19 @@ fn snapshot_bytes(run: &Path, step: u64) -> Vec<u8> {
 }
 
 fn snapshot_path(run: &Path, step: u64) -> std::path::PathBuf {
-    run.join("snapshots").join(format!("snapshot-{step:08}.safetensors"))
+    run.join("snapshots")
+        .join(format!("snapshot-{step:08}.safetensors"))
 }
 
 /// Every tensor of a snapshot (parameters, EMA, Adam moments) and its step, by name. The file
 /// bytes themselves are not comparable: safetensors writes its metadata map in hash order.
-fn snapshot_tensors(run: &Path, step: u64) -> (u64, u64, std::collections::BTreeMap<String, Vec<f32>>) {
+fn snapshot_tensors(
+    run: &Path,
+    step: u64,
+) -> (u64, u64, std::collections::BTreeMap<String, Vec<f32>>) {
     use memlab::engine::params::read_f32;
-    let s = memlab::snapshot::Snapshot::load(&snapshot_path(run, step), &memlab::engine::cpu()).unwrap();
+    let s = memlab::snapshot::Snapshot::load(&snapshot_path(run, step), &memlab::engine::cpu())
+        .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for (n, p) in s.params.iter() {
         out.insert(format!("params/{n}"), s.params.read(n).unwrap());
@@ -96,21 +101,45 @@ fn assert_same_snapshot(a: &Path, b: &Path, step: u64) {
 fn run_directory_holds_provenance_samples_and_results() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "prov", 6, 3);
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--out", tmp.path().join("runs").to_str().unwrap()], None, None);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().join("runs").to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let run = tmp.path().join("runs/prov");
-    for f in ["config.toml", "plugins.lock", "metrics.jsonl", "samples.npy", "sample_labels.npy", "samples.png", "nearest.png", "replication.json", "summary.md"] {
+    for f in [
+        "config.toml",
+        "plugins.lock",
+        "metrics.jsonl",
+        "samples.npy",
+        "sample_labels.npy",
+        "samples.png",
+        "nearest.png",
+        "replication.json",
+        "summary.md",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("plugins.lock")).unwrap()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("plugins.lock")).unwrap()).unwrap();
     let libs = lock["libraries"].as_array().unwrap();
-    assert!(libs.iter().any(|l| l["name"] == "memlab-synthetic" && l["sha256"].as_str().unwrap().len() == 64));
+    assert!(
+        libs.iter()
+            .any(|l| l["name"] == "memlab-synthetic" && l["sha256"].as_str().unwrap().len() == 64)
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6);
     let (shape, data) = memlab::output::read_npy_f32(&run.join("samples.npy")).unwrap();
     assert_eq!(shape, vec![8, 3, 8, 8]);
     assert!(data.iter().all(|v| (-1.0..=1.0).contains(v)));
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("replication.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("replication.json")).unwrap()).unwrap();
     assert_eq!(rep["evaluation"]["samples"], 8);
     assert_eq!(rep["steps"], 6);
     // The resolved config parses back to the same run.
@@ -124,7 +153,16 @@ fn same_seed_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "det", 5, 0);
     for out in ["a", "b"] {
-        let r = memlab(&["run", cfg.to_str().unwrap(), "--out", tmp.path().join(out).to_str().unwrap()], None, None);
+        let r = memlab(
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                tmp.path().join(out).to_str().unwrap(),
+            ],
+            None,
+            None,
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
     let a = std::fs::read(tmp.path().join("a/det/samples.npy")).unwrap();
@@ -141,33 +179,69 @@ fn resume_after_kill_matches_uninterrupted_run() {
     let steps = 300;
     let cfg = tiny_config(tmp.path(), "resume", steps, 20);
     let full = tmp.path().join("full");
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()], None, None);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            full.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
 
     let killed = tmp.path().join("killed");
     let mut child = Command::new(memlab_bin())
-        .args(["run", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap()])
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            killed.to_str().unwrap(),
+        ])
         .env_remove("MEMLAB_PLUGIN_PATH")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let first = killed.join("resume/snapshots").join(format!("snapshot-{:08}.safetensors", 20));
+    let first = killed
+        .join("resume/snapshots")
+        .join(format!("snapshot-{:08}.safetensors", 20));
     let t0 = Instant::now();
     while !first.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no snapshot appeared");
-        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no snapshot appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let snaps_at_kill = std::fs::read_dir(killed.join("resume/snapshots")).unwrap().count();
+    let snaps_at_kill = std::fs::read_dir(killed.join("resume/snapshots"))
+        .unwrap()
+        .count();
     assert!(
-        !killed.join("resume/snapshots").join(format!("snapshot-{steps:08}.safetensors")).exists(),
+        !killed
+            .join("resume/snapshots")
+            .join(format!("snapshot-{steps:08}.safetensors"))
+            .exists(),
         "killed before the end ({snaps_at_kill} snapshots)"
     );
 
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap()], None, None);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            killed.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
     // Final parameters, EMA and Adam state are bit-for-bit those of the uninterrupted run.
@@ -175,11 +249,20 @@ fn resume_after_kill_matches_uninterrupted_run() {
     let m = std::fs::read_to_string(killed.join("resume/metrics.jsonl")).unwrap();
     let steps_logged: Vec<u64> = m
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(steps_logged, (1..=steps).collect::<Vec<_>>(), "metrics have each step once");
+    assert_eq!(
+        steps_logged,
+        (1..=steps).collect::<Vec<_>>(),
+        "metrics have each step once"
+    );
     assert!(
-        std::fs::read(full.join("resume/samples.npy")).unwrap() == std::fs::read(killed.join("resume/samples.npy")).unwrap(),
+        std::fs::read(full.join("resume/samples.npy")).unwrap()
+            == std::fs::read(killed.join("resume/samples.npy")).unwrap(),
         "samples identical"
     );
 }
@@ -189,17 +272,46 @@ fn overrides_and_a_changed_config_are_handled() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "ovr", 3, 0);
     let out = tmp.path().join("o");
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=2", "--set", "sample.count=4"], None, None);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=2",
+            "--set",
+            "sample.count=4",
+        ],
+        None,
+        None,
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ovr/replication.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("ovr/replication.json")).unwrap()).unwrap();
     assert_eq!(rep["steps"], 2);
     assert_eq!(rep["evaluation"]["samples"], 4);
     // Same run name, different config: refuse to mix snapshots.
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.lr=0.5"], None, None);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.lr=0.5",
+        ],
+        None,
+        None,
+    );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("different configuration"), "{}", r.stderr);
     // A bad override is a config error naming the key.
-    let r = memlab(&["run", cfg.to_str().unwrap(), "--set", "train.stepz=2"], None, None);
+    let r = memlab(
+        &["run", cfg.to_str().unwrap(), "--set", "train.stepz=2"],
+        None,
+        None,
+    );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("stepz"), "{}", r.stderr);
 }
