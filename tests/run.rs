@@ -315,3 +315,91 @@ fn overrides_and_a_changed_config_are_handled() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("stepz"), "{}", r.stderr);
 }
+
+#[test]
+fn divergence_stops_with_a_clear_error_and_keeps_the_last_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "nan", 40, 2);
+    let out = tmp.path().join("o");
+    // An absurd learning rate blows the weights up within a few steps.
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.grad_clip=0.0",
+            "--set",
+            "train.warmup_steps=0",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("training diverged at step"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("last good snapshot"), "{}", r.stderr);
+    let snaps: Vec<_> = std::fs::read_dir(out.join("nan/snapshots"))
+        .unwrap()
+        .collect();
+    assert!(
+        !snaps.is_empty() || r.stderr.contains("none yet"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn samples_can_come_from_a_chosen_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "snap", 6, 3);
+    let out = tmp.path().join("o");
+    let r = memlab(
+        &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let last = std::fs::read(out.join("snap/samples.npy")).unwrap();
+    // Re-sampling a finished run from an earlier snapshot reuses its training.
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "sample.snapshot=3",
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
+    let out2 = out.clone();
+    let early = std::fs::read(out2.join("snap/samples.npy")).unwrap();
+    assert!(
+        early != last,
+        "samples from step 3 differ from the final ones"
+    );
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().join("o3").to_str().unwrap(),
+            "--set",
+            "sample.snapshot=4",
+        ],
+        None,
+        None,
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("sample.snapshot = 4"), "{}", r.stderr);
+}

@@ -144,8 +144,34 @@ pub struct TrainSection {
     pub grad_clip: f64,
     /// EMA decay per step (0: no EMA).
     pub ema_decay: f64,
+    /// EDM-style EMA half-life in thousands of images; when > 0 it replaces `ema_decay` with
+    /// 0.5^(batch_size / (1000 · ema_halflife_kimg)) per step.
+    pub ema_halflife_kimg: f64,
+    /// Training length in thousands of images (EDM's `duration`); when > 0 it replaces `steps`
+    /// with ⌈1000 · duration_kimg / batch_size⌉.
+    pub duration_kimg: f64,
     /// Snapshot every this many steps (0: only at the end).
     pub snapshot_every: u64,
+}
+
+impl TrainSection {
+    /// Optimiser steps to run (`steps`, or `duration_kimg` converted).
+    pub fn total_steps(&self) -> u64 {
+        if self.duration_kimg > 0.0 {
+            (self.duration_kimg * 1000.0 / self.batch_size.max(1) as f64).ceil() as u64
+        } else {
+            self.steps
+        }
+    }
+
+    /// EMA decay per step (`ema_decay`, or the half-life converted); 0 means no EMA.
+    pub fn ema_beta(&self) -> f64 {
+        if self.ema_halflife_kimg > 0.0 {
+            0.5f64.powf(self.batch_size as f64 / (self.ema_halflife_kimg * 1000.0))
+        } else {
+            self.ema_decay
+        }
+    }
 }
 
 impl Default for TrainSection {
@@ -159,6 +185,8 @@ impl Default for TrainSection {
             warmup_steps: 0,
             grad_clip: 0.0,
             ema_decay: 0.999,
+            ema_halflife_kimg: 0.0,
+            duration_kimg: 0.0,
             snapshot_every: 0,
         }
     }
@@ -178,6 +206,8 @@ pub struct SampleSection {
     pub batch_size: usize,
     /// Use EMA weights (when trained with EMA).
     pub ema: bool,
+    /// Sample from the snapshot after this many steps instead of the final weights.
+    pub snapshot: Option<u64>,
 }
 
 impl Default for SampleSection {
@@ -188,6 +218,7 @@ impl Default for SampleSection {
             steps: 18,
             batch_size: 64,
             ema: true,
+            snapshot: None,
         }
     }
 }
@@ -319,6 +350,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Hash of everything that determines the trained weights (seed, dataset, architecture,
+    /// schedule, conditioning, training); sampling and evaluation settings are excluded, so a
+    /// finished run can be re-sampled or re-evaluated without retraining.
+    pub fn training_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        #[derive(Serialize)]
+        struct Training<'a> {
+            seed: u64,
+            dataset: &'a DatasetSection,
+            architecture: &'a ComponentRef,
+            schedule: &'a ComponentRef,
+            conditioning: &'a ComponentRef,
+            train: &'a TrainSection,
+        }
+        let t = Training {
+            seed: self.run.seed,
+            dataset: &self.dataset,
+            architecture: &self.architecture,
+            schedule: &self.schedule,
+            conditioning: &self.conditioning,
+            train: &self.train,
+        };
+        format!(
+            "{:x}",
+            Sha256::digest(toml::to_string(&t).unwrap_or_default().as_bytes())
+        )
+    }
+
     /// The config as TOML (the resolved config written into run directories).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
@@ -342,6 +401,12 @@ impl Config {
         }
         if self.train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return Err(err("train.betas", "each must be in [0, 1)".into()));
+        }
+        if self.train.ema_halflife_kimg < 0.0 || self.train.duration_kimg < 0.0 {
+            return Err(err(
+                "train",
+                "ema_halflife_kimg and duration_kimg must be ≥ 0".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.train.ema_decay) {
             return Err(err("train.ema_decay", "must be in [0, 1)".into()));
@@ -478,6 +543,22 @@ name = "edm"
         let e = c.check_values(Path::new("x.toml")).unwrap_err();
         assert_eq!(e.key, "sample.sampler");
         assert!(e.message.contains("rk4"));
+    }
+
+    #[test]
+    fn duration_and_half_life_convert_like_edm() {
+        let mut t = TrainSection {
+            batch_size: 512,
+            duration_kimg: 20.0,
+            ema_halflife_kimg: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(t.total_steps(), 40); // ⌈20 000 / 512⌉
+        assert!((t.ema_beta() - 0.5f64.powf(512.0 / 500.0)).abs() < 1e-12);
+        t.duration_kimg = 0.0;
+        t.ema_halflife_kimg = 0.0;
+        assert_eq!(t.total_steps(), t.steps);
+        assert_eq!(t.ema_beta(), t.ema_decay);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn knn(
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
-    if dim == 0 || samples.len() % dim != 0 || train.len() % dim != 0 {
+    if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
         bail!("k-NN inputs are not whole images of {dim} values");
     }
     let (m, n) = (samples.len() / dim, train.len() / dim);

@@ -24,7 +24,6 @@ use anyhow::{Context, Result, anyhow};
 use burn::tensor::{Tensor, TensorData};
 use memlab_plugin_api::SplitMix64;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
 use crate::data::{TrainingSet, derive_seed, stream};
@@ -198,7 +197,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating run directory {}", dir.display()))?;
     let resolved = cfg.to_toml();
-    let config_hash = format!("{:x}", Sha256::digest(resolved.as_bytes()));
+    let config_hash = cfg.training_hash();
     write_atomic(&dir.join("config.toml"), resolved.as_bytes())?;
     let seed = cfg.run.seed;
 
@@ -261,7 +260,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
 
     // Train.
     let t0 = Instant::now();
-    let (mut params, ema, steps, resumed_from) = if model.info.parameter_free {
+    let (params, ema, steps, resumed_from) = if model.info.parameter_free {
         log::info!(
             "{} has no parameters: skipping training",
             model.arch.label()
@@ -284,6 +283,21 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         derive_seed(seed, stream::LABELS),
         cfg.sample.count,
     )?;
+    let (params, ema) = match cfg.sample.snapshot {
+        Some(step) if !model.info.parameter_free => {
+            let path = dir.join("snapshots").join(crate::snapshot::file_name(step));
+            if !path.exists() {
+                return Err(anyhow!(
+                    "sample.snapshot = {step}, but {} does not exist (snapshots are written every \
+                     train.snapshot_every steps and at the end)",
+                    path.display()
+                ));
+            }
+            let s = crate::snapshot::Snapshot::load(&path, &dev)?;
+            (s.params, s.ema)
+        }
+        _ => (params, ema),
+    };
     let mut use_params = match (cfg.sample.ema, ema) {
         (true, Some(e)) => e,
         _ => params.clone(),
@@ -298,7 +312,6 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         seed,
         true,
     )?;
-    drop(params.clone());
     let sample_seconds = t1.elapsed().as_secs_f64();
     let [c, h, w] = data.shape;
     let m = cfg.sample.count;
@@ -343,7 +356,6 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         &dir.join("summary.md"),
         summary_md(cfg, &report, &data).as_bytes(),
     )?;
-    params.freeze();
     Ok(report)
 }
 

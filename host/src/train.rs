@@ -113,7 +113,7 @@ pub fn train(
         None => {
             let mut p = ParamStore::new(derive_seed(seed, stream::INIT));
             materialize(model, &mut p)?;
-            let e = (cfg.ema_decay > 0.0).then(|| p.clone());
+            let e = (cfg.ema_beta() > 0.0).then(|| p.clone());
             (p, e, AdamState::default(), 0)
         }
     };
@@ -140,8 +140,9 @@ pub fn train(
     };
     let per = data.image_len();
     let t0 = Instant::now();
-    let bar = progress_bar(cfg.steps, start);
-    for step in start..cfg.steps {
+    let total = cfg.total_steps();
+    let bar = progress_bar(total, start);
+    for step in start..total {
         let ids = data.batch_ids(seed, step, cfg.batch_size);
         let y = data.gather(&ids);
         let (uniform, normal, noise) = step_noise(seed, step, ids.len(), per);
@@ -179,7 +180,7 @@ pub fn train(
         };
         adam_step(&mut params, &mut adam, &grads, &adam_cfg, lr)?;
         if let Some(e) = ema.as_mut() {
-            ema_update(e, &params, cfg.ema_decay)?;
+            ema_update(e, &params, cfg.ema_beta())?;
         }
         let done = step + 1;
         let line = serde_json::to_string(&MetricLine {
@@ -191,9 +192,9 @@ pub fn train(
         })?;
         writeln!(metrics_file, "{line}")?;
         metrics.push(line);
-        report(&bar, done, cfg.steps, loss, start, &t0);
+        report(&bar, done, total, loss, start, &t0);
         let due = cfg.snapshot_every > 0 && done.is_multiple_of(cfg.snapshot_every);
-        if due || done == cfg.steps {
+        if due || done == total {
             let path = snap_dir.join(snapshot::file_name(done));
             Snapshot {
                 step: done,
@@ -213,7 +214,7 @@ pub fn train(
     Ok(Trained {
         params,
         ema,
-        steps: cfg.steps.max(start),
+        steps: total.max(start),
         resumed_from: start,
         snapshots,
     })
