@@ -100,26 +100,91 @@ pub struct PluginsSection {
     pub dirs: Vec<PathBuf>,
 }
 
-/// `[dataset]`: the training data.
+/// How a training subset is drawn from a dataset.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubsetMode {
+    /// A seeded random subset (Yoon et al.).
+    #[default]
+    Random,
+    /// The first `size` images in dataset order.
+    First,
+    /// The first `size / classes` images of each class, in dataset order (DM).
+    PerClass,
+}
+
+/// One part of a mixture dataset: a dataset component with its own size; each part is one
+/// class of the mixture (e.g. 2k Mondrian + 6k Gaussian-mixture dummies).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DatasetSection {
+pub struct DatasetPart {
     /// Dataset component.
     pub name: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: toml::Table,
+    /// Images taken from it (default: all).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Class name of this part (default: the component name).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// `[dataset]`: the training data — one dataset component (`name`, `params`), or a mixture
+/// (`[[dataset.parts]]`), with subset, resolution and held-out options.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    /// Dataset component (omit when using `parts`).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Its parameters.
     #[serde(default)]
     pub params: toml::Table,
     /// Number of training images to use (default: the whole dataset).
     #[serde(default)]
     pub size: Option<u64>,
+    /// How the subset is drawn: `random` (default), `first`, `per-class`.
+    #[serde(default)]
+    pub subset: SubsetMode,
+    /// Downsample images to this side length (box average; must divide the native size).
+    #[serde(default)]
+    pub resolution: Option<usize>,
+    /// Held-out images of the same distribution (not in the training set), for a
+    /// generalization baseline in the evaluation. Single-dataset configs only.
+    #[serde(default)]
+    pub heldout: u64,
+    /// Mixture parts, each its own class.
+    #[serde(default)]
+    pub parts: Vec<DatasetPart>,
 }
 
 impl DatasetSection {
-    /// As a component reference.
-    pub fn component(&self) -> ComponentRef {
-        ComponentRef {
-            name: self.name.clone(),
-            params: self.params.clone(),
+    /// Every dataset component used, with its config key.
+    pub fn components(&self) -> Vec<(String, ComponentRef)> {
+        match &self.name {
+            Some(n) => vec![(
+                "dataset".into(),
+                ComponentRef {
+                    name: n.clone(),
+                    params: self.params.clone(),
+                },
+            )],
+            None => self
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        format!("dataset.parts[{i}]"),
+                        ComponentRef {
+                            name: p.name.clone(),
+                            params: p.params.clone(),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -439,33 +504,70 @@ impl Config {
         if self.dataset.size == Some(0) {
             return Err(err("dataset.size", "must be at least 1".into()));
         }
+        match (&self.dataset.name, self.dataset.parts.is_empty()) {
+            (Some(_), false) => {
+                return Err(err(
+                    "dataset",
+                    "give either `name` (one dataset) or `parts` (a mixture), not both".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(err(
+                    "dataset",
+                    "missing `name` (or `[[dataset.parts]]` for a mixture)".into(),
+                ));
+            }
+            (None, false) => {
+                if !self.dataset.params.is_empty() || self.dataset.size.is_some() {
+                    return Err(err(
+                        "dataset",
+                        "with `parts`, give `params` and `size` per part".into(),
+                    ));
+                }
+                if self.dataset.heldout > 0 {
+                    return Err(err(
+                        "dataset.heldout",
+                        "held-out baselines need a single dataset, not a mixture".into(),
+                    ));
+                }
+                if self.dataset.subset == SubsetMode::PerClass {
+                    return Err(err(
+                        "dataset.subset",
+                        "per-class subsets apply to a single dataset".into(),
+                    ));
+                }
+            }
+            (Some(_), true) => {}
+        }
+        if self.dataset.resolution == Some(0) {
+            return Err(err("dataset.resolution", "must be at least 1".into()));
+        }
         Ok(())
     }
 
     /// Every component reference with its config key.
     pub fn components(&self) -> Vec<(String, ComponentKind, ComponentRef)> {
-        let mut v = vec![
-            (
-                "dataset".to_string(),
-                ComponentKind::Dataset,
-                self.dataset.component(),
-            ),
-            (
-                "architecture".to_string(),
-                ComponentKind::Architecture,
-                self.architecture.clone(),
-            ),
-            (
-                "schedule".to_string(),
-                ComponentKind::Schedule,
-                self.schedule.clone(),
-            ),
-            (
-                "conditioning".to_string(),
-                ComponentKind::Conditioning,
-                self.conditioning.clone(),
-            ),
-        ];
+        let mut v: Vec<(String, ComponentKind, ComponentRef)> = self
+            .dataset
+            .components()
+            .into_iter()
+            .map(|(k, c)| (k, ComponentKind::Dataset, c))
+            .collect();
+        v.push((
+            "architecture".into(),
+            ComponentKind::Architecture,
+            self.architecture.clone(),
+        ));
+        v.push((
+            "schedule".into(),
+            ComponentKind::Schedule,
+            self.schedule.clone(),
+        ));
+        v.push((
+            "conditioning".into(),
+            ComponentKind::Conditioning,
+            self.conditioning.clone(),
+        ));
         for (i, c) in self.criteria.iter().enumerate() {
             v.push((
                 format!("criteria[{i}]"),
@@ -522,6 +624,7 @@ name = "edm"
         assert_eq!(c.conditioning.name, "none");
         assert_eq!(c.criteria[0].name, "ratio");
         assert_eq!(c.dataset.params["resolution"].as_integer(), Some(16));
+        assert_eq!(c.dataset.subset, SubsetMode::Random);
         c.check_values(Path::new("x.toml")).unwrap();
     }
 

@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::ffi::DataSummary;
 
-use crate::plugins::{ConditioningHandle, DatasetHandle};
+use crate::config::{DatasetSection, SubsetMode};
+use crate::plugins::{ConditioningHandle, DatasetHandle, Registry};
 
 /// Random-stream purposes, so every random quantity of a run has its own stream.
 pub mod stream {
@@ -23,6 +24,8 @@ pub mod stream {
     pub const INIT: u64 = 6;
     /// Conditioning labels.
     pub const LABELS: u64 = 7;
+    /// Held-out selection.
+    pub const HELDOUT: u64 = 8;
 }
 
 /// A seed for `(seed, purpose)`: independent streams per purpose.
@@ -164,6 +167,301 @@ impl TrainingSet {
         }
         out
     }
+}
+
+/// The first `k` of a seeded shuffle of `pool` (partial Fisher–Yates).
+fn choose(mut pool: Vec<u64>, k: usize, seed: u64) -> Vec<u64> {
+    let mut g = SplitMix64(seed);
+    let n = pool.len();
+    for i in 0..k.min(n) {
+        let j = i + g.below((n - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(k.min(n));
+    pool
+}
+
+/// Box-average downsampling of NCHW images by an integer `factor`.
+pub fn downsample(
+    images: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    factor: usize,
+) -> Vec<f32> {
+    if factor == 1 {
+        return images.to_vec();
+    }
+    let (oh, ow) = (h / factor, w / factor);
+    let inv = 1.0 / (factor * factor) as f32;
+    let mut out = vec![0f32; n * c * oh * ow];
+    for plane in 0..n * c {
+        let src = &images[plane * h * w..(plane + 1) * h * w];
+        let dst = &mut out[plane * oh * ow..(plane + 1) * oh * ow];
+        for y in 0..oh {
+            for x in 0..ow {
+                let mut acc = 0f32;
+                for dy in 0..factor {
+                    for dx in 0..factor {
+                        acc += src[(y * factor + dy) * w + x * factor + dx];
+                    }
+                }
+                dst[y * ow + x] = acc * inv;
+            }
+        }
+    }
+    out
+}
+
+/// One dataset component feeding the training set (a mixture has several, one per class).
+pub struct Source {
+    /// The component.
+    pub handle: DatasetHandle,
+    /// Native image shape `[c, h, w]`.
+    pub native: [usize; 3],
+}
+
+/// The training set plus what evaluation needs about where it came from.
+pub struct LoadedData {
+    /// The training set (at the configured resolution).
+    pub train: TrainingSet,
+    /// Held-out images of the same distribution (same resolution), when asked for.
+    pub heldout: Option<Vec<f32>>,
+    /// Sources: one for a single dataset, one per class for a mixture.
+    pub sources: Vec<Source>,
+    /// Whether classes are mixture parts (class i came from `sources[i]`).
+    pub mixture: bool,
+}
+
+impl LoadedData {
+    /// Rule-validity scores of `images` whose classes are `labels`, when every source involved
+    /// scores validity and images are at the sources' native resolution; `None` otherwise.
+    pub fn validity(&mut self, images: &[f32], labels: &[i64]) -> Result<Option<Vec<f32>>> {
+        let per = self.train.image_len();
+        let shape = self.train.shape;
+        let mut out = vec![f32::NAN; labels.len()];
+        for (si, src) in self.sources.iter_mut().enumerate() {
+            if src.native != shape || !src.handle.has_validity() {
+                return Ok(None);
+            }
+            let idx: Vec<usize> = (0..labels.len())
+                .filter(|&i| !self.mixture || labels[i] == si as i64)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let mut buf = Vec::with_capacity(idx.len() * per);
+            for &i in &idx {
+                buf.extend_from_slice(&images[i * per..(i + 1) * per]);
+            }
+            let scores = src.handle.validity(&buf)?;
+            for (k, &i) in idx.iter().enumerate() {
+                out[i] = scores[k];
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Builds the training set (and held-out set) a `[dataset]` section describes.
+pub fn load(
+    reg: &Registry,
+    section: &DatasetSection,
+    seed: u64,
+    cond: &ConditioningHandle,
+) -> Result<LoadedData> {
+    let mut sources = Vec::new();
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut all_indices = Vec::new();
+    let mut class_names = Vec::new();
+    let mut heldout_native = None;
+    let mut shape: Option<[usize; 3]> = None;
+    let mixture = section.name.is_none();
+    let parts: Vec<(String, toml::Table, Option<u64>, Option<String>)> = match &section.name {
+        Some(n) => vec![(n.clone(), section.params.clone(), section.size, None)],
+        None => section
+            .parts
+            .iter()
+            .map(|p| (p.name.clone(), p.params.clone(), p.size, p.label.clone()))
+            .collect(),
+    };
+    for (pi, (name, params, size, label)) in parts.into_iter().enumerate() {
+        let params_txt = toml::to_string(&params)?;
+        let mut h = reg.dataset(
+            &name,
+            &params_txt,
+            seed ^ (pi as u64).wrapping_mul(0x9E37_79B9),
+        )?;
+        let info = h.info()?;
+        let native = [info.channels, info.height, info.width];
+        if let Some(s) = shape
+            && s[0] != native[0]
+        {
+            bail!(
+                "{}: {} channels, but earlier parts have {}",
+                h.label(),
+                native[0],
+                s[0]
+            );
+        }
+        let n = size.unwrap_or(info.len);
+        if n > info.len {
+            bail!(
+                "{}: asked for {n} images but the dataset holds {}",
+                h.label(),
+                info.len
+            );
+        }
+        let part_seed = derive_seed(seed, stream::SUBSET) ^ pi as u64;
+        let idx: Vec<u64> = match section.subset {
+            SubsetMode::Random => {
+                let mut v = choose((0..info.len).collect(), n as usize, part_seed);
+                v.sort_unstable();
+                v
+            }
+            SubsetMode::First => (0..n).collect(),
+            SubsetMode::PerClass => per_class(&mut h, n, info.class_names.len().max(1))?,
+        };
+        let (mut im, mut lb) = (
+            Vec::with_capacity(idx.len() * native.iter().product::<usize>()),
+            Vec::with_capacity(idx.len()),
+        );
+        for chunk in idx.chunks(256) {
+            let (a, b) = h.fill(chunk)?;
+            im.extend_from_slice(&a);
+            lb.extend_from_slice(&b);
+        }
+        if section.heldout > 0 {
+            let taken: std::collections::HashSet<u64> = idx.iter().copied().collect();
+            let pool: Vec<u64> = (0..info.len).filter(|i| !taken.contains(i)).collect();
+            if (pool.len() as u64) < section.heldout {
+                bail!(
+                    "dataset.heldout = {} but only {} images of {} are outside the training set",
+                    section.heldout,
+                    pool.len(),
+                    h.label()
+                );
+            }
+            let mut hi = choose(
+                pool,
+                section.heldout as usize,
+                derive_seed(seed, stream::HELDOUT),
+            );
+            hi.sort_unstable();
+            let mut buf = Vec::new();
+            for chunk in hi.chunks(256) {
+                buf.extend_from_slice(&h.fill(chunk)?.0);
+            }
+            heldout_native = Some(buf);
+        }
+        if mixture {
+            class_names.push(label.unwrap_or_else(|| name.clone()));
+            lb.iter_mut().for_each(|l| *l = pi as i64);
+        } else {
+            class_names = if info.class_names.is_empty() {
+                vec!["0".to_string()]
+            } else {
+                info.class_names.iter().map(|s| s.to_string()).collect()
+            };
+        }
+        shape.get_or_insert(native);
+        let target = resize_target(native, section.resolution, h.label())?;
+        let f = native[1] / target[1];
+        let (c, hh, ww) = (native[0], native[1], native[2]);
+        images.extend(downsample(&im, idx.len(), c, hh, ww, f));
+        if let Some(hn) = heldout_native.take() {
+            heldout_native = Some(downsample(&hn, hn.len() / (c * hh * ww), c, hh, ww, f));
+        }
+        if let Some(s) = shape
+            && resize_target(s, section.resolution, h.label())? != target
+        {
+            bail!(
+                "{}: images of {:?} do not match the other parts' {:?}",
+                h.label(),
+                native,
+                s
+            );
+        }
+        labels.extend(lb);
+        all_indices.extend(idx);
+        sources.push(Source { handle: h, native });
+    }
+    let native = shape.expect("at least one part");
+    let label = sources[0].handle.label().to_string();
+    let final_shape = resize_target(native, section.resolution, &label)?;
+    let summary = DataSummary {
+        len: labels.len() as u64,
+        classes: class_names.len() as u32,
+    };
+    let ids: Vec<u64> = (0..labels.len() as u64).collect();
+    let cond_labels = cond.train_labels(summary, &labels, &ids)?;
+    let cond_classes = cond.classes(summary)?;
+    Ok(LoadedData {
+        train: TrainingSet {
+            images,
+            labels,
+            cond_labels,
+            indices: all_indices,
+            shape: final_shape,
+            class_names,
+            cond_classes,
+        },
+        heldout: heldout_native,
+        sources,
+        mixture,
+    })
+}
+
+fn resize_target(native: [usize; 3], resolution: Option<usize>, label: &str) -> Result<[usize; 3]> {
+    match resolution {
+        None => Ok(native),
+        Some(r) => {
+            if native[1] != native[2] || r > native[1] || native[1] % r != 0 {
+                bail!(
+                    "dataset.resolution = {r}: {label} has {}×{} images; the resolution must divide \
+                     the side of square images (box-average downsampling)",
+                    native[1],
+                    native[2]
+                );
+            }
+            Ok([native[0], r, r])
+        }
+    }
+}
+
+/// The first `n / classes` indices of each class in dataset order (the remainder goes to the
+/// first classes), as DM draws its subsets.
+fn per_class(h: &mut DatasetHandle, n: u64, classes: usize) -> Result<Vec<u64>> {
+    let len = h.info()?.len;
+    let base = n as usize / classes;
+    let mut quota: Vec<usize> = (0..classes)
+        .map(|c| base + usize::from(c < n as usize % classes))
+        .collect();
+    let mut out = Vec::with_capacity(n as usize);
+    let mut start = 0u64;
+    while out.len() < n as usize && start < len {
+        let end = (start + 1024).min(len);
+        let chunk: Vec<u64> = (start..end).collect();
+        let (_, lb) = h.fill(&chunk)?;
+        for (i, l) in chunk.iter().zip(lb) {
+            let q = &mut quota[l as usize];
+            if *q > 0 {
+                *q -= 1;
+                out.push(*i);
+            }
+        }
+        start = end;
+    }
+    if out.len() < n as usize {
+        bail!(
+            "{}: not enough images per class for a per-class subset of {n}",
+            h.label()
+        );
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// A seeded permutation of `0..n`.

@@ -57,6 +57,10 @@ pub struct Evaluation {
     pub mean_nn_l2_per_pixel_u8: f64,
     /// Each criterion.
     pub criteria: Vec<CriterionResult>,
+    /// Held-out generalization baseline (when `dataset.heldout` > 0).
+    pub heldout: Option<HeldoutBaseline>,
+    /// Rule validity of samples (synthetic datasets at native resolution).
+    pub validity: Option<Validity>,
     /// Nearest training image of every sample (L2).
     #[serde(skip)]
     pub nearest: Vec<u32>,
@@ -142,6 +146,90 @@ pub fn evaluate(
         mean_nn_l2: mean_nn,
         mean_nn_l2_per_pixel_u8: mean_nn / (dim as f64).sqrt() * 127.5,
         criteria: results,
+        heldout: None,
+        validity: None,
         nearest,
     })
+}
+
+/// Generalization baseline: held-out images of the training distribution, treated like
+/// samples. A criterion that flags held-out images is flagging generalization, not copying.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldoutBaseline {
+    /// Held-out images.
+    pub images: usize,
+    /// Mean L2 distance from a held-out image to its nearest training image.
+    pub mean_nn_l2_to_train: f64,
+    /// Each criterion's ratio on held-out images (its false-positive rate).
+    pub criteria_ratio: Vec<(String, f64)>,
+    /// Mean L2 distance from a generated sample to its nearest held-out image.
+    pub mean_sample_nn_l2_to_heldout: f64,
+}
+
+/// Rule-validity of samples and training images (synthetic datasets).
+#[derive(Debug, Clone, Serialize)]
+pub struct Validity {
+    /// Mean score of the samples.
+    pub samples_mean: f64,
+    /// Fraction of samples scoring above 0.5.
+    pub samples_valid_fraction: f64,
+    /// Mean score of the training images (the ceiling).
+    pub training_mean: f64,
+    /// Per class: mean sample score.
+    pub per_class: BTreeMap<String, f64>,
+}
+
+/// Computes the held-out baseline.
+pub fn heldout_baseline(
+    heldout: &[f32],
+    train: &[f32],
+    samples: &[f32],
+    dim: usize,
+    criteria: &[(String, CriterionHandle)],
+    device: &Device,
+) -> Result<HeldoutBaseline> {
+    let zeros = vec![0i64; heldout.len() / dim];
+    let ev = evaluate(heldout, &zeros, &[], train, dim, criteria, device)?;
+    let to_heldout = knn(samples, heldout, dim, 1, Distance::L2, device)?;
+    let m = to_heldout.dist.len().max(1);
+    Ok(HeldoutBaseline {
+        images: ev.samples,
+        mean_nn_l2_to_train: ev.mean_nn_l2,
+        criteria_ratio: ev
+            .criteria
+            .iter()
+            .map(|c| (c.name.clone(), c.ratio))
+            .collect(),
+        mean_sample_nn_l2_to_heldout: to_heldout.dist.iter().map(|&d| d as f64).sum::<f64>()
+            / m as f64,
+    })
+}
+
+/// Summarises validity scores.
+pub fn validity_summary(
+    samples: &[f32],
+    labels: &[i64],
+    training: &[f32],
+    class_names: &[String],
+) -> Validity {
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+    let mut per_class = BTreeMap::new();
+    for (ci, name) in class_names.iter().enumerate() {
+        let s: Vec<f32> = samples
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| **l == ci as i64)
+            .map(|(s, _)| *s)
+            .collect();
+        if !s.is_empty() {
+            per_class.insert(name.clone(), mean(&s));
+        }
+    }
+    Validity {
+        samples_mean: mean(samples),
+        samples_valid_fraction: samples.iter().filter(|&&s| s > 0.5).count() as f64
+            / samples.len().max(1) as f64,
+        training_mean: mean(training),
+        per_class,
+    }
 }

@@ -202,11 +202,6 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     let seed = cfg.run.seed;
 
     // Components.
-    let mut dataset = reg.dataset(
-        &cfg.dataset.name,
-        &cfg.dataset.component().params_toml(),
-        seed,
-    )?;
     let cond = reg.conditioning(
         &cfg.conditioning.name,
         &cfg.conditioning.params_toml(),
@@ -230,12 +225,19 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         .collect::<Result<_>>()?;
     write_lock(&dir, cfg, reg)?;
 
-    let data = TrainingSet::load(&mut dataset, cfg.dataset.size, seed, &cond)?;
+    let mut loaded = crate::data::load(reg, &cfg.dataset, seed, &cond)?;
+    let data = &loaded.train;
     log::info!(
-        "training set: {} images of {:?} from {}",
+        "training set: {} images of {:?} in {} class(es) from {}",
         data.len(),
         data.shape,
-        dataset.label()
+        data.class_names.len(),
+        loaded
+            .sources
+            .iter()
+            .map(|s| s.handle.label().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
     );
     let info = arch.info()?;
     let training_set = if info.needs_training_set {
@@ -269,7 +271,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         train::materialize(&model, &mut p)?;
         (p, None, 0, 0)
     } else {
-        let t = train::train(&model, &data, &cfg.train, seed, &dir, &config_hash)?;
+        let t = train::train(&model, data, &cfg.train, seed, &dir, &config_hash)?;
         (t.params, t.ema, t.steps, t.resumed_from)
     };
     let train_seconds = t0.elapsed().as_secs_f64();
@@ -330,16 +332,43 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     )?;
 
     // Evaluate.
-    let evaluation = evaluate(
+    let dim = c * h * w;
+    let mut evaluation = evaluate(
         &samples,
         &labels,
         &data.class_names,
         &data.images,
-        c * h * w,
+        dim,
         &criteria,
         &dev,
     )?;
-    write_nearest_png(&dir.join("nearest.png"), &samples, &data, &evaluation, 16)?;
+    if let Some(ho) = &loaded.heldout {
+        evaluation.heldout = Some(crate::eval::heldout_baseline(
+            ho,
+            &loaded.train.images,
+            &samples,
+            dim,
+            &criteria,
+            &dev,
+        )?);
+    }
+    // The training-set ceiling of validity, on up to 256 training images (scoring is per image).
+    let k = loaded.train.len().min(256);
+    let train_labels = loaded.train.labels[..k].to_vec();
+    let train_images = loaded.train.images[..k * dim].to_vec();
+    if let (Some(vs), Some(vt)) = (
+        loaded.validity(&samples, &labels)?,
+        loaded.validity(&train_images, &train_labels)?,
+    ) {
+        evaluation.validity = Some(crate::eval::validity_summary(
+            &vs,
+            &labels,
+            &vt,
+            &loaded.train.class_names,
+        ));
+    }
+    let data = &loaded.train;
+    write_nearest_png(&dir.join("nearest.png"), &samples, data, &evaluation, 16)?;
     let report = RunReport {
         dir: dir.clone(),
         steps,
@@ -354,7 +383,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     )?;
     write_atomic(
         &dir.join("summary.md"),
-        summary_md(cfg, &report, &data).as_bytes(),
+        summary_md(cfg, &report, data).as_bytes(),
     )?;
     Ok(report)
 }
@@ -428,7 +457,10 @@ fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
         s,
         "{} × {} under {}, conditioning {}, {} training images ({}), seed {}.\n",
         cfg.architecture.name,
-        cfg.dataset.name,
+        cfg.dataset
+            .name
+            .clone()
+            .unwrap_or_else(|| data.class_names.join(" + ")),
         cfg.schedule.name,
         cfg.conditioning.name,
         data.len(),
@@ -478,6 +510,30 @@ fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
             }
             let _ = writeln!(s);
         }
+    }
+    if let Some(h) = &e.heldout {
+        let _ = writeln!(
+            s,
+            "Held-out baseline ({} images of the training distribution): nearest training image at {:.4} on average; samples are {:.4} from their nearest held-out image.\n",
+            h.images, h.mean_nn_l2_to_train, h.mean_sample_nn_l2_to_heldout
+        );
+        for (name, r) in &h.criteria_ratio {
+            let _ = writeln!(
+                s,
+                "- {name} flags {:.2}% of held-out images (false-positive rate)",
+                100.0 * r
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(v) = &e.validity {
+        let _ = writeln!(
+            s,
+            "Rule validity: samples {:.3} on average ({:.1}% above 0.5); training images {:.3}.\n",
+            v.samples_mean,
+            100.0 * v.samples_valid_fraction,
+            v.training_mean
+        );
     }
     let _ = writeln!(
         s,
