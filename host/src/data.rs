@@ -418,7 +418,7 @@ fn resize_target(native: [usize; 3], resolution: Option<usize>, label: &str) -> 
     match resolution {
         None => Ok(native),
         Some(r) => {
-            if native[1] != native[2] || r > native[1] || native[1] % r != 0 {
+            if native[1] != native[2] || r > native[1] || !native[1].is_multiple_of(r) {
                 bail!(
                     "dataset.resolution = {r}: {label} has {}×{} images; the resolution must divide \
                      the side of square images (box-average downsampling)",
