@@ -49,6 +49,20 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Re-evaluate a run's samples (or other images) with its criteria or new ones, without retraining.
+    Eval {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Evaluate these images (`.npy`, float32 NCHW in [-1, 1]) instead of the run's samples.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Override config values, e.g. `--set 'criteria=[{name="l2", params={threshold=2.0}}]'`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Where to write results.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks (results go in BENCHMARKS.md; never run as timed tests).
     Bench {
         /// What to measure.
@@ -182,6 +196,32 @@ fn run(cli: Cli) -> Result<i32> {
                 "mean nearest-neighbour L2 distance: {:.4}",
                 r.evaluation.mean_nn_l2
             );
+            Ok(0)
+        }
+        Command::Eval {
+            run_dir,
+            samples,
+            sets,
+            out,
+        } => {
+            let r = crate::run::eval_dir(
+                &run_dir,
+                &sets,
+                &cli.plugin_dirs,
+                samples.as_deref(),
+                out.as_deref(),
+            )?;
+            println!("results: {}", r.dir.display());
+            for c in &r.evaluation.criteria {
+                println!(
+                    "{}: memorization ratio {:.2}% ({} of {} samples), {} distinct training images replicated",
+                    c.name,
+                    100.0 * c.ratio,
+                    c.replicates,
+                    r.evaluation.samples,
+                    c.distinct_replicated
+                );
+            }
             Ok(0)
         }
         Command::Bench {

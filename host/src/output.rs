@@ -106,6 +106,42 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, data))
 }
 
+/// Reads an `i64` `.npy` written by [`write_npy_i64`].
+pub fn read_npy_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        bail!("{} is not an .npy file", path.display());
+    }
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hl])?;
+    if !header.contains("'<i8'") {
+        bail!(
+            "{}: only little-endian int64 arrays are supported",
+            path.display()
+        );
+    }
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or("");
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data: Vec<i64> = b[10 + hl..]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    if shape.iter().product::<usize>() != data.len() {
+        bail!(
+            "{}: header shape {shape:?} does not match the data",
+            path.display()
+        );
+    }
+    Ok((shape, data))
+}
+
 /// Maps a value in [−1, 1] to a byte.
 pub fn to_u8(v: f32) -> u8 {
     ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8

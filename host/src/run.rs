@@ -332,43 +332,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     )?;
 
     // Evaluate.
-    let dim = c * h * w;
-    let mut evaluation = evaluate(
-        &samples,
-        &labels,
-        &data.class_names,
-        &data.images,
-        dim,
-        &criteria,
-        &dev,
-    )?;
-    if let Some(ho) = &loaded.heldout {
-        evaluation.heldout = Some(crate::eval::heldout_baseline(
-            ho,
-            &loaded.train.images,
-            &samples,
-            dim,
-            &criteria,
-            &dev,
-        )?);
-    }
-    // The training-set ceiling of validity, on up to 256 training images (scoring is per image).
-    let k = loaded.train.len().min(256);
-    let train_labels = loaded.train.labels[..k].to_vec();
-    let train_images = loaded.train.images[..k * dim].to_vec();
-    if let (Some(vs), Some(vt)) = (
-        loaded.validity(&samples, &labels)?,
-        loaded.validity(&train_images, &train_labels)?,
-    ) {
-        evaluation.validity = Some(crate::eval::validity_summary(
-            &vs,
-            &labels,
-            &vt,
-            &loaded.train.class_names,
-        ));
-    }
-    let data = &loaded.train;
-    write_nearest_png(&dir.join("nearest.png"), &samples, data, &evaluation, 16)?;
+    let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
     let report = RunReport {
         dir: dir.clone(),
         steps,
@@ -377,14 +341,162 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         train_seconds,
         sample_seconds,
     };
+    write_results(cfg, &report, &loaded.train, &samples, &dir)?;
+    Ok(report)
+}
+
+/// Replication evaluation of `samples` against the loaded training data: every criterion,
+/// the held-out baseline and rule validity when available.
+pub fn evaluate_full(
+    loaded: &mut crate::data::LoadedData,
+    criteria: &[(String, crate::plugins::CriterionHandle)],
+    samples: &[f32],
+    labels: &[i64],
+    dev: &burn::tensor::Device,
+) -> Result<Evaluation> {
+    let dim = loaded.train.image_len();
+    let data = &loaded.train;
+    let mut evaluation = evaluate(
+        samples,
+        labels,
+        &data.class_names,
+        &data.images,
+        dim,
+        criteria,
+        dev,
+    )?;
+    if let Some(ho) = &loaded.heldout {
+        evaluation.heldout = Some(crate::eval::heldout_baseline(
+            ho,
+            &loaded.train.images,
+            samples,
+            dim,
+            criteria,
+            dev,
+        )?);
+    }
+    // The training-set ceiling of validity, on up to 256 training images (scoring is per image).
+    let k = loaded.train.len().min(256);
+    let train_labels = loaded.train.labels[..k].to_vec();
+    let train_images = loaded.train.images[..k * dim].to_vec();
+    if let (Some(vs), Some(vt)) = (
+        loaded.validity(samples, labels)?,
+        loaded.validity(&train_images, &train_labels)?,
+    ) {
+        evaluation.validity = Some(crate::eval::validity_summary(
+            &vs,
+            labels,
+            &vt,
+            &loaded.train.class_names,
+        ));
+    }
+    Ok(evaluation)
+}
+
+fn write_results(
+    cfg: &Config,
+    report: &RunReport,
+    data: &TrainingSet,
+    samples: &[f32],
+    dir: &Path,
+) -> Result<()> {
+    write_nearest_png(
+        &dir.join("nearest.png"),
+        samples,
+        data,
+        &report.evaluation,
+        16,
+    )?;
     write_atomic(
         &dir.join("replication.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
+        serde_json::to_string_pretty(report)?.as_bytes(),
     )?;
     write_atomic(
         &dir.join("summary.md"),
-        summary_md(cfg, &report, data).as_bytes(),
+        summary_md(cfg, report, data).as_bytes(),
+    )
+}
+
+/// `memlab eval`: re-evaluates a finished run's samples (or any `.npy` of images shaped like
+/// the training data) with the run's criteria, or with criteria changed by `--set`, without
+/// retraining. Results go to `out` (default: the run directory for its own samples,
+/// `RUN_DIR/eval-<file stem>` for other samples).
+pub fn eval_dir(
+    run_dir: &Path,
+    sets: &[String],
+    extra_dirs: &[PathBuf],
+    samples_path: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<RunReport> {
+    let cfg_path = run_dir.join("config.toml");
+    if !cfg_path.exists() {
+        return Err(anyhow!(
+            "{} is not a run directory (no config.toml)",
+            run_dir.display()
+        ));
+    }
+    let (cfg, reg) = prepare(&cfg_path, sets, extra_dirs)?;
+    let dev = device::select(cfg.run.device)?;
+    let seed = cfg.run.seed;
+    let cond = reg.conditioning(
+        &cfg.conditioning.name,
+        &cfg.conditioning.params_toml(),
+        seed,
     )?;
+    let criteria: Vec<(String, _)> = cfg
+        .criteria
+        .iter()
+        .map(|c| {
+            Ok((
+                c.name.clone(),
+                reg.criterion(&c.name, &c.params_toml(), seed)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut loaded = crate::data::load(&reg, &cfg.dataset, seed, &cond)?;
+    let own = samples_path.is_none();
+    let spath = samples_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| run_dir.join("samples.npy"));
+    let (shape, samples) = crate::output::read_npy_f32(&spath)?;
+    let [c, h, w] = loaded.train.shape;
+    if shape.len() != 4 || shape[1..] != [c, h, w] {
+        return Err(anyhow!(
+            "{}: images of shape {:?}, but the training data is [N, {c}, {h}, {w}]",
+            spath.display(),
+            shape
+        ));
+    }
+    let m = shape[0];
+    let labels = if own {
+        crate::output::read_npy_i64(&run_dir.join("sample_labels.npy"))
+            .map(|(_, l)| l)
+            .unwrap_or_else(|_| vec![0; m])
+    } else {
+        vec![0; m]
+    };
+    let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
+    let dest = match (out, own) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, true) => run_dir.to_path_buf(),
+        (None, false) => run_dir.join(format!(
+            "eval-{}",
+            spath
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("samples")
+        )),
+    };
+    std::fs::create_dir_all(&dest)?;
+    let report = RunReport {
+        dir: dest.clone(),
+        steps: 0,
+        resumed_from: 0,
+        evaluation,
+        train_seconds: 0.0,
+        sample_seconds: 0.0,
+    };
+    write_results(&cfg, &report, &loaded.train, &samples, &dest)?;
     Ok(report)
 }
 
