@@ -1,7 +1,749 @@
-//! (work in progress)
+//! EDM's DDPM++ network: NVlabs/edm `training/networks.py` `SongUNet` with the DDPM++ settings
+//! (positional noise embedding, standard encoder and decoder, `channel_mult_noise` 1, resample
+//! filter `[1, 1]`, one attention head, skip scale √½, GroupNorm eps 1e-6), as DiffMemorize
+//! trains it, plus switches that drop individual encoder → decoder skip connections.
+//!
+//! Parameter names follow the reference module paths (`enc.32x32_block0.conv0.weight`,
+//! `dec.8x8_in0.qkv.weight`, `map_layer0.weight`, ...); linear weights are stored `[in, out]`.
+//! Initialisation follows the reference: Xavier-uniform weights, zero biases, output convs of
+//! each block (`conv1`, `proj`, `aux_conv`) scaled by 1e-5 and `qkv` by √0.2.
 
+use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::prelude::*;
 
-fn register(_p: &mut Plugin) {}
+/// Parameters of `ddpmpp`, as `memlab plugins` documents them.
+pub const DDPMPP_PARAMS: &[Param] = &[
+    param(
+        "channels",
+        "int",
+        "128",
+        "base channel count (model_channels)",
+    ),
+    param(
+        "channel_mult",
+        "[int]",
+        "[2, 2, 2]",
+        "channel multiplier per resolution; one level per entry, each halving the resolution",
+    ),
+    param(
+        "channel_mult_emb",
+        "int",
+        "4",
+        "embedding width as a multiple of channels",
+    ),
+    param("num_blocks", "int", "4", "residual blocks per resolution"),
+    param(
+        "attn_resolutions",
+        "[int]",
+        "[16]",
+        "resolutions whose blocks get self-attention",
+    ),
+    param(
+        "dropout",
+        "float",
+        "0.13",
+        "dropout probability inside blocks",
+    ),
+    param(
+        "embedding",
+        "\"positional\" | \"fourier\"",
+        "\"positional\"",
+        "noise embedding: sinusoidal (DDPM++) or random Fourier features with scale 16 (NCSN++)",
+    ),
+    param(
+        "skips",
+        "[bool | 0 | 1]",
+        "[]",
+        "keep flag per encoder→decoder skip connection in encoder order, \
+         levels·(num_blocks + 1) entries (empty: keep all)",
+    ),
+    param(
+        "skip_mode",
+        "\"remove\" | \"zero\"",
+        "\"remove\"",
+        "a dropped skip is removed from the concatenation (fewer parameters) or, as \
+         DiffMemorize does, replaced by zeros",
+    ),
+];
+
+/// The noise-level embedding.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(crate = "memlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum Embedding {
+    /// Sinusoidal with frequencies `(1/10⁴)^(i/(half−1))` (DDPM++).
+    Positional,
+    /// Random Fourier features `2π·f`, `f ~ N(0, 16²)`, fixed per seed (NCSN++).
+    Fourier,
+}
+
+/// What happens to a dropped skip connection.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(crate = "memlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum SkipMode {
+    /// The concatenation is left out and the decoder block's input shrinks accordingly.
+    Remove,
+    /// Zeros of the same shape are concatenated instead (DiffMemorize's implementation:
+    /// parameter count unchanged).
+    Zero,
+}
+
+/// One skip flag: `true`/`false` or DiffMemorize's `1`/`0`.
+#[derive(Deserialize, Debug, Clone, Copy)]
+#[serde(crate = "memlab_plugin_api::serde", untagged)]
+enum SkipFlag {
+    Bool(bool),
+    Int(i64),
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+struct RawParams {
+    channels: usize,
+    channel_mult: Vec<usize>,
+    channel_mult_emb: usize,
+    num_blocks: usize,
+    attn_resolutions: Vec<usize>,
+    dropout: f64,
+    embedding: Embedding,
+    skips: Vec<SkipFlag>,
+    skip_mode: SkipMode,
+}
+
+impl Default for RawParams {
+    fn default() -> Self {
+        RawParams {
+            channels: 128,
+            channel_mult: vec![2, 2, 2],
+            channel_mult_emb: 4,
+            num_blocks: 4,
+            attn_resolutions: vec![16],
+            dropout: 0.13,
+            embedding: Embedding::Positional,
+            skips: Vec::new(),
+            skip_mode: SkipMode::Remove,
+        }
+    }
+}
+
+/// Scale applied after every residual and attention sum (`skip_scale` = √½).
+const SKIP_SCALE: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// GroupNorm epsilon of the DDPM++ blocks and output norm.
+const GN_EPS: f64 = 1e-6;
+/// Weight scale of the zero-ish output convolutions (`init_zero`).
+const INIT_ZERO: f64 = 1e-5;
+/// Standard deviation of the Fourier-feature frequencies.
+const FOURIER_SCALE: f64 = 16.0;
+
+/// The DDPM++ U-Net.
+#[derive(Debug, Clone)]
+pub struct Ddpmpp {
+    channels: usize,
+    channel_mult: Vec<usize>,
+    channel_mult_emb: usize,
+    num_blocks: usize,
+    attn_resolutions: Vec<usize>,
+    dropout: f64,
+    embedding: Embedding,
+    /// Keep flag per skip connection, encoder order (always `levels·(num_blocks+1)` long).
+    skips: Vec<bool>,
+    skip_mode: SkipMode,
+    /// Noise-embedding frequencies (already including 2π for Fourier features), `channels/2`.
+    freqs: Vec<f32>,
+}
+
+impl Ddpmpp {
+    /// Builds the network from its parameter table; `seed` draws the Fourier frequencies.
+    pub fn from_params(params: &Params, seed: u64) -> PResult<Ddpmpp> {
+        let p: RawParams = params.parse()?;
+        if p.channels < 4 || !p.channels.is_multiple_of(2) {
+            return Err(format!(
+                "channels must be an even number ≥ 4, got {}",
+                p.channels
+            ));
+        }
+        if p.channel_mult.is_empty() || p.channel_mult.contains(&0) {
+            return Err(format!(
+                "channel_mult must be a non-empty list of positive integers, got {:?}",
+                p.channel_mult
+            ));
+        }
+        if p.channel_mult_emb == 0 {
+            return Err("channel_mult_emb must be positive".into());
+        }
+        if p.num_blocks == 0 {
+            return Err("num_blocks must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&p.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", p.dropout));
+        }
+        let n_skips = p.channel_mult.len() * (p.num_blocks + 1);
+        let skips = if p.skips.is_empty() {
+            vec![true; n_skips]
+        } else {
+            if p.skips.len() != n_skips {
+                return Err(format!(
+                    "skips has {} entries but this network has {n_skips} skip connections \
+                     ({} levels × (num_blocks {} + 1)); give one flag per connection or none",
+                    p.skips.len(),
+                    p.channel_mult.len(),
+                    p.num_blocks
+                ));
+            }
+            p.skips
+                .iter()
+                .map(|f| match *f {
+                    SkipFlag::Bool(b) => Ok(b),
+                    SkipFlag::Int(0) => Ok(false),
+                    SkipFlag::Int(1) => Ok(true),
+                    SkipFlag::Int(i) => {
+                        Err(format!("skip flags must be 0, 1 or booleans, got {i}"))
+                    }
+                })
+                .collect::<PResult<Vec<bool>>>()?
+        };
+        let half = p.channels / 2;
+        let freqs: Vec<f32> = match p.embedding {
+            Embedding::Positional => (0..half)
+                .map(|i| (1e-4f64).powf(i as f64 / (half - 1) as f64) as f32)
+                .collect(),
+            Embedding::Fourier => {
+                let mut g = SplitMix64::for_index(seed, 0x0066_6f75_7269_6572);
+                (0..half)
+                    .map(|_| (2.0 * std::f64::consts::PI * FOURIER_SCALE * g.normal()) as f32)
+                    .collect()
+            }
+        };
+        Ok(Ddpmpp {
+            channels: p.channels,
+            channel_mult: p.channel_mult,
+            channel_mult_emb: p.channel_mult_emb,
+            num_blocks: p.num_blocks,
+            attn_resolutions: p.attn_resolutions,
+            dropout: p.dropout,
+            embedding: p.embedding,
+            skips,
+            skip_mode: p.skip_mode,
+            freqs,
+        })
+    }
+
+    /// The noise embedding kind.
+    pub fn embedding(&self) -> Embedding {
+        self.embedding
+    }
+
+    /// The embedding frequencies, 2π included for Fourier features (`channels / 2` values).
+    pub fn frequencies(&self) -> &[f32] {
+        &self.freqs
+    }
+
+    /// The noise embedding `[N, channels]`: `[sin(σ·f), cos(σ·f)]` (the reference computes
+    /// `[cos, sin]` and then swaps the halves).
+    fn noise_embedding<'a>(&self, ctx: &Ctx<'a>, noise: &Tensor<'a>) -> Tensor<'a> {
+        let n = noise.dim(0);
+        let half = self.freqs.len();
+        let f = ctx.constant(&self.freqs, &[1, half]);
+        let args = noise.reshape_to(&[n, 1]) * &f;
+        ctx.concat(&[&args.sin(), &args.cos()], 1)
+    }
+}
+
+/// Up- or downsampling of a block (resample filter `[1, 1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resample {
+    None,
+    /// 2×2 box filter with stride 2 (= 2×2 average pooling).
+    Down,
+    /// Transposed 2×2 all-ones filter with stride 2 (= nearest-neighbour upsampling).
+    Up,
+}
+
+fn resample<'a>(x: &Tensor<'a>, r: Resample) -> Tensor<'a> {
+    match r {
+        Resample::None => x.clone(),
+        Resample::Down => x.avg_pool2d(2, 2),
+        Resample::Up => x.upsample_nearest2d(2),
+    }
+}
+
+/// Reference `GroupNorm`: `min(32, C/4)` groups, eps 1e-6.
+fn group_norm<'a>(ctx: &Ctx<'a>, x: &Tensor<'a>, channels: usize) -> Tensor<'a> {
+    let groups = (channels / 4).clamp(1, 32);
+    if !channels.is_multiple_of(groups) {
+        ctx.fail(&format!(
+            "GroupNorm `{}`: {channels} channels do not split into min(32, {channels}/4) = \
+             {groups} groups; choose channels/channel_mult so every block width does",
+            ctx.path("")
+        ));
+    }
+    GroupNorm::new(groups, channels).eps(GN_EPS).forward(ctx, x)
+}
+
+/// Reference `Conv2d` (no resampling): Xavier-uniform weight scaled by `gain`, zero bias,
+/// "same" padding.
+fn conv<'a>(
+    ctx: &Ctx<'a>,
+    x: &Tensor<'a>,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    gain: f64,
+) -> Tensor<'a> {
+    let k2 = kernel * kernel;
+    let w = ctx.param(
+        "weight",
+        &[c_out, c_in, kernel, kernel],
+        Init::xavier_uniform(c_in * k2, c_out * k2, gain),
+    );
+    let b = ctx.param("bias", &[c_out], Init::ZEROS);
+    let opts = Conv2dOptions {
+        padding: [kernel / 2, kernel / 2],
+        ..Conv2dOptions::default()
+    };
+    x.conv2d(&w, Some(&b), opts)
+}
+
+/// One `UNetBlock` with DDPM++ settings (`adaptive_scale` off, one attention head,
+/// `resample_proj` on).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    c_in: usize,
+    c_out: usize,
+    emb: usize,
+    resample: Resample,
+    attention: bool,
+    dropout: f64,
+}
+
+impl Block {
+    fn forward<'a>(&self, ctx: &Ctx<'a>, x: &Tensor<'a>, emb: &Tensor<'a>) -> Tensor<'a> {
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let h = group_norm(&ctx.scope("norm0"), x, c_in).silu();
+        let h = conv(
+            &ctx.scope("conv0"),
+            &resample(&h, self.resample),
+            c_in,
+            c_out,
+            3,
+            1.0,
+        );
+        let n = emb.dim(0);
+        let params =
+            linear(&ctx.scope("affine"), emb, self.emb, c_out).reshape_to(&[n, c_out, 1, 1]);
+        let h = group_norm(&ctx.scope("norm1"), &(h + params), c_out)
+            .silu()
+            .dropout(self.dropout);
+        let h = conv(&ctx.scope("conv1"), &h, c_out, c_out, 3, INIT_ZERO);
+        let skip = if c_in != c_out || self.resample != Resample::None {
+            conv(
+                &ctx.scope("skip"),
+                &resample(x, self.resample),
+                c_in,
+                c_out,
+                1,
+                1.0,
+            )
+        } else {
+            x.clone()
+        };
+        let x = (h + skip) * SKIP_SCALE;
+        if !self.attention {
+            return x;
+        }
+        let [n, c, hh, ww] = x.dims::<4>();
+        let hw = hh * ww;
+        let qkv = conv(
+            &ctx.scope("qkv"),
+            &group_norm(&ctx.scope("norm2"), &x, c),
+            c,
+            3 * c,
+            1,
+            0.2f64.sqrt(),
+        );
+        // The reference reshapes [N, 3C, H, W] to [N, C, 3, HW]: q, k, v interleave per channel.
+        let qkv = qkv.reshape_to(&[n, c, 3, hw]);
+        let part = |i: usize| qkv.slice(2, i, i + 1).reshape_to(&[n, c, hw]);
+        let (q, k, v) = (part(0), part(1), part(2));
+        // w[n, q, k] = softmax_k(Σ_c q[c, q]·k[c, k] / √C)
+        let w = (q.transpose(1, 2).matmul(&k) * (1.0 / (c as f64).sqrt())).softmax(2);
+        // a[n, c, q] = Σ_k w[q, k]·v[c, k]
+        let a = v.matmul(&w.transpose(1, 2)).reshape_to(&[n, c, hh, ww]);
+        let a = conv(&ctx.scope("proj"), &a, c, c, 1, INIT_ZERO);
+        (a + x) * SKIP_SCALE
+    }
+}
+
+/// Reference `Linear` with its zero bias.
+fn linear<'a>(ctx: &Ctx<'a>, x: &Tensor<'a>, d_in: usize, d_out: usize) -> Tensor<'a> {
+    let w = ctx.param(
+        "weight",
+        &[d_in, d_out],
+        Init::xavier_uniform(d_in, d_out, 1.0),
+    );
+    let b = ctx.param("bias", &[d_out], Init::ZEROS);
+    x.linear(&w, Some(&b))
+}
+
+impl Architecture for Ddpmpp {
+    fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+        let [n, c_img, h, w] = inp.x.dims::<4>();
+        let levels = self.channel_mult.len();
+        let factor = 1usize << (levels - 1);
+        if h != w || h == 0 || !h.is_multiple_of(factor) {
+            return Err(format!(
+                "ddpmpp needs square images whose side is divisible by 2^(levels − 1) = \
+                 {factor}; got {h}×{w}"
+            ));
+        }
+        if inp.noise.shape() != [n] {
+            return Err(format!(
+                "noise must have shape [{n}], got {:?}",
+                inp.noise.shape()
+            ));
+        }
+        let mc = self.channels;
+        let emb_ch = mc * self.channel_mult_emb;
+        let noise_ch = mc;
+
+        // Mapping network.
+        let mut emb = self.noise_embedding(ctx, &inp.noise);
+        if let (Some(labels), true) = (&inp.labels, inp.classes > 0) {
+            // map_label(one_hot · √classes): a row of the weight, scaled, plus the bias.
+            let k = inp.classes as usize;
+            let lc = ctx.scope("map_label");
+            let table = lc.param(
+                "weight",
+                &[k, noise_ch],
+                Init::xavier_uniform(k, noise_ch, 1.0),
+            );
+            let bias = lc.param("bias", &[noise_ch], Init::ZEROS);
+            emb = emb + table.embedding(labels) * (k as f64).sqrt() + bias;
+        }
+        let emb = linear(&ctx.scope("map_layer0"), &emb, noise_ch, emb_ch).silu();
+        let emb = linear(&ctx.scope("map_layer1"), &emb, emb_ch, emb_ch).silu();
+
+        let block = |c_in, c_out, resample, attention| Block {
+            c_in,
+            c_out,
+            emb: emb_ch,
+            resample,
+            attention,
+            dropout: self.dropout,
+        };
+
+        // Encoder: every module's output is a skip connection (encoder order).
+        let enc = ctx.scope("enc");
+        let mut skips: Vec<(Tensor<'a>, usize)> = Vec::new();
+        let mut x = inp.x.clone();
+        let mut cout = c_img;
+        for (level, &mult) in self.channel_mult.iter().enumerate() {
+            let res = h >> level;
+            if level == 0 {
+                x = conv(
+                    &enc.scope(format!("{res}x{res}_conv")),
+                    &x,
+                    cout,
+                    mc,
+                    3,
+                    1.0,
+                );
+                cout = mc;
+            } else {
+                x = block(cout, cout, Resample::Down, false).forward(
+                    &enc.scope(format!("{res}x{res}_down")),
+                    &x,
+                    &emb,
+                );
+            }
+            skips.push((x.clone(), cout));
+            for idx in 0..self.num_blocks {
+                let cin = cout;
+                cout = mc * mult;
+                let attn = self.attn_resolutions.contains(&res);
+                x = block(cin, cout, Resample::None, attn).forward(
+                    &enc.scope(format!("{res}x{res}_block{idx}")),
+                    &x,
+                    &emb,
+                );
+                skips.push((x.clone(), cout));
+            }
+        }
+
+        // Decoder: consumes the skips last-in first-out.
+        let dec = ctx.scope("dec");
+        let mut out = None;
+        for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
+            let res = h >> level;
+            if level == levels - 1 {
+                x = block(cout, cout, Resample::None, true).forward(
+                    &dec.scope(format!("{res}x{res}_in0")),
+                    &x,
+                    &emb,
+                );
+                x = block(cout, cout, Resample::None, false).forward(
+                    &dec.scope(format!("{res}x{res}_in1")),
+                    &x,
+                    &emb,
+                );
+            } else {
+                x = block(cout, cout, Resample::Up, false).forward(
+                    &dec.scope(format!("{res}x{res}_up")),
+                    &x,
+                    &emb,
+                );
+            }
+            for idx in 0..=self.num_blocks {
+                let (s, s_ch) = skips.pop().expect("one skip per decoder block");
+                let keep = self.skips[skips.len()];
+                let cin = match (keep, self.skip_mode) {
+                    (true, _) => {
+                        x = ctx.concat(&[&x, &s], 1);
+                        cout + s_ch
+                    }
+                    (false, SkipMode::Zero) => {
+                        x = ctx.concat(&[&x, &ctx.full(&s.shape(), 0.0)], 1);
+                        cout + s_ch
+                    }
+                    (false, SkipMode::Remove) => cout,
+                };
+                cout = mc * mult;
+                let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
+                x = block(cin, cout, Resample::None, attn).forward(
+                    &dec.scope(format!("{res}x{res}_block{idx}")),
+                    &x,
+                    &emb,
+                );
+            }
+            if level == 0 {
+                let hn = group_norm(&dec.scope(format!("{res}x{res}_aux_norm")), &x, cout).silu();
+                out = Some(conv(
+                    &dec.scope(format!("{res}x{res}_aux_conv")),
+                    &hn,
+                    cout,
+                    c_img,
+                    3,
+                    INIT_ZERO,
+                ));
+            }
+        }
+        Ok(out.expect("level 0 produces the output"))
+    }
+}
+
+fn register(p: &mut Plugin) {
+    p.architecture(
+        "ddpmpp",
+        "EDM's DDPM++ U-Net (SongUNet) with switchable skip connections",
+        DDPMPP_PARAMS,
+        Ddpmpp::from_params,
+    );
+}
 
 export_plugin!(register);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memlab_plugin_api::testing::{ModelSummary, inspect};
+
+    fn net(toml: &str) -> Ddpmpp {
+        Ddpmpp::from_params(&Params::from_toml(toml).unwrap(), 0).unwrap()
+    }
+
+    fn summary(toml: &str) -> ModelSummary {
+        inspect(&net(toml), [2, 3, 32, 32], 0).unwrap()
+    }
+
+    fn count(toml: &str) -> usize {
+        summary(toml).total
+    }
+
+    #[test]
+    fn cifar10_parameter_counts_match_edm() {
+        // EDM/DM DDPM++ at 32×32×3: 55.73M with 4 blocks per resolution, 35.13M with 2.
+        let s = summary("");
+        assert_eq!(s.total, 55_732_739);
+        assert_eq!(s.output, vec![2, 3, 32, 32]);
+        assert_eq!(count("num_blocks = 2"), 35_125_251);
+    }
+
+    #[test]
+    fn width_sweep_counts_match_diffmemorize_at_two_blocks() {
+        // DM's width sweep (78.98M / 140.37M / 219.29M) uses its basic setup, num_blocks = 2.
+        assert_eq!(count("num_blocks = 2\nchannels = 192"), 78_984_195);
+        assert_eq!(count("num_blocks = 2\nchannels = 256"), 140_374_019);
+        assert_eq!(count("num_blocks = 2\nchannels = 320"), 219_294_723);
+        // With 4 blocks the same widths are much larger, so the published numbers are not those.
+        assert_eq!(count("channels = 192"), 125_329_155);
+    }
+
+    #[test]
+    fn parameter_shapes_follow_the_reference_layout() {
+        let s = summary("num_blocks = 2");
+        let shape = |n: &str| s.param(n).map(|v| v.to_vec());
+        assert_eq!(shape("map_layer0.weight"), Some(vec![128, 512]));
+        assert_eq!(shape("map_layer1.weight"), Some(vec![512, 512]));
+        assert_eq!(shape("enc.32x32_conv.weight"), Some(vec![128, 3, 3, 3]));
+        assert_eq!(
+            shape("enc.32x32_block0.skip.weight"),
+            Some(vec![256, 128, 1, 1])
+        );
+        assert_eq!(shape("enc.32x32_block1.skip.weight"), None);
+        assert_eq!(
+            shape("enc.16x16_down.skip.weight"),
+            Some(vec![256, 256, 1, 1])
+        );
+        assert_eq!(
+            shape("enc.16x16_block0.affine.weight"),
+            Some(vec![512, 256])
+        );
+        assert_eq!(
+            shape("dec.8x8_block0.conv0.weight"),
+            Some(vec![256, 512, 3, 3])
+        );
+        assert_eq!(shape("dec.32x32_aux_conv.weight"), Some(vec![3, 256, 3, 3]));
+        assert!(s.param("map_label.weight").is_none());
+        // Attention: encoder blocks at 16×16, the first decoder block at the lowest
+        // resolution, and the last decoder block at 16×16.
+        for (name, has) in [
+            ("enc.32x32_block0", false),
+            ("enc.16x16_block0", true),
+            ("enc.16x16_block1", true),
+            ("enc.8x8_block0", false),
+            ("dec.8x8_in0", true),
+            ("dec.8x8_in1", false),
+            ("dec.16x16_block0", false),
+            ("dec.16x16_block2", true),
+            ("dec.32x32_block2", false),
+        ] {
+            let qkv = s.param(&format!("{name}.qkv.weight")).is_some();
+            assert_eq!(qkv, has, "{name}");
+        }
+        let c = 256;
+        assert_eq!(
+            s.count_with_prefix("dec.8x8_in0."),
+            // norm0, conv0, affine, norm1, conv1, norm2, qkv, proj
+            2 * c
+                + (9 * c * c + c)
+                + (512 * c + c)
+                + 2 * c
+                + (9 * c * c + c)
+                + 2 * c
+                + (3 * c * c + 3 * c)
+                + (c * c + c)
+        );
+    }
+
+    #[test]
+    fn class_labels_add_a_linear_map() {
+        let a = inspect(&net(""), [2, 3, 32, 32], 0).unwrap();
+        let b = inspect(&net(""), [2, 3, 32, 32], 10).unwrap();
+        assert_eq!(b.total, a.total + 10 * 128 + 128);
+        assert_eq!(b.param("map_label.weight"), Some(&[10, 128][..]));
+    }
+
+    #[test]
+    fn dropping_skips_removes_their_concatenation() {
+        let full = summary("num_blocks = 2");
+        // Keep only the three 32×32 skips (DM's "skip number 3 at 32×32").
+        let kept32 = summary("num_blocks = 2\nskips = [1, 1, 1, 0, 0, 0, 0, 0, 0]");
+        assert_eq!(kept32.total, 30_795_267);
+        assert!(kept32.total < full.total);
+        // Skip 8 (the last 8×8 block) feeds dec.8x8_block0: its input shrinks to 256 and the
+        // block no longer needs a 1×1 projection.
+        assert_eq!(
+            kept32.param("dec.8x8_block0.conv0.weight"),
+            Some(&[256, 256, 3, 3][..])
+        );
+        assert_eq!(kept32.param("dec.8x8_block0.skip.weight"), None);
+        assert_eq!(
+            kept32.param("dec.32x32_block0.conv0.weight"),
+            Some(&[256, 512, 3, 3][..])
+        );
+        // Every single dropped connection shrinks the model; booleans mean the same as 0/1.
+        for k in 0..9 {
+            let flags: Vec<&str> = (0..9)
+                .map(|i| if i == k { "false" } else { "true" })
+                .collect();
+            let one = count(&format!("num_blocks = 2\nskips = [{}]", flags.join(", ")));
+            assert!(
+                one < full.total,
+                "dropping skip {k}: {one} vs {}",
+                full.total
+            );
+        }
+        let none = count("num_blocks = 2\nskips = [0, 0, 0, 0, 0, 0, 0, 0, 0]");
+        assert!(none < kept32.total);
+        // DiffMemorize's zero-filled skips keep the parameter count.
+        let zero =
+            count("num_blocks = 2\nskips = [0, 0, 0, 0, 0, 0, 0, 0, 0]\nskip_mode = \"zero\"");
+        assert_eq!(zero, full.total);
+    }
+
+    #[test]
+    fn fourier_embedding_builds_and_is_seeded() {
+        let pos = count("num_blocks = 2");
+        let four = count("num_blocks = 2\nembedding = \"fourier\"");
+        // The Fourier frequencies are a fixed buffer, not parameters.
+        assert_eq!(pos, four);
+        let p = Params::from_toml("embedding = \"fourier\"").unwrap();
+        let a = Ddpmpp::from_params(&p, 1).unwrap();
+        let b = Ddpmpp::from_params(&p, 1).unwrap();
+        let c = Ddpmpp::from_params(&p, 2).unwrap();
+        assert_eq!(a.embedding(), Embedding::Fourier);
+        assert_eq!(a.frequencies(), b.frequencies());
+        assert_ne!(a.frequencies(), c.frequencies());
+        assert_eq!(a.frequencies().len(), 64);
+        let rms = (a
+            .frequencies()
+            .iter()
+            .map(|f| (*f as f64).powi(2))
+            .sum::<f64>()
+            / 64.0)
+            .sqrt();
+        let expected = 2.0 * std::f64::consts::PI * 16.0;
+        assert!((rms / expected - 1.0).abs() < 0.35, "rms {rms}");
+        // Positional: (1/10⁴)^(i/(half−1)), endpoint included.
+        let pos = net("");
+        let f = pos.frequencies();
+        assert_eq!(f.len(), 64);
+        assert!((f[0] - 1.0).abs() < 1e-7 && (f[63] - 1e-4).abs() < 1e-9);
+        assert!((f[1] - 1e-4f32.powf(1.0 / 63.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn other_resolutions_and_widths_work() {
+        let s = inspect(
+            &net("channels = 16\nchannel_mult = [1, 2]\nnum_blocks = 1\nattn_resolutions = [8]"),
+            [3, 1, 16, 16],
+            4,
+        )
+        .unwrap();
+        assert_eq!(s.output, vec![3, 1, 16, 16]);
+        assert!(s.param("enc.8x8_block0.qkv.weight").is_some());
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused() {
+        let err = |toml: &str| {
+            Ddpmpp::from_params(&Params::from_toml(toml).unwrap(), 0)
+                .err()
+                .unwrap()
+        };
+        let e = err("num_blocks = 2\nskips = [1, 1]");
+        assert!(
+            e.contains("skips has 2 entries") && e.contains("9 skip connections"),
+            "{e}"
+        );
+        assert!(err("num_blocks = 1\nskips = [1, 2, 1, 1, 1, 1]").contains("got 2"));
+        assert!(err("channels = 7").contains("even"));
+        assert!(err("channel_mult = []").contains("channel_mult"));
+        assert!(err("dropout = 1.5").contains("dropout"));
+        assert!(err("embedding = \"learned\"").contains("unknown variant"));
+        assert!(err("blocks = 2").contains("unknown field"));
+        let e = inspect(&net(""), [1, 3, 30, 30], 0).unwrap_err();
+        assert!(e.contains("divisible by 2^(levels − 1) = 4"), "{e}");
+        let e = inspect(&net(""), [1, 3, 32, 16], 0).unwrap_err();
+        assert!(e.contains("square"), "{e}");
+    }
+}
