@@ -63,6 +63,12 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Datasets: download the official archives (needs internet).
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Benchmarks (results go in BENCHMARKS.md; never run as timed tests).
     Bench {
         /// What to measure.
@@ -127,6 +133,19 @@ pub enum BenchWhat {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `memlab data` actions.
+#[derive(Subcommand, Debug)]
+pub enum DataAction {
+    /// Download and verify a dataset's official files: `cifar10` or `mnist`.
+    Fetch {
+        /// Dataset name.
+        name: String,
+        /// Destination directory (default: data/<name>).
+        #[arg(long)]
+        dest: Option<PathBuf>,
     },
 }
 
@@ -222,6 +241,25 @@ fn run(cli: Cli) -> Result<i32> {
                     c.distinct_replicated
                 );
             }
+            Ok(0)
+        }
+        Command::Data {
+            action: DataAction::Fetch { name, dest },
+        } => {
+            if !crate::fetch::datasets().iter().any(|(n, _)| *n == name) {
+                let known: Vec<&str> = crate::fetch::datasets().iter().map(|(n, _)| *n).collect();
+                eprintln!(
+                    "error: unknown dataset `{name}`; memlab can fetch: {}",
+                    known.join(", ")
+                );
+                return Ok(EXIT_USAGE);
+            }
+            let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
+            let files = crate::fetch::fetch(&name, &dest)?;
+            for f in &files {
+                println!("{}", f.display());
+            }
+            println!("set the {name} dataset's `path` to {}", dest.display());
             Ok(0)
         }
         Command::Bench {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod fetch;
 pub mod knn;
 pub mod model;
 pub mod optim;
