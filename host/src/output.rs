@@ -70,17 +70,17 @@ pub fn write_npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
     write_atomic(path, &npy_bytes("<i8", shape, &bytes))
 }
 
-/// Reads an `f32` `.npy` written by [`write_npy_f32`] (or NumPy, C order, little-endian).
-pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+/// Reads a C-order little-endian `.npy` of dtype `descr` (`<f4`, `<i8`): its shape and raw data.
+fn read_npy_raw(path: &Path, descr: &str, item: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         bail!("{} is not an .npy file", path.display());
     }
     let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hl])?;
-    if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
+    let header = std::str::from_utf8(b.get(10..10 + hl).unwrap_or_default())?;
+    if !header.contains(&format!("'{descr}'")) || header.contains("'fortran_order': True") {
         bail!(
-            "{}: only little-endian float32 C-order arrays are supported",
+            "{}: expected a C-order {descr} array, header is {header}",
             path.display()
         );
     }
@@ -93,11 +93,8 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let data: Vec<f32> = b[10 + hl..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if shape.iter().product::<usize>() != data.len() {
+    let data = b[10 + hl..].to_vec();
+    if shape.iter().product::<usize>() * item != data.len() {
         bail!(
             "{}: header shape {shape:?} does not match the data",
             path.display()
@@ -106,40 +103,26 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, data))
 }
 
+/// Reads an `f32` `.npy` written by [`write_npy_f32`] (or NumPy, C order, little-endian).
+pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (shape, raw) = read_npy_raw(path, "<f4", 4)?;
+    Ok((
+        shape,
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    ))
+}
+
 /// Reads an `i64` `.npy` written by [`write_npy_i64`].
 pub fn read_npy_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
-    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-        bail!("{} is not an .npy file", path.display());
-    }
-    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hl])?;
-    if !header.contains("'<i8'") {
-        bail!(
-            "{}: only little-endian int64 arrays are supported",
-            path.display()
-        );
-    }
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap_or("");
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let data: Vec<i64> = b[10 + hl..]
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    if shape.iter().product::<usize>() != data.len() {
-        bail!(
-            "{}: header shape {shape:?} does not match the data",
-            path.display()
-        );
-    }
-    Ok((shape, data))
+    let (shape, raw) = read_npy_raw(path, "<i8", 8)?;
+    Ok((
+        shape,
+        raw.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    ))
 }
 
 /// Maps a value in [−1, 1] to a byte.

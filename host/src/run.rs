@@ -213,16 +213,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         &cfg.architecture.params_toml(),
         seed,
     )?;
-    let criteria: Vec<(String, _)> = cfg
-        .criteria
-        .iter()
-        .map(|c| {
-            Ok((
-                c.name.clone(),
-                reg.criterion(&c.name, &c.params_toml(), seed)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let criteria = build_criteria(&cfg, &reg, seed)?;
     write_lock(&dir, cfg, reg)?;
 
     let mut loaded = crate::data::load(reg, &cfg.dataset, seed, &cond)?;
@@ -345,6 +336,23 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
     Ok(report)
 }
 
+/// Every `[[criteria]]` component of a config, with its name.
+pub fn build_criteria(
+    cfg: &Config,
+    reg: &Registry,
+    seed: u64,
+) -> Result<Vec<(String, crate::plugins::CriterionHandle)>> {
+    cfg.criteria
+        .iter()
+        .map(|c| {
+            Ok((
+                c.name.clone(),
+                reg.criterion(&c.name, &c.params_toml(), seed)?,
+            ))
+        })
+        .collect()
+}
+
 /// Replication evaluation of `samples` against the loaded training data: every criterion,
 /// the held-out baseline and rule validity when available.
 pub fn evaluate_full(
@@ -443,16 +451,7 @@ pub fn eval_dir(
         &cfg.conditioning.params_toml(),
         seed,
     )?;
-    let criteria: Vec<(String, _)> = cfg
-        .criteria
-        .iter()
-        .map(|c| {
-            Ok((
-                c.name.clone(),
-                reg.criterion(&c.name, &c.params_toml(), seed)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let criteria = build_criteria(&cfg, &reg, seed)?;
     let mut loaded = crate::data::load(&reg, &cfg.dataset, seed, &cond)?;
     let own = samples_path.is_none();
     let spath = samples_path
