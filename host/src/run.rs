@@ -213,7 +213,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         &cfg.architecture.params_toml(),
         seed,
     )?;
-    let criteria = build_criteria(&cfg, &reg, seed)?;
+    let criteria = build_criteria(cfg, reg, seed)?;
     write_lock(&dir, cfg, reg)?;
 
     let mut loaded = crate::data::load(reg, &cfg.dataset, seed, &cond)?;
