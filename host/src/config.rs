@@ -215,14 +215,20 @@ pub struct TrainSection {
     /// Training length in thousands of images (EDM's `duration`); when > 0 it replaces `steps`
     /// with ⌈1000 · duration_kimg / batch_size⌉.
     pub duration_kimg: f64,
+    /// Training length in passes over the training set; when > 0 it replaces `steps` (and
+    /// `duration_kimg`) with ⌈epochs · |D| / batch_size⌉.
+    pub epochs: u64,
     /// Snapshot every this many steps (0: only at the end).
     pub snapshot_every: u64,
 }
 
 impl TrainSection {
-    /// Optimiser steps to run (`steps`, or `duration_kimg` converted).
-    pub fn total_steps(&self) -> u64 {
-        if self.duration_kimg > 0.0 {
+    /// Optimiser steps to run on a training set of `n` images: `steps`, or `epochs` passes
+    /// over the data, or `duration_kimg` thousand images.
+    pub fn total_steps(&self, n: usize) -> u64 {
+        if self.epochs > 0 {
+            (self.epochs * n as u64).div_ceil(self.batch_size.max(1) as u64)
+        } else if self.duration_kimg > 0.0 {
             (self.duration_kimg * 1000.0 / self.batch_size.max(1) as f64).ceil() as u64
         } else {
             self.steps
@@ -252,6 +258,7 @@ impl Default for TrainSection {
             ema_decay: 0.999,
             ema_halflife_kimg: 0.0,
             duration_kimg: 0.0,
+            epochs: 0,
             snapshot_every: 0,
         }
     }
@@ -656,11 +663,14 @@ name = "edm"
             ema_halflife_kimg: 0.5,
             ..Default::default()
         };
-        assert_eq!(t.total_steps(), 40); // ⌈20 000 / 512⌉
+        assert_eq!(t.total_steps(100), 40); // ⌈20 000 / 512⌉
+        t.epochs = 3;
+        assert_eq!(t.total_steps(1000), 6); // ⌈3 · 1000 / 512⌉
+        t.epochs = 0;
         assert!((t.ema_beta() - 0.5f64.powf(512.0 / 500.0)).abs() < 1e-12);
         t.duration_kimg = 0.0;
         t.ema_halflife_kimg = 0.0;
-        assert_eq!(t.total_steps(), t.steps);
+        assert_eq!(t.total_steps(100), t.steps);
         assert_eq!(t.ema_beta(), t.ema_decay);
     }
 

@@ -140,7 +140,7 @@ pub fn train(
     };
     let per = data.image_len();
     let t0 = Instant::now();
-    let total = cfg.total_steps();
+    let total = cfg.total_steps(data.len());
     let bar = progress_bar(total, start);
     for step in start..total {
         let ids = data.batch_ids(seed, step, cfg.batch_size);
