@@ -57,6 +57,23 @@ pub fn knn(
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
+    let nc = if dim == 0 { 1 } else { 16_000_000 / dim };
+    knn_chunked(samples, train, dim, k, distance, device, nc, 512)
+}
+
+/// [`knn`] with explicit chunk sizes: `nc` training images per device upload, `ms` samples
+/// per distance block.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_chunked(
+    samples: &[f32],
+    train: &[f32],
+    dim: usize,
+    k: usize,
+    distance: Distance,
+    device: &Device,
+    nc: usize,
+    ms: usize,
+) -> Result<Neighbours> {
     if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
         bail!("k-NN inputs are not whole images of {dim} values");
     }
@@ -65,38 +82,42 @@ pub fn knn(
         bail!("asked for {k} neighbours among {n} training images");
     }
     let keep = (k + MARGIN).min(n);
-    // Chunk sizes: a GEMM block of ms × nc floats (≤ 16M values, 64 MiB).
-    let ms = 256.min(m.max(1));
-    let nc = (16_000_000 / ms).clamp(1, n);
+    // Training images are the outer loop, so each is uploaded to the device once: chunks of
+    // ≤ 16M values (64 MiB); samples go in blocks of `ms`, so a distance block is ms × nc.
+    let nc = nc.clamp(1, n);
+    let ms = ms.clamp(1, m.max(1));
     let mut cand: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(keep * 2); m];
-    for s0 in (0..m).step_by(ms) {
-        let s1 = (s0 + ms).min(m);
-        let rows = s1 - s0;
-        let x = Tensor::<2>::from_data(
-            TensorData::new(samples[s0 * dim..s1 * dim].to_vec(), [rows, dim]),
-            device,
-        );
-        let xn = match distance {
-            Distance::L2 => Some(x.clone().powi_scalar(2).sum_dim(1)),
-            Distance::Linf => None,
+    for t0 in (0..n).step_by(nc) {
+        let t1 = (t0 + nc).min(n);
+        let cols = t1 - t0;
+        let (y, yn) = match distance {
+            Distance::L2 => {
+                let y = Tensor::<2>::from_data(
+                    TensorData::new(train[t0 * dim..t1 * dim].to_vec(), [cols, dim]),
+                    device,
+                );
+                let yn = y.clone().powi_scalar(2).sum_dim(1).reshape([1, cols]);
+                (Some(y.transpose()), Some(yn))
+            }
+            Distance::Linf => (None, None),
         };
-        for t0 in (0..n).step_by(nc) {
-            let t1 = (t0 + nc).min(n);
-            let cols = t1 - t0;
-            let y = Tensor::<2>::from_data(
-                TensorData::new(train[t0 * dim..t1 * dim].to_vec(), [cols, dim]),
-                device,
-            );
-            let d2: Vec<f32> = match distance {
-                Distance::L2 => {
-                    let yn = y.clone().powi_scalar(2).sum_dim(1).reshape([1, cols]);
-                    let dot = x.clone().matmul(y.transpose());
-                    (xn.clone().unwrap() + yn - dot.mul_scalar(2.0))
+        for s0 in (0..m).step_by(ms) {
+            let s1 = (s0 + ms).min(m);
+            let rows = s1 - s0;
+            let d2: Vec<f32> = match (&y, &yn) {
+                (Some(yt), Some(yn)) => {
+                    let x = Tensor::<2>::from_data(
+                        TensorData::new(samples[s0 * dim..s1 * dim].to_vec(), [rows, dim]),
+                        device,
+                    );
+                    let xn = x.clone().powi_scalar(2).sum_dim(1);
+                    let dot = x.matmul(yt.clone());
+                    (xn + yn.clone() - dot.mul_scalar(2.0))
                         .into_data()
                         .try_to_vec::<f32>()
                         .map_err(|e| anyhow::anyhow!("{e:?}"))?
                 }
-                Distance::Linf => {
+                _ => {
                     let mut out = vec![0f32; rows * cols];
                     for (r, row) in out.chunks_mut(cols).enumerate() {
                         let a = &samples[(s0 + r) * dim..(s0 + r + 1) * dim];
@@ -188,8 +209,13 @@ mod tests {
             samples.extend(train[j * dim..(j + 1) * dim].iter().map(|v| v + eps as f32));
         }
         samples.extend((0..20 * dim).map(|_| (g.next_f64() * 2.0 - 1.0) as f32));
-        for d in [Distance::L2, Distance::Linf] {
-            let got = knn(&samples, &train, dim, 3, d, &Device::flex()).unwrap();
+        for (d, nc, ms) in [
+            (Distance::L2, 1 << 20, 512),
+            (Distance::Linf, 1 << 20, 512),
+            (Distance::L2, 37, 7),
+            (Distance::Linf, 37, 7),
+        ] {
+            let got = knn_chunked(&samples, &train, dim, 3, d, &Device::flex(), nc, ms).unwrap();
             let want = brute(&samples, &train, dim, 3, d);
             for (i, (dv, j)) in want.iter().enumerate() {
                 assert_eq!(got.idx[i], *j, "{d:?} row {}", i / 3);
