@@ -57,7 +57,7 @@ pub fn knn(
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
-    let nc = if dim == 0 { 1 } else { 16_000_000 / dim };
+    let nc = 16_000_000usize.checked_div(dim).unwrap_or(1);
     knn_chunked(samples, train, dim, k, distance, device, nc, 512)
 }
 
