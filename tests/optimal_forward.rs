@@ -127,7 +127,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn optimal_declares_a_parameter_free_denoiser_needing_the_training_set() {
-    let info = engine::arch_info(&optimal("")).unwrap();
+    let info = optimal("").info().unwrap();
     assert!(info.needs_training_set && info.outputs_denoised && info.parameter_free);
     assert!(!info.learned_variance);
 }

@@ -72,15 +72,11 @@ impl TrainingSet {
         let mut indices: Vec<u64> = if n == info.len {
             (0..n).collect()
         } else {
-            // Partial Fisher–Yates over the index range.
-            let mut g = SplitMix64(derive_seed(seed, stream::SUBSET));
-            let mut all: Vec<u64> = (0..info.len).collect();
-            for i in 0..n as usize {
-                let j = i + g.below(info.len - i as u64) as usize;
-                all.swap(i, j);
-            }
-            all.truncate(n as usize);
-            all
+            choose(
+                (0..info.len).collect(),
+                n as usize,
+                derive_seed(seed, stream::SUBSET),
+            )
         };
         indices.sort_unstable();
         let mut images = Vec::with_capacity(n as usize * info.channels * info.height * info.width);

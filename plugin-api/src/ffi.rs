@@ -212,6 +212,28 @@ pub enum UnaryOp {
     Recip = 13,
 }
 
+impl UnaryOp {
+    /// Lower-case name, as error messages show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Square => "square",
+            UnaryOp::Recip => "recip",
+        }
+    }
+}
+
 /// Tensor ⊙ scalar ops.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +265,20 @@ pub enum BinaryOp {
     Div = 3,
     Max = 4,
     Min = 5,
+}
+
+impl BinaryOp {
+    /// Lower-case name, as error messages show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "maximum",
+            BinaryOp::Min => "minimum",
+        }
+    }
 }
 
 /// Reductions over one dimension.

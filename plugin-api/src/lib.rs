@@ -104,6 +104,7 @@ pub mod ffi;
 pub mod nn;
 pub mod params;
 pub mod plugin;
+pub mod shape;
 pub mod tensor;
 pub mod testing;
 

@@ -35,6 +35,7 @@ use crate::ffi::{
     ArchitectureBox, BinaryOp, Conv2dOptions, ForwardArgs, HostOps, HostOps_TO, HostOpsDyn, Init,
     ReduceOp, ScalarOp, TensorId, UnaryOp,
 };
+pub use crate::shape::{broadcast_shape, resolve_shape};
 use crate::tensor::Ctx;
 
 /// Highest tensor rank the host supports (the host also refuses rank 0).
@@ -244,66 +245,6 @@ impl ShapeOps {
     }
 }
 
-/// NumPy broadcast of two shapes (`None` when they do not broadcast).
-pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let da = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            if da == db || db == 1 {
-                Some(da)
-            } else if da == 1 {
-                Some(db)
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-/// Resolves a reshape target with at most one `-1` against `input`'s element count.
-pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String> {
-    let n: usize = input.iter().product();
-    let mut unknown = None;
-    let mut known = 1usize;
-    let mut out = Vec::with_capacity(spec.len());
-    for (i, &d) in spec.iter().enumerate() {
-        if d == -1 {
-            if unknown.replace(i).is_some() {
-                return Err(format!("reshape {spec:?}: at most one -1"));
-            }
-            out.push(0);
-        } else if d <= 0 {
-            return Err(format!("reshape {spec:?}: sizes must be positive or -1"));
-        } else {
-            known *= d as usize;
-            out.push(d as usize);
-        }
-    }
-    if let Some(i) = unknown {
-        if known == 0 || !n.is_multiple_of(known) {
-            return Err(format!("cannot reshape {input:?} to {spec:?}"));
-        }
-        out[i] = n / known;
-    }
-    let n_out: usize = out.iter().product();
-    if n != n_out {
-        return Err(format!(
-            "cannot reshape {input:?} ({n} elements) to {out:?} ({n_out} elements)"
-        ));
-    }
-    Ok(out)
-}
-
 fn float_only(op: &str, s: &[Meta]) -> Result<(), String> {
     if s.iter().any(|m| m.int) {
         return Err(format!("`{op}` needs float tensors, got an integer tensor"));
@@ -322,36 +263,6 @@ fn with_bias(x: TensorId, w: TensorId, b: ROption<TensorId>) -> Vec<TensorId> {
     let mut ids = vec![x, w];
     ids.extend(b.into_option());
     ids
-}
-
-fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Sin => "sin",
-        UnaryOp::Cos => "cos",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Gelu => "gelu",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Square => "square",
-        UnaryOp::Recip => "recip",
-    }
-}
-
-fn binary_name(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "add",
-        BinaryOp::Sub => "sub",
-        BinaryOp::Mul => "mul",
-        BinaryOp::Div => "div",
-        BinaryOp::Max => "maximum",
-        BinaryOp::Min => "minimum",
-    }
 }
 
 impl HostOps for ShapeOps {
@@ -426,7 +337,7 @@ impl HostOps for ShapeOps {
     }
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
-        self.run(unary_name(op), &[x], |s| {
+        self.run(op.name(), &[x], |s| {
             float_only("unary", s)?;
             Ok(Meta::float(s[0].shape.clone()))
         })
@@ -440,7 +351,7 @@ impl HostOps for ShapeOps {
     }
 
     fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
-        self.run(binary_name(op), &[a, b], |s| {
+        self.run(op.name(), &[a, b], |s| {
             float_only("binary", s)?;
             broadcast_shape(&s[0].shape, &s[1].shape)
                 .map(Meta::float)

@@ -22,6 +22,7 @@ use memlab_plugin_api::ffi::{
     BinaryOp, Conv2dOptions, HostOps, HostOps_TO, HostOpsDyn, Init, ReduceOp, ScalarOp, TensorId,
     UnaryOp,
 };
+use memlab_plugin_api::shape::{broadcast_shape, resolve_shape};
 
 use super::params::{ParamStore, read_f32};
 use super::rank::{arr, by_rank, to_dispatch, to_dispatch_int};
@@ -114,32 +115,6 @@ fn fl<const D: usize>(s: &Slot) -> Tensor<D> {
 
 fn int1(s: &Slot) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_dispatch(s.t.clone())
-}
-
-/// NumPy broadcast of two shapes.
-pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return None;
-        };
-    }
-    Some(out)
 }
 
 /// Reshapes a float tensor of any rank to `shape` (any rank).
@@ -351,36 +326,6 @@ impl<'p> Graph<'p> {
     }
 }
 
-fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Sin => "sin",
-        UnaryOp::Cos => "cos",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Gelu => "gelu",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Square => "square",
-        UnaryOp::Recip => "recip",
-    }
-}
-
-fn binary_name(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "add",
-        BinaryOp::Sub => "sub",
-        BinaryOp::Mul => "mul",
-        BinaryOp::Div => "div",
-        BinaryOp::Max => "maximum",
-        BinaryOp::Min => "minimum",
-    }
-}
-
 fn float_only(op: &str, s: &[Slot]) -> Result<()> {
     for x in s {
         if x.int {
@@ -463,33 +408,6 @@ fn binary_impl(op: BinaryOp, a: &Slot, b: &Slot) -> Result<Slot> {
         z.into_dispatch()
     })?;
     Ok(Slot::float(t, out))
-}
-
-fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>> {
-    let n: usize = input.iter().product();
-    let mut unknown = None;
-    let mut known = 1usize;
-    let mut out = Vec::with_capacity(spec.len());
-    for (i, &d) in spec.iter().enumerate() {
-        if d == -1 {
-            if unknown.replace(i).is_some() {
-                bail!("reshape {spec:?}: at most one -1");
-            }
-            out.push(0);
-        } else if d <= 0 {
-            bail!("reshape {spec:?}: sizes must be positive or -1");
-        } else {
-            known *= d as usize;
-            out.push(d as usize);
-        }
-    }
-    if let Some(i) = unknown {
-        if known == 0 || !n.is_multiple_of(known) {
-            bail!("cannot reshape {input:?} to {spec:?}");
-        }
-        out[i] = n / known;
-    }
-    Ok(out)
 }
 
 fn reduce_impl(op: ReduceOp, s: &Slot, dim: usize, keepdim: bool) -> Result<Slot> {
@@ -603,7 +521,7 @@ impl HostOps for Graph<'_> {
     }
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
-        self.run(unary_name(op), &[x], |s| {
+        self.run(op.name(), &[x], |s| {
             float_only("unary", s)?;
             unary_impl(op, &s[0])
         })
@@ -617,7 +535,7 @@ impl HostOps for Graph<'_> {
     }
 
     fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
-        self.run(binary_name(op), &[a, b], |s| {
+        self.run(op.name(), &[a, b], |s| {
             float_only("binary", s)?;
             binary_impl(op, &s[0], &s[1])
         })
@@ -632,7 +550,7 @@ impl HostOps for Graph<'_> {
 
     fn reshape(&self, x: TensorId, shape: RSlice<'_, i64>) -> TensorId {
         self.run("reshape", &[x], |s| {
-            let target = resolve_shape(&s[0].shape, &shape)?;
+            let target = resolve_shape(&s[0].shape, &shape).map_err(|e| anyhow!(e))?;
             reshape_dyn(&s[0], &target)
         })
     }

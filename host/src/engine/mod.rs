@@ -12,7 +12,7 @@ pub mod rank;
 use anyhow::{Result, anyhow};
 use burn::tensor::{Device, DispatchTensor, Tensor};
 use indexmap::IndexMap;
-use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, TensorId};
+use memlab_plugin_api::ffi::{ForwardArgs, HostOps};
 
 use crate::plugins::ArchitectureHandle;
 use graph::{Graph, Slot};
@@ -27,7 +27,7 @@ pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) 
             let res = graph
                 .finish(id)
                 .map_err(|e| anyhow!("{} forward pass: {e}", arch.label()));
-            graph_release(graph, id);
+            graph.release(id);
             res
         }
         Err(e) => {
@@ -38,16 +38,6 @@ pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) 
             }
         }
     }
-}
-
-fn graph_release(graph: &Graph<'_>, id: TensorId) {
-    use memlab_plugin_api::ffi::HostOps;
-    graph.release(id);
-}
-
-/// Architecture declarations, checked.
-pub fn arch_info(arch: &ArchitectureHandle) -> Result<ArchInfo> {
-    arch.info()
 }
 
 /// Backpropagates a scalar `loss` (shape `[1]`) and returns each used parameter's gradient on
