@@ -63,6 +63,48 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a study: every cell of its `[sweep]` grid (resuming), then results, figures and report.
+    Study {
+        /// The study config.
+        config: PathBuf,
+        /// Override a config value before expansion, e.g. `--set train.steps=100` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Cells run at once on CPU (worker threads); a GPU runs one cell at a time.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Parent directory of the study directory (default: `[study] out_dir`, else `studies`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run only this cell (0-based grid index), e.g. from a Slurm array task.
+        #[arg(long, conflicts_with = "slurm")]
+        cell: Option<usize>,
+        /// Write a Slurm array script (one task per cell) instead of running.
+        #[arg(long)]
+        slurm: bool,
+        /// List the cells and exit.
+        #[arg(long, conflicts_with_all = ["slurm", "cell"])]
+        list: bool,
+    },
+    /// Effective model memorization: the largest training-set size still memorized (ratio ≥ 1 − ε).
+    Emm {
+        /// The study config (with an optional `[emm]` table and `[sweep]`).
+        config: PathBuf,
+        /// Override a config value, e.g. `--set emm.epsilon=0.2` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Sizes evaluated at once on CPU.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Parent directory of the study directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Regenerate a study's results.csv/json, figures and report.md/html from its cells.
+    Report {
+        /// The study directory (or its config file).
+        study: PathBuf,
+    },
     /// Datasets: download the official archives (needs internet).
     Data {
         /// What to do.
@@ -164,6 +206,14 @@ pub enum ConfigAction {
 pub fn main() -> i32 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        // Lines from a study's worker threads carry the cell they belong to.
+        .format(|buf, record| {
+            let ts = buf.timestamp_seconds();
+            let cell = crate::progress::label()
+                .map(|l| format!(" [{l}]"))
+                .unwrap_or_default();
+            writeln!(buf, "[{ts} {}{cell}] {}", record.level(), record.args())
+        })
         .try_init();
     let cli = Cli::parse();
     match run(cli) {
@@ -241,6 +291,60 @@ fn run(cli: Cli) -> Result<i32> {
                     c.distinct_replicated
                 );
             }
+            Ok(0)
+        }
+        Command::Study {
+            config,
+            sets,
+            jobs,
+            out,
+            cell,
+            slurm,
+            list,
+        } => study_command(
+            &config,
+            &sets,
+            jobs,
+            out.as_deref(),
+            cell,
+            slurm,
+            list,
+            &cli.plugin_dirs,
+        ),
+        Command::Emm {
+            config,
+            sets,
+            jobs,
+            out,
+        } => {
+            let study = crate::study::Study::load(&config, &sets)?;
+            let cells = study.cells()?;
+            let reg = load_for(&cells, &cli.plugin_dirs)?;
+            study.validate(&cells, &reg)?;
+            let dir = study.dir(out.as_deref());
+            let searches = crate::study::emm::search_all(&study, &dir, &cli.plugin_dirs, jobs)?;
+            for s in &searches {
+                let g = if s.group.is_empty() {
+                    String::new()
+                } else {
+                    let v: Vec<String> = s.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("[{}] ", v.join(", "))
+                };
+                println!("{g}{}", s.message);
+            }
+            println!("report: {}", dir.join("emm.md").display());
+            Ok(0)
+        }
+        Command::Report { study } => {
+            let dir = crate::study::report::resolve_dir(&study)?;
+            let r = crate::study::report::report(&dir)?;
+            let finished = r.rows.iter().filter(|r| r.status == "finished").count();
+            println!(
+                "{}: {finished} of {} cells finished; wrote results.csv, results.json, report.md, report.html, {}",
+                dir.display(),
+                r.rows.len(),
+                r.figures.join(", ")
+            );
             Ok(0)
         }
         Command::Data {
@@ -351,7 +455,131 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Loads the plugins a study's cells need (`--plugin-dir` plus their `[plugins] dirs`).
+fn load_for(cells: &[crate::study::Cell], dirs: &[PathBuf]) -> Result<Registry> {
+    let mut all = dirs.to_vec();
+    if let Some(c) = cells.first() {
+        all.extend(c.config.plugins.dirs.iter().cloned());
+    }
+    let reg = Registry::load(&all)?;
+    report_failures(&reg);
+    Ok(reg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn study_command(
+    config: &std::path::Path,
+    sets: &[String],
+    jobs: usize,
+    out: Option<&std::path::Path>,
+    cell: Option<usize>,
+    slurm: bool,
+    list: bool,
+    plugin_dirs: &[PathBuf],
+) -> Result<i32> {
+    use crate::study::{Study, exec, report, slurm as sl};
+    let study = Study::load(config, sets)?;
+    let cells = study.cells()?;
+    let dir = study.dir(out);
+    if list {
+        for c in &cells {
+            println!(
+                "{:>4}  {}  {}",
+                c.index,
+                c.name,
+                crate::study::describe(&c.values)
+            );
+        }
+        return Ok(0);
+    }
+    let reg = load_for(&cells, plugin_dirs)?;
+    study.validate(&cells, &reg)?;
+    drop(reg);
+    exec::write_manifest(&study, &dir, &exec::manifest(&study, &cells))?;
+    if slurm {
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let binary = std::env::current_exe()?;
+        let dirs: Vec<PathBuf> = plugin_dirs.iter().map(|d| abs(d)).collect();
+        let cwd = std::env::current_dir()?;
+        let (cfg_abs, dir_abs) = (abs(config), abs(&dir));
+        let path = sl::write(&sl::Job {
+            name: &study.name(),
+            cells: cells.len(),
+            binary: &binary,
+            config: &cfg_abs,
+            study_dir: &dir_abs,
+            plugin_dirs: &dirs,
+            sets,
+            workdir: &cwd,
+            slurm: &study.section.slurm,
+        })?;
+        println!("wrote {} ({} array tasks)", path.display(), cells.len());
+        println!("submit:  sbatch {}", path.display());
+        println!("then:    {} report {}", binary.display(), dir_abs.display());
+        return Ok(0);
+    }
+    let selected: Vec<crate::study::Cell> = match cell {
+        Some(i) => vec![study.cell(i)?],
+        None => cells,
+    };
+    let outcomes = exec::run_cells(&selected, &dir, plugin_dirs, jobs)?;
+    let failed: Vec<String> = selected
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(c, o)| match o {
+            exec::Outcome::Failed(e) => Some(format!("cell {} ({}): {e}", c.index, c.name)),
+            _ => None,
+        })
+        .collect();
+    if let Some(i) = cell {
+        println!(
+            "cell {i}: {} -> {}",
+            match outcomes[0] {
+                exec::Outcome::Skipped => "already finished",
+                exec::Outcome::Finished => "finished",
+                exec::Outcome::Failed(_) => "FAILED",
+            },
+            exec::cell_dir(&dir, &selected[0]).display()
+        );
+    } else {
+        let r = report::report(&dir)?;
+        println!(
+            "study directory: {}\nresults: {} (report.md, report.html, {})",
+            dir.display(),
+            dir.join("results.csv").display(),
+            r.figures.join(", ")
+        );
+    }
+    for f in &failed {
+        eprintln!("error: {f}");
+    }
+    Ok(if failed.is_empty() { 0 } else { EXIT_FAILURE })
+}
+
 fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    if crate::study::Study::is_study(&text) {
+        let study = crate::study::Study::parse(&text, file)?;
+        let mut cells = study.cells()?;
+        // An EMM search also runs every grid size: check the smallest and the largest.
+        if let Some(e) = &study.emm {
+            e.check(file)?;
+            for g in 0..study.len() {
+                for n in [e.sizes[0], *e.sizes.last().expect("checked")] {
+                    let mut v = study.values(g);
+                    v.push((e.key.clone(), toml::Value::Integer(n as i64)));
+                    cells.push(study.cell_with(cells.len(), v)?);
+                }
+            }
+        }
+        let reg = load_for(&cells, dirs)?;
+        study.validate(&cells, &reg)?;
+        return Ok(());
+    }
     let cfg = Config::load(file)?;
     let mut all = dirs.to_vec();
     all.extend(cfg.plugins.dirs.iter().cloned());

@@ -123,7 +123,7 @@ pub struct DatasetPart {
     /// Its parameters.
     #[serde(default)]
     pub params: toml::Table,
-    /// Images taken from it (default: all).
+    /// Images taken from it (default: all; 0 leaves the part out of the mixture).
     #[serde(default)]
     pub size: Option<u64>,
     /// Class name of this part (default: the component name).
@@ -280,6 +280,10 @@ pub struct SampleSection {
     pub ema: bool,
     /// Sample from the snapshot after this many steps instead of the final weights.
     pub snapshot: Option<u64>,
+    /// Sample and evaluate every snapshot except the first (all of them when there is only
+    /// one) and report the one with the highest ratio of the first criterion — DM's protocol
+    /// for the memorization ratio of a training run.
+    pub every_snapshot: bool,
 }
 
 impl Default for SampleSection {
@@ -291,6 +295,7 @@ impl Default for SampleSection {
             batch_size: 64,
             ema: true,
             snapshot: None,
+            every_snapshot: false,
         }
     }
 }
@@ -378,6 +383,59 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Sets a dotted key (`train.lr`, `dataset.parts.1.size`) in a TOML document: missing
+/// tables are created, numeric segments index arrays (which must already hold that element).
+pub fn set_key(doc: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    fn set(
+        v: &mut toml::Value,
+        parts: &[&str],
+        value: toml::Value,
+        key: &str,
+    ) -> Result<(), String> {
+        let (head, rest) = (parts[0], &parts[1..]);
+        let slot: &mut toml::Value = match v {
+            toml::Value::Table(t) => {
+                if rest.is_empty() {
+                    t.insert(head.to_string(), value);
+                    return Ok(());
+                }
+                t.entry(head.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            }
+            toml::Value::Array(a) => {
+                let i: usize = head
+                    .parse()
+                    .map_err(|_| format!("`{head}` in `{key}` indexes an array: use a number"))?;
+                let len = a.len();
+                let e = a.get_mut(i).ok_or_else(|| {
+                    format!("`{key}`: index {i} is out of range (the array has {len} elements)")
+                })?;
+                if rest.is_empty() {
+                    *e = value;
+                    return Ok(());
+                }
+                e
+            }
+            _ => {
+                return Err(format!(
+                    "`{key}`: `{head}` is inside a value that is not a table"
+                ));
+            }
+        };
+        set(slot, rest, value, key)
+    }
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a dotted key"));
+    }
+    let mut root = toml::Value::Table(std::mem::take(doc));
+    let r = set(&mut root, &parts, value, key);
+    if let toml::Value::Table(t) = root {
+        *doc = t;
+    }
+    r
+}
+
 impl Config {
     /// Parses a config from text; `file` is used in error messages and to resolve relative
     /// plugin directories.
@@ -406,20 +464,18 @@ impl Config {
             message: format!("cannot read the file: {e}"),
         })?;
         let mut cfg = Config::parse(&text, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.plugins.dirs = cfg
-            .plugins
-            .dirs
-            .iter()
-            .map(|d| {
-                if d.is_absolute() {
-                    d.clone()
-                } else {
-                    base.join(d)
-                }
-            })
-            .collect();
+        cfg.resolve_plugin_dirs(path);
         Ok(cfg)
+    }
+
+    /// Makes relative `[plugins] dirs` relative to the config file's directory.
+    pub fn resolve_plugin_dirs(&mut self, file: &Path) {
+        let base = file.parent().unwrap_or(Path::new("."));
+        for d in &mut self.plugins.dirs {
+            if d.is_relative() {
+                *d = base.join(&*d);
+            }
+        }
     }
 
     /// Hash of everything that determines the trained weights (seed, dataset, architecture,
@@ -502,6 +558,12 @@ impl Config {
                 "steps and batch_size must be at least 1".into(),
             ));
         }
+        if self.sample.every_snapshot && self.sample.snapshot.is_some() {
+            return Err(err(
+                "sample.every_snapshot",
+                "give either `snapshot` (one snapshot) or `every_snapshot = true`, not both".into(),
+            ));
+        }
         if self.criteria.is_empty() {
             return Err(err(
                 "criteria",
@@ -529,6 +591,13 @@ impl Config {
                     return Err(err(
                         "dataset",
                         "with `parts`, give `params` and `size` per part".into(),
+                    ));
+                }
+                if self.dataset.parts.iter().all(|p| p.size == Some(0)) {
+                    return Err(err(
+                        "dataset.parts",
+                        "every part has size 0 (a part with size 0 is left out of the mixture)"
+                            .into(),
                     ));
                 }
                 if self.dataset.heldout > 0 {

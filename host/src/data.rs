@@ -280,6 +280,8 @@ pub fn load(
         None => section
             .parts
             .iter()
+            // A part with size 0 is left out (a sweep over a part's size can include "none").
+            .filter(|p| p.size != Some(0))
             .map(|p| (p.name.clone(), p.params.clone(), p.size, p.label.clone()))
             .collect(),
     };

@@ -17,10 +17,13 @@ pub mod knn;
 pub mod model;
 pub mod optim;
 pub mod output;
+pub mod plot;
 pub mod plugins;
+pub mod progress;
 pub mod run;
 pub mod sampler;
 pub mod snapshot;
+pub mod study;
 pub mod train;
 
 /// Exit code for bad user input (config errors, unknown plugins, bad parameters).

@@ -16,7 +16,6 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,21 +53,10 @@ pub fn apply_overrides(text: &str, sets: &[String], file: &Path) -> Result<Strin
         let (key, value) = s
             .split_once('=')
             .ok_or_else(|| err("--set expects key=value".into()))?;
-        let key = key.trim();
         let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
             .map(|mut t| t.remove("v").expect("v"))
             .unwrap_or_else(|_| toml::Value::String(value.trim().to_string()));
-        let parts: Vec<&str> = key.split('.').collect();
-        let mut table = &mut doc;
-        for p in &parts[..parts.len() - 1] {
-            let entry = table
-                .entry(p.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| err(format!("`{p}` is not a table")))?;
-        }
-        table.insert(parts[parts.len() - 1].to_string(), value);
+        crate::config::set_key(&mut doc, key.trim(), value).map_err(err)?;
     }
     Ok(toml::to_string(&doc).expect("serialisable"))
 }
@@ -86,8 +74,24 @@ pub struct RunReport {
     pub evaluation: Evaluation,
     /// Wall-clock seconds of training.
     pub train_seconds: f64,
-    /// Wall-clock seconds of sampling.
+    /// Wall-clock seconds of sampling (all evaluated snapshots).
     pub sample_seconds: f64,
+    /// Training step of the weights the samples and `evaluation` come from (with
+    /// `sample.every_snapshot`, the snapshot with the highest ratio).
+    pub snapshot: u64,
+    /// Every sampled snapshot's ratios (one entry unless `sample.every_snapshot`).
+    pub snapshots: Vec<SnapshotResult>,
+}
+
+/// The ratios of one sampled snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotResult {
+    /// Training step.
+    pub step: u64,
+    /// Memorization ratio per criterion, in `[[criteria]]` order.
+    pub ratios: Vec<(String, f64)>,
+    /// Mean nearest-neighbour L2 distance.
+    pub mean_nn_l2: f64,
 }
 
 /// Loads, overrides and validates a config and loads the plugins it needs.
@@ -97,6 +101,16 @@ pub fn prepare(file: &Path, sets: &[String], extra_dirs: &[PathBuf]) -> Result<(
         key: String::new(),
         message: format!("cannot read the file: {e}"),
     })?;
+    if crate::study::Study::is_study(&text) {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            message: "this is a study config ([sweep], [study] or [emm]): run it with \
+                      `memlab study` (or `memlab emm`), or a single cell with `memlab study --cell I`"
+                .into(),
+        }
+        .into());
+    }
     let text = apply_overrides(&text, sets, file)?;
     let mut cfg = Config::parse(&text, file)?;
     let base = file.parent().unwrap_or(Path::new("."));
@@ -139,17 +153,14 @@ pub fn generate(
     let per = c * h * w;
     let mut out = Vec::with_capacity(count * per);
     let total_evals = (count.div_ceil(batch) * sampler.evaluations(sigmas.len() - 1)) as u64;
-    let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(total_evals);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "sample [{bar:30}] {pos}/{len} denoiser calls  eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = if show_progress {
+        crate::progress::bar(
+            total_evals,
+            "{prefix}sample [{bar:30}] {pos}/{len} denoiser calls  eta {eta}",
+        )
+    } else {
+        None
+    };
     for (bi, start) in (0..count).step_by(batch).enumerate() {
         let n = batch.min(count - start);
         let mut g = SplitMix64::for_index(derive_seed(seed, stream::SAMPLE), bi as u64);
@@ -276,37 +287,78 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         derive_seed(seed, stream::LABELS),
         cfg.sample.count,
     )?;
-    let (params, ema) = match cfg.sample.snapshot {
-        Some(step) if !model.info.parameter_free => {
-            let path = dir.join("snapshots").join(crate::snapshot::file_name(step));
-            if !path.exists() {
-                return Err(anyhow!(
-                    "sample.snapshot = {step}, but {} does not exist (snapshots are written every \
-                     train.snapshot_every steps and at the end)",
-                    path.display()
-                ));
-            }
-            let s = crate::snapshot::Snapshot::load(&path, &dev)?;
-            (s.params, s.ema)
-        }
-        _ => (params, ema),
+    // Which weights to sample: the final ones, one chosen snapshot, or every snapshot but the
+    // first (DM: the run's memorization ratio is the highest over its snapshots).
+    let snaps_dir = dir.join("snapshots");
+    let targets: Vec<Option<u64>> = if model.info.parameter_free {
+        vec![None]
+    } else if cfg.sample.every_snapshot {
+        let all = crate::snapshot::list(&snaps_dir);
+        let skip = usize::from(all.len() > 1);
+        all[skip..].iter().map(|(s, _)| Some(*s)).collect()
+    } else {
+        vec![cfg.sample.snapshot]
     };
-    let mut use_params = match (cfg.sample.ema, ema) {
-        (true, Some(e)) => e,
-        _ => params.clone(),
-    };
-    let samples = generate(
-        &model,
-        &mut use_params,
-        sampler,
-        &sigmas,
-        &labels,
-        cfg.sample.batch_size,
-        seed,
-        true,
-    )?;
-    let sample_seconds = t1.elapsed().as_secs_f64();
     let [c, h, w] = data.shape;
+    let mut per_snapshot = Vec::new();
+    let mut best: Option<(f64, u64, Vec<f32>, Evaluation)> = None;
+    for target in targets {
+        let (p, e) = match target {
+            Some(step) => {
+                let path = snaps_dir.join(crate::snapshot::file_name(step));
+                if !path.exists() {
+                    return Err(anyhow!(
+                        "sample.snapshot = {step}, but {} does not exist (snapshots are written \
+                         every train.snapshot_every steps and at the end)",
+                        path.display()
+                    ));
+                }
+                let s = crate::snapshot::Snapshot::load(&path, &dev)?;
+                (s.params, s.ema)
+            }
+            None => (params.clone(), ema.clone()),
+        };
+        let mut use_params = match (cfg.sample.ema, e) {
+            (true, Some(e)) => e,
+            _ => p,
+        };
+        let samples = generate(
+            &model,
+            &mut use_params,
+            sampler,
+            &sigmas,
+            &labels,
+            cfg.sample.batch_size,
+            seed,
+            true,
+        )?;
+        let ev = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
+        let score = ev.criteria.first().map_or(0.0, |c| c.ratio);
+        per_snapshot.push(SnapshotResult {
+            step: target.unwrap_or(steps),
+            ratios: ev
+                .criteria
+                .iter()
+                .map(|c| (c.name.clone(), c.ratio))
+                .collect(),
+            mean_nn_l2: ev.mean_nn_l2,
+        });
+        if target.is_some() && cfg.sample.every_snapshot {
+            log::info!(
+                "snapshot {}: memorization ratio {:.2}% ({})",
+                target.unwrap_or(steps),
+                100.0 * score,
+                criteria.first().map_or("", |c| c.0.as_str())
+            );
+        }
+        // Ties keep the earlier snapshot.
+        if best.as_ref().is_none_or(|b| score > b.0) {
+            best = Some((score, target.unwrap_or(steps), samples, ev));
+        }
+    }
+    let (_, best_step, samples, evaluation) =
+        best.ok_or_else(|| anyhow!("no snapshot to sample"))?;
+    let sample_seconds = t1.elapsed().as_secs_f64();
     let m = cfg.sample.count;
     write_npy_f32(&dir.join("samples.npy"), &[m, c, h, w], &samples)?;
     write_npy_i64(&dir.join("sample_labels.npy"), &[m], &labels)?;
@@ -321,9 +373,6 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         cols,
         scale_for(h),
     )?;
-
-    // Evaluate.
-    let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
     let report = RunReport {
         dir: dir.clone(),
         steps,
@@ -331,6 +380,8 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         evaluation,
         train_seconds,
         sample_seconds,
+        snapshot: best_step,
+        snapshots: per_snapshot,
     };
     write_results(cfg, &report, &loaded.train, &samples, &dir)?;
     Ok(report)
@@ -494,6 +545,8 @@ pub fn eval_dir(
         evaluation,
         train_seconds: 0.0,
         sample_seconds: 0.0,
+        snapshot: 0,
+        snapshots: Vec::new(),
     };
     write_results(&cfg, &report, &loaded.train, &samples, &dest)?;
     Ok(report)

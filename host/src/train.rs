@@ -1,7 +1,7 @@
 //! The training loop: seeded batches and noise, Adam(W) with warm-up and clipping, EMA,
 //! atomic snapshots, exact resume, a NaN guard, a progress bar and `metrics.jsonl`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -221,17 +221,10 @@ pub fn train(
 }
 
 fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || total == 0 {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(total);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let b = crate::progress::bar(
+        total,
+        "{prefix}train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}",
+    )?;
     b.set_position(start);
     Some(b)
 }

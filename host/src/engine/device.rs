@@ -35,6 +35,15 @@ pub fn cuda_driver_present() -> bool {
     })
 }
 
+/// Whether `choice` resolves to a GPU (studies then run their cells one after another).
+pub fn is_accelerator(choice: DeviceChoice) -> bool {
+    match choice {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => CUDA_COMPILED && cuda_driver_present(),
+    }
+}
+
 /// Resolves a [`DeviceChoice`] to a burn device (without autodiff).
 pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {

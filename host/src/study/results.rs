@@ -1,0 +1,290 @@
+//! A study's table: one row per cell, read back from the cells' `replication.json`, written
+//! as `results.csv` (for pandas) and `results.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::exec::Manifest;
+use crate::output::write_atomic;
+
+/// One criterion's numbers in a row.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriterionNumbers {
+    /// Memorization ratio (at the reported snapshot).
+    pub ratio: f64,
+    /// Samples flagged.
+    pub replicates: u64,
+    /// Distinct training images replicated.
+    pub distinct_replicated: u64,
+    /// Their fraction of the training set.
+    pub distinct_fraction: f64,
+    /// Ratio per sample class (when there is more than one class).
+    pub per_class: BTreeMap<String, f64>,
+}
+
+/// One cell's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Grid index.
+    pub index: usize,
+    /// Cell directory name.
+    pub cell: String,
+    /// `finished`, `failed` or `missing`.
+    pub status: String,
+    /// Swept key → short label.
+    pub labels: BTreeMap<String, String>,
+    /// Swept key → value.
+    pub values: BTreeMap<String, Value>,
+    /// Criterion name → numbers.
+    pub criteria: BTreeMap<String, CriterionNumbers>,
+    /// Mean nearest-neighbour L2 distance ([−1, 1] scale).
+    pub mean_nn_l2: Option<f64>,
+    /// DM's per-pixel uint8 "KNN distance".
+    pub mean_nn_l2_u8: Option<f64>,
+    /// Mean rule validity of the samples (synthetic datasets).
+    pub validity: Option<f64>,
+    /// Training images.
+    pub training_images: Option<u64>,
+    /// Steps trained.
+    pub steps: Option<u64>,
+    /// Snapshot the numbers come from.
+    pub snapshot: Option<u64>,
+    /// First criterion's ratio at every evaluated snapshot.
+    pub snapshot_ratios: Vec<(u64, f64)>,
+    /// Training seconds.
+    pub train_seconds: Option<f64>,
+    /// Sampling + evaluation seconds.
+    pub sample_seconds: Option<f64>,
+    /// The error of a failed cell.
+    pub error: Option<String>,
+}
+
+impl Row {
+    /// A swept value as a number, when it is one.
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.values.get(key).and_then(Value::as_f64)
+    }
+
+    /// The ratio of `criterion`, when finished.
+    pub fn ratio(&self, criterion: &str) -> Option<f64> {
+        self.criteria.get(criterion).map(|c| c.ratio)
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_f64()
+}
+
+/// Reads every cell of `manifest` under `dir/cells`.
+pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
+    manifest
+        .cells
+        .iter()
+        .map(|c| {
+            let cdir = dir.join("cells").join(&c.name);
+            let mut row = Row {
+                index: c.index,
+                cell: c.name.clone(),
+                status: "missing".into(),
+                labels: c
+                    .values
+                    .iter()
+                    .map(|v| (v.key.clone(), v.label.clone()))
+                    .collect(),
+                values: c
+                    .values
+                    .iter()
+                    .map(|v| (v.key.clone(), v.value.clone()))
+                    .collect(),
+                criteria: BTreeMap::new(),
+                mean_nn_l2: None,
+                mean_nn_l2_u8: None,
+                validity: None,
+                training_images: None,
+                steps: None,
+                snapshot: None,
+                snapshot_ratios: Vec::new(),
+                train_seconds: None,
+                sample_seconds: None,
+                error: std::fs::read_to_string(cdir.join("error.txt")).ok(),
+            };
+            if row.error.is_some() {
+                row.status = "failed".into();
+            }
+            let done = cdir.join("cell.json").exists();
+            let rep = std::fs::read_to_string(cdir.join("replication.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            if let (true, Some(r)) = (done, rep) {
+                row.status = "finished".into();
+                let e = &r["evaluation"];
+                for cr in e["criteria"].as_array().into_iter().flatten() {
+                    let name = cr["name"].as_str().unwrap_or("?").to_string();
+                    let per_class = cr["per_class"]
+                        .as_object()
+                        .filter(|m| m.len() > 1)
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v["ratio"].as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    row.criteria.insert(
+                        name,
+                        CriterionNumbers {
+                            ratio: cr["ratio"].as_f64().unwrap_or(f64::NAN),
+                            replicates: cr["replicates"].as_u64().unwrap_or(0),
+                            distinct_replicated: cr["distinct_replicated"].as_u64().unwrap_or(0),
+                            distinct_fraction: cr["distinct_fraction"].as_f64().unwrap_or(f64::NAN),
+                            per_class,
+                        },
+                    );
+                }
+                row.mean_nn_l2 = num(e, &["mean_nn_l2"]);
+                row.mean_nn_l2_u8 = num(e, &["mean_nn_l2_per_pixel_u8"]);
+                row.validity = num(e, &["validity", "samples_mean"]);
+                row.training_images = e["training_images"].as_u64();
+                row.steps = r["steps"].as_u64();
+                row.snapshot = r["snapshot"].as_u64();
+                row.snapshot_ratios = r["snapshots"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| {
+                        Some((s["step"].as_u64()?, s["ratios"].get(0)?.get(1)?.as_f64()?))
+                    })
+                    .collect();
+                row.train_seconds = num(&r, &["train_seconds"]);
+                row.sample_seconds = num(&r, &["sample_seconds"]);
+            }
+            row
+        })
+        .collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x}")).unwrap_or_default()
+}
+
+/// `results.csv`: swept keys (numbers as numbers, other values as labels), then per criterion
+/// ratio / replicates / distinct replicated (and per-class ratios), then distances, validity,
+/// steps and times.
+pub fn to_csv(manifest: &Manifest, rows: &[Row]) -> String {
+    let classes: BTreeMap<String, Vec<String>> = manifest
+        .criteria
+        .iter()
+        .map(|c| {
+            let mut ks: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.criteria.get(c))
+                .flat_map(|n| n.per_class.keys().cloned())
+                .collect();
+            ks.sort();
+            ks.dedup();
+            (c.clone(), ks)
+        })
+        .collect();
+    let mut head: Vec<String> = vec!["index".into(), "cell".into(), "status".into()];
+    head.extend(manifest.keys.iter().cloned());
+    for c in &manifest.criteria {
+        head.push(format!("ratio_{c}"));
+        head.push(format!("replicates_{c}"));
+        head.push(format!("distinct_replicated_{c}"));
+        head.push(format!("distinct_fraction_{c}"));
+        for k in &classes[c] {
+            head.push(format!("ratio_{c}_class_{k}"));
+        }
+    }
+    head.extend(
+        [
+            "mean_nn_l2",
+            "mean_nn_l2_u8",
+            "validity",
+            "training_images",
+            "steps",
+            "snapshot",
+            "train_seconds",
+            "sample_seconds",
+        ]
+        .map(String::from),
+    );
+    let mut out = head
+        .iter()
+        .map(|h| csv_field(h))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in rows {
+        let mut f: Vec<String> = vec![r.index.to_string(), r.cell.clone(), r.status.clone()];
+        for k in &manifest.keys {
+            f.push(match r.values.get(k) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                _ => r.labels.get(k).cloned().unwrap_or_default(),
+            });
+        }
+        for c in &manifest.criteria {
+            let n = r.criteria.get(c);
+            f.push(opt(n.map(|n| n.ratio)));
+            f.push(n.map(|n| n.replicates.to_string()).unwrap_or_default());
+            f.push(
+                n.map(|n| n.distinct_replicated.to_string())
+                    .unwrap_or_default(),
+            );
+            f.push(opt(n.map(|n| n.distinct_fraction)));
+            for k in &classes[c] {
+                f.push(opt(n.and_then(|n| n.per_class.get(k).copied())));
+            }
+        }
+        f.push(opt(r.mean_nn_l2));
+        f.push(opt(r.mean_nn_l2_u8));
+        f.push(opt(r.validity));
+        f.push(r.training_images.map(|v| v.to_string()).unwrap_or_default());
+        f.push(r.steps.map(|v| v.to_string()).unwrap_or_default());
+        f.push(r.snapshot.map(|v| v.to_string()).unwrap_or_default());
+        f.push(opt(r.train_seconds));
+        f.push(opt(r.sample_seconds));
+        out.push_str(&f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `results.csv` and `results.json` into `dir`.
+pub fn write(dir: &Path, manifest: &Manifest, rows: &[Row]) -> Result<()> {
+    write_atomic(&dir.join("results.csv"), to_csv(manifest, rows).as_bytes())
+        .with_context(|| format!("writing {}", dir.join("results.csv").display()))?;
+    #[derive(Serialize)]
+    struct Out<'a> {
+        study: &'a str,
+        keys: &'a [String],
+        criteria: &'a [String],
+        rows: &'a [Row],
+    }
+    let out = Out {
+        study: &manifest.name,
+        keys: &manifest.keys,
+        criteria: &manifest.criteria,
+        rows,
+    };
+    write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )
+}
