@@ -331,7 +331,7 @@ sizes = [4, 16, 64]
         "{}",
         r.stdout
     );
-    let e = emm_result(&tmp.path().join("studies/opt"));
+    let e = emm_result(&tmp.path().join("studies/opt-emm"));
     assert_eq!(e[0]["status"], "at-maximum");
     assert_eq!(e[0]["emm"], 64);
     let sizes: Vec<u64> = e[0]["points"]
@@ -344,7 +344,7 @@ sizes = [4, 16, 64]
     for p in e[0]["points"].as_array().unwrap() {
         assert!(p["ratio"].as_f64().unwrap() >= 0.9, "{p}");
     }
-    assert!(tmp.path().join("studies/opt/emm.png").exists());
+    assert!(tmp.path().join("studies/opt-emm/emm.png").exists());
 }
 
 #[test]
@@ -355,7 +355,7 @@ fn emm_on_a_small_unet_brackets_consistently_with_its_ratios() {
         &cfg,
         r#"
 [study]
-name = "unet-emm"
+name = "unet"
 [run]
 seed = 3
 device = "cpu"

@@ -321,7 +321,7 @@ fn run(cli: Cli) -> Result<i32> {
             let cells = study.cells()?;
             let reg = load_for(&cells, &cli.plugin_dirs)?;
             study.validate(&cells, &reg)?;
-            let dir = study.dir(out.as_deref());
+            let dir = study.emm_dir(out.as_deref());
             let searches = crate::study::emm::search_all(&study, &dir, &cli.plugin_dirs, jobs)?;
             for s in &searches {
                 let g = if s.group.is_empty() {

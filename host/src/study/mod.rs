@@ -281,6 +281,13 @@ impl Study {
             .join(self.name())
     }
 
+    /// The directory of the study's EMM search: the study directory's name plus `-emm`, so a
+    /// study and its search can share a config without sharing a manifest.
+    pub fn emm_dir(&self, root: Option<&Path>) -> PathBuf {
+        let d = self.dir(root);
+        d.with_file_name(format!("{}-emm", self.name()))
+    }
+
     /// Every swept key, axis by axis.
     pub fn keys(&self) -> Vec<String> {
         self.axes
