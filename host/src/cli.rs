@@ -482,13 +482,18 @@ fn study_command(
     let cells = study.cells()?;
     let dir = study.dir(out);
     if list {
+        let mut out = std::io::stdout().lock();
         for c in &cells {
-            println!(
+            // A closed pipe (`| head`) just ends the listing.
+            let line = format!(
                 "{:>4}  {}  {}",
                 c.index,
                 c.name,
                 crate::study::describe(&c.values)
             );
+            if writeln!(out, "{line}").is_err() {
+                break;
+            }
         }
         return Ok(0);
     }

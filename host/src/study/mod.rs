@@ -476,10 +476,15 @@ fn slug(s: &str) -> String {
 /// A cell's directory name: `key=value` pairs of its swept values, then the first 8 hex digits
 /// of its training hash.
 pub fn cell_name(values: &[(String, toml::Value)], config: &Config) -> String {
-    let mut parts: Vec<String> = values
-        .iter()
-        .map(|(k, v)| slug(&format!("{}={}", short_key(k), value_label(v))))
-        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    for (k, v) in values {
+        // Zipped keys often repeat (`size=8` for every part of a mixture): once is enough, the
+        // hash below tells the cells apart anyway.
+        let p = slug(&format!("{}={}", short_key(k), value_label(v)));
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
     if parts.is_empty() {
         parts.push("base".into());
     }
