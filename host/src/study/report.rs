@@ -2,7 +2,6 @@
 //! `report.html` that shows the table and the figures together. Everything is regenerated
 //! from the cell directories, so `memlab report` also merges cells run elsewhere (Slurm).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +99,8 @@ fn series(
     x: &str,
     value: impl Fn(&Row) -> Vec<(String, f64)>,
 ) -> Vec<Series> {
-    let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // Series in the order the sweep lists their values (rows are in grid order).
+    let mut by: indexmap::IndexMap<String, Vec<(f64, f64)>> = indexmap::IndexMap::new();
     for r in rows {
         let Some(xv) = r.number(x) else { continue };
         let base = series_label(r, keys, Some(x));
