@@ -26,6 +26,9 @@ pub struct Manifest {
     pub keys: Vec<String>,
     /// The x axis of the line figures, if any.
     pub x: Option<String>,
+    /// Its title in the figures.
+    #[serde(default)]
+    pub x_label: Option<String>,
     /// The criteria of the cells, in `[[criteria]]` order.
     pub criteria: Vec<String>,
     /// Every cell.
@@ -110,6 +113,7 @@ pub fn manifest(study: &Study, cells: &[Cell]) -> Manifest {
         file: study.file.clone(),
         keys: study.keys(),
         x: study.section.x.clone(),
+        x_label: study.section.x_label.clone(),
         criteria: cells
             .first()
             .map(|c| c.config.criteria.iter().map(|c| c.name.clone()).collect())

@@ -58,6 +58,8 @@ pub struct StudySection {
     /// The numeric swept key plotted on the x axis (default: `dataset.size` when swept, else
     /// the first numeric axis).
     pub x: Option<String>,
+    /// Axis title for `x` in the figures (default: the key itself).
+    pub x_label: Option<String>,
     /// Groups of swept keys that vary together instead of forming a product.
     pub zip: Vec<Vec<String>>,
     /// `[study.slurm]`: settings of the exported Slurm array job.

@@ -154,7 +154,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
                     &dir.join(&file),
                     &LineChart {
                         title: &title,
-                        x_label: x,
+                        x_label: m.x_label.as_deref().unwrap_or(x),
                         y_label: "memorization ratio",
                         series: &s,
                         log_x: log_scale(&done, x),
@@ -213,7 +213,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
                         &dir.join(&file),
                         &LineChart {
                             title: &title,
-                            x_label: x,
+                            x_label: m.x_label.as_deref().unwrap_or(x),
                             y_label: "memorization ratio",
                             series: &s,
                             log_x: log_scale(&done, x),
@@ -261,7 +261,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
             &dir.join(&file),
             &LineChart {
                 title: &format!("{}: mean distance to the nearest training image", m.name),
-                x_label: x,
+                x_label: m.x_label.as_deref().unwrap_or(x),
                 y_label: "mean L2 distance ([-1, 1] pixels)",
                 series: &s,
                 log_x: log_scale(&done, x),
