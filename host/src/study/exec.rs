@@ -29,6 +29,9 @@ pub struct Manifest {
     /// Its title in the figures.
     #[serde(default)]
     pub x_label: Option<String>,
+    /// Groups of keys that vary together (`[study] zip`).
+    #[serde(default)]
+    pub zip: Vec<Vec<String>>,
     /// The criteria of the cells, in `[[criteria]]` order.
     pub criteria: Vec<String>,
     /// Every cell.
@@ -114,6 +117,7 @@ pub fn manifest(study: &Study, cells: &[Cell]) -> Manifest {
         keys: study.keys(),
         x: study.section.x.clone(),
         x_label: study.section.x_label.clone(),
+        zip: study.section.zip.clone(),
         criteria: cells
             .first()
             .map(|c| c.config.criteria.iter().map(|c| c.name.clone()).collect())

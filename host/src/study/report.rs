@@ -92,6 +92,22 @@ fn cell_label(r: &Row, keys: &[String]) -> String {
         .join(", ")
 }
 
+/// The swept keys that tell the lines of a figure along `x` apart: all but `x` and the keys
+/// zipped with it.
+fn legend_keys(m: &Manifest, x: &str) -> Vec<String> {
+    let with_x: Vec<&String> = m
+        .zip
+        .iter()
+        .filter(|g| g.iter().any(|k| k == x))
+        .flatten()
+        .collect();
+    m.keys
+        .iter()
+        .filter(|k| !with_x.contains(k))
+        .cloned()
+        .collect()
+}
+
 /// Groups rows into line series along `x`, `value` giving the y of a row.
 fn series(
     rows: &[Row],
@@ -147,7 +163,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
         let title = format!("{}: memorization ratio ({c})", m.name);
         match &x {
             Some(x) => {
-                let s = series(&done, &m.keys, x, |r| {
+                let s = series(&done, &legend_keys(m, x), x, |r| {
                     r.ratio(c).map(|v| (String::new(), v)).into_iter().collect()
                 });
                 line_chart(
@@ -208,7 +224,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
             };
             match &x {
                 Some(x) => {
-                    let s = series(&done, &m.keys, x, per);
+                    let s = series(&done, &legend_keys(m, x), x, per);
                     line_chart(
                         &dir.join(&file),
                         &LineChart {
@@ -250,7 +266,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
         }
     }
     if let Some(x) = &x {
-        let s = series(&done, &m.keys, x, |r| {
+        let s = series(&done, &legend_keys(m, x), x, |r| {
             r.mean_nn_l2
                 .map(|v| (String::new(), v))
                 .into_iter()
