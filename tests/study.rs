@@ -319,6 +319,9 @@ steps = 18
 batch_size = 32
 [emm]
 sizes = [4, 16, 64]
+# A sweep over the size key is for `memlab study`; the search ignores it.
+[sweep]
+"dataset.size" = [4, 16]
 "#,
     )
     .unwrap();

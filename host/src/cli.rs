@@ -573,6 +573,8 @@ fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
         // An EMM search also runs every grid size: check the smallest and the largest.
         if let Some(e) = &study.emm {
             e.check(file)?;
+            let mut study = study.clone();
+            study.axes.retain(|a| !a.keys.contains(&e.key));
             for g in 0..study.len() {
                 for n in [e.sizes[0], *e.sizes.last().expect("checked")] {
                     let mut v = study.values(g);

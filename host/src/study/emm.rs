@@ -127,13 +127,21 @@ pub fn search_all(
 ) -> Result<Vec<Search>> {
     let e = study.emm.clone().unwrap_or_default();
     e.check(&study.file)?;
-    if study.keys().contains(&e.key) {
+    // A sweep over the size itself belongs to `memlab study`; the search ignores that axis, so
+    // one config serves both.
+    let mut study = study.clone();
+    if let Some(a) = study.axes.iter().find(|a| a.keys.contains(&e.key))
+        && a.keys.len() > 1
+    {
         bail!(
-            "{}: `{}` is both swept and the EMM size key; remove it from [sweep]",
+            "{}: `{}` is the EMM size key but is zipped with {:?} in [sweep]; unzip it",
             study.file.display(),
-            e.key
+            e.key,
+            a.keys
         );
     }
+    study.axes.retain(|a| !a.keys.contains(&e.key));
+    let study = &study;
     let criterion = match &e.criterion {
         Some(c) => c.clone(),
         None => study
