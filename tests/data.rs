@@ -76,6 +76,43 @@ fn mixture_parts_become_classes() {
 }
 
 #[test]
+fn per_class_results_name_conditioning_labels_not_dataset_classes() {
+    let reg = Registry::load(&[]).unwrap();
+    let section = DatasetSection {
+        parts: vec![
+            DatasetPart {
+                name: "mondrian".into(),
+                params: table("resolution = 8\nsize = 50"),
+                size: Some(10),
+                label: None,
+            },
+            DatasetPart {
+                name: "random-ink".into(),
+                params: table("resolution = 8\nsize = 50"),
+                size: Some(10),
+                label: None,
+            },
+        ],
+        ..Default::default()
+    };
+    let names = |cond: &str, params: &str| {
+        let c = reg.conditioning(cond, params, 0).unwrap();
+        load(&reg, &section, 4, &c)
+            .unwrap()
+            .train
+            .sample_class_names()
+    };
+    // True labels pass through: the parts' names.
+    assert_eq!(names("class", ""), ["mondrian", "random-ink"]);
+    // Random labels are not the dataset's classes, even with as many of them.
+    assert_eq!(names("random", "classes = 2"), ["label 0", "label 1"]);
+    // Unconditional: no labels, no per-class results.
+    assert!(names("none", "").is_empty());
+    // Unique labels (20 here) are listed up to 32 classes.
+    assert_eq!(names("unique", "").len(), 20);
+}
+
+#[test]
 fn per_class_subset_takes_the_first_images_of_each_class() {
     let tmp = tempfile::tempdir().unwrap();
     for (class, colour) in [("cat", [200u8, 10, 10]), ("dog", [10, 10, 200])] {

@@ -119,6 +119,20 @@ impl TrainingSet {
         self.labels.is_empty()
     }
 
+    /// Names of the labels samples are generated with (per-class results): the dataset's class
+    /// names when the conditioning passes the true labels through, `label k` for other labellings
+    /// (random labels are not the dataset's classes), none beyond 32 classes (unique labels).
+    pub fn sample_class_names(&self) -> Vec<String> {
+        let k = self.cond_classes as usize;
+        if k == self.class_names.len() && self.cond_labels == self.labels {
+            self.class_names.clone()
+        } else if k <= 32 {
+            (0..k).map(|i| format!("label {i}")).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Values per image.
     pub fn image_len(&self) -> usize {
         self.shape.iter().product()

@@ -415,15 +415,8 @@ pub fn evaluate_full(
 ) -> Result<Evaluation> {
     let dim = loaded.train.image_len();
     let data = &loaded.train;
-    let mut evaluation = evaluate(
-        samples,
-        labels,
-        &data.class_names,
-        &data.images,
-        dim,
-        criteria,
-        dev,
-    )?;
+    let names = data.sample_class_names();
+    let mut evaluation = evaluate(samples, labels, &names, &data.images, dim, criteria, dev)?;
     if let Some(ho) = &loaded.heldout {
         evaluation.heldout = Some(crate::eval::heldout_baseline(
             ho,
@@ -438,16 +431,15 @@ pub fn evaluate_full(
     let k = loaded.train.len().min(256);
     let train_labels = loaded.train.labels[..k].to_vec();
     let train_images = loaded.train.images[..k * dim].to_vec();
-    if let (Some(vs), Some(vt)) = (
-        loaded.validity(samples, labels)?,
-        loaded.validity(&train_images, &train_labels)?,
-    ) {
-        evaluation.validity = Some(crate::eval::validity_summary(
-            &vs,
-            labels,
-            &vt,
-            &loaded.train.class_names,
-        ));
+    // A mixture's rules are chosen by the sample's label: only meaningful for true labels.
+    let labels_are_classes = loaded.train.sample_class_names() == loaded.train.class_names;
+    if (!loaded.mixture || labels_are_classes)
+        && let (Some(vs), Some(vt)) = (
+            loaded.validity(samples, labels)?,
+            loaded.validity(&train_images, &train_labels)?,
+        )
+    {
+        evaluation.validity = Some(crate::eval::validity_summary(&vs, labels, &vt, &names));
     }
     Ok(evaluation)
 }
