@@ -121,12 +121,13 @@ impl TrainingSet {
 
     /// Names of the labels samples are generated with (per-class results): the dataset's class
     /// names when the conditioning passes the true labels through, `label k` for other labellings
-    /// (random labels are not the dataset's classes), none beyond 32 classes (unique labels).
+    /// (random labels are not the dataset's classes), none beyond 10 labels (per-label results
+    /// of unique or many random labels would only be noise).
     pub fn sample_class_names(&self) -> Vec<String> {
         let k = self.cond_classes as usize;
         if k == self.class_names.len() && self.cond_labels == self.labels {
             self.class_names.clone()
-        } else if k <= 32 {
+        } else if k <= 10 {
             (0..k).map(|i| format!("label {i}")).collect()
         } else {
             Vec::new()

@@ -162,12 +162,34 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
                         Some((s["step"].as_u64()?, s["ratios"].get(0)?.get(1)?.as_f64()?))
                     })
                     .collect();
-                row.train_seconds = num(&r, &["train_seconds"]);
+                // Wall time of all training, across resumes (a re-evaluation trains nothing).
+                row.train_seconds = training_seconds(&cdir.join("metrics.jsonl"))
+                    .or_else(|| num(&r, &["train_seconds"]));
                 row.sample_seconds = num(&r, &["sample_seconds"]);
             }
             row
         })
         .collect()
+}
+
+/// Total training wall time from `metrics.jsonl`: `elapsed_s` restarts at each resume, so the
+/// last value of every segment is summed.
+fn training_seconds(metrics: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(metrics).ok()?;
+    let (mut total, mut last) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some(e) = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v["elapsed_s"].as_f64())
+        else {
+            continue;
+        };
+        if e < last {
+            total += last;
+        }
+        last = e;
+    }
+    Some(total + last)
 }
 
 fn csv_field(s: &str) -> String {
