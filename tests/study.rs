@@ -445,3 +445,56 @@ bisections = 1
     assert!(!r2.stderr.contains("train step"), "{}", r2.stderr);
     assert_eq!(emm_result(&dir)[0]["emm"], e["emm"]);
 }
+
+/// The exported array job on a real Slurm cluster: `tests/slurm/start.sh` starts a single-node
+/// one (`.ci/run` does, and sets `MEMLAB_SLURM=1` when it came up). Without it the test says so
+/// and passes; with `MEMLAB_SLURM=1` a missing or broken cluster fails it.
+#[test]
+fn slurm_array_job_runs_every_cell_on_a_real_cluster() {
+    if std::env::var("MEMLAB_SLURM").as_deref() != Ok("1") {
+        eprintln!("skipped: set MEMLAB_SLURM=1 after tests/slurm/start.sh to run against Slurm");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sweep_config(tmp.path(), 30);
+    // Resources of the array tasks come from [study.slurm].
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[run]",
+        "[study.slurm]\ncpus_per_task = 1\ntime = \"00:10:00\"\nmax_parallel = 2\n\n[run]",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let study = tmp.path().join("studies/grid");
+    let r = memlab(
+        &["study", cfg.to_str().unwrap(), "--slurm"],
+        None,
+        Some(tmp.path()),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let script = study.join("slurm.sh");
+    assert!(
+        std::fs::read_to_string(&script)
+            .unwrap()
+            .contains("#SBATCH --array=0-3%2\n")
+    );
+    let out = Command::new("sbatch")
+        .arg("--wait")
+        .arg(&script)
+        .env_remove("MEMLAB_PLUGIN_PATH")
+        .output()
+        .expect("sbatch");
+    assert!(
+        out.status.success(),
+        "sbatch --wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One task per cell, each wrote its own log and finished its own cell.
+    let logs = std::fs::read_dir(study.join("slurm")).unwrap().count();
+    assert_eq!(logs, 4, "one log per array task");
+    assert_eq!(done_cells(&study).len(), 4);
+    let r = memlab(&["report", study.to_str().unwrap()], None, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = csv_rows(&study.join("results.csv"));
+    assert_eq!(rows.len(), 5);
+    assert!(rows[1..].iter().all(|r| r[2] == "finished"), "{rows:?}");
+}
