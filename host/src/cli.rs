@@ -562,11 +562,7 @@ fn study_command(
 }
 
 fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        message: format!("cannot read the file: {e}"),
-    })?;
+    let text = crate::config::read_text(file)?;
     if crate::study::Study::is_study(&text) {
         let study = crate::study::Study::parse(&text, file)?;
         let mut cells = study.cells()?;

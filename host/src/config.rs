@@ -383,6 +383,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Reads a config file; a failure names the file.
+pub fn read_text(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })
+}
+
 /// Sets a dotted key (`train.lr`, `dataset.parts.1.size`) in a TOML document: missing
 /// tables are created, numeric segments index arrays (which must already hold that element).
 pub fn set_key(doc: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
@@ -458,11 +467,7 @@ impl Config {
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            key: String::new(),
-            message: format!("cannot read the file: {e}"),
-        })?;
+        let text = read_text(path)?;
         let mut cfg = Config::parse(&text, path)?;
         cfg.resolve_plugin_dirs(path);
         Ok(cfg)

@@ -163,8 +163,7 @@ impl Study {
     /// Reads a study file and applies `--set` overrides (to any key, `study.*` and
     /// `sweep.*` included).
     pub fn load(file: &Path, sets: &[String]) -> Result<Study, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| cfg_err(file, "", format!("cannot read the file: {e}")))?;
+        let text = crate::config::read_text(file)?;
         let text = crate::run::apply_overrides(&text, sets, file)?;
         Study::parse(&text, file)
     }

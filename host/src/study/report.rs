@@ -149,6 +149,65 @@ fn log_scale(rows: &[Row], x: &str) -> bool {
     lo > 0.0 && hi / lo >= 4.0
 }
 
+/// A ratio figure: lines along `x` (one per legend value and per label `value` returns), or
+/// grouped bars per cell when the sweep has no numeric axis.
+#[allow(clippy::too_many_arguments)]
+fn ratio_figure(
+    path: &Path,
+    title: &str,
+    m: &Manifest,
+    done: &[Row],
+    x: Option<&str>,
+    criterion: &str,
+    value: impl Fn(&Row) -> Vec<(String, f64)>,
+) -> Result<()> {
+    match x {
+        Some(x) => {
+            let s = series(done, &legend_keys(m, x), x, value);
+            line_chart(
+                path,
+                &LineChart {
+                    title,
+                    x_label: m.x_label.as_deref().unwrap_or(x),
+                    y_label: "memorization ratio",
+                    series: &s,
+                    log_x: log_scale(done, x),
+                    y_range: Some((0.0, 1.05)),
+                    hline: None,
+                },
+            )
+        }
+        None => {
+            let groups: Vec<(String, Vec<Bar>)> = done
+                .iter()
+                .map(|r| {
+                    let bars = value(r)
+                        .into_iter()
+                        .map(|(label, value)| Bar {
+                            label: if label.is_empty() {
+                                criterion.to_string()
+                            } else {
+                                label
+                            },
+                            value,
+                        })
+                        .collect();
+                    (cell_label(r, &m.keys), bars)
+                })
+                .collect();
+            bar_chart(
+                path,
+                &BarChart {
+                    title,
+                    y_label: "memorization ratio",
+                    groups: &groups,
+                    y_range: Some((0.0, 1.05)),
+                },
+            )
+        }
+    }
+}
+
 /// Draws every figure of the study into `dir`; returns their file names.
 pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
     let done: Vec<Row> = rows
@@ -159,58 +218,18 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let x = x_key(m, &done);
     for c in &m.criteria {
+        let overall = |r: &Row| -> Vec<(String, f64)> {
+            r.ratio(c).map(|v| (String::new(), v)).into_iter().collect()
+        };
         let file = format!("ratio-{}.png", slug(c));
         let title = format!("{}: memorization ratio ({c})", m.name);
-        match &x {
-            Some(x) => {
-                let s = series(&done, &legend_keys(m, x), x, |r| {
-                    r.ratio(c).map(|v| (String::new(), v)).into_iter().collect()
-                });
-                line_chart(
-                    &dir.join(&file),
-                    &LineChart {
-                        title: &title,
-                        x_label: m.x_label.as_deref().unwrap_or(x),
-                        y_label: "memorization ratio",
-                        series: &s,
-                        log_x: log_scale(&done, x),
-                        y_range: Some((0.0, 1.05)),
-                        hline: None,
-                    },
-                )?;
-            }
-            None => {
-                let groups: Vec<(String, Vec<Bar>)> = done
-                    .iter()
-                    .map(|r| {
-                        (
-                            cell_label(r, &m.keys),
-                            vec![Bar {
-                                label: c.clone(),
-                                value: r.ratio(c).unwrap_or(f64::NAN),
-                            }],
-                        )
-                    })
-                    .collect();
-                bar_chart(
-                    &dir.join(&file),
-                    &BarChart {
-                        title: &title,
-                        y_label: "memorization ratio",
-                        groups: &groups,
-                        y_range: Some((0.0, 1.05)),
-                    },
-                )?;
-            }
-        }
+        ratio_figure(&dir.join(&file), &title, m, &done, x.as_deref(), c, overall)?;
         out.push(file);
         // Per-class ratios (class-conditional studies, e.g. Yoon et al. H3).
         if done
             .iter()
             .any(|r| r.criteria.get(c).is_some_and(|n| !n.per_class.is_empty()))
         {
-            let file = format!("ratio-per-class-{}.png", slug(c));
-            let title = format!("{}: memorization ratio per class ({c})", m.name);
             let per = |r: &Row| -> Vec<(String, f64)> {
                 r.criteria
                     .get(c)
@@ -222,46 +241,9 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
                     })
                     .unwrap_or_default()
             };
-            match &x {
-                Some(x) => {
-                    let s = series(&done, &legend_keys(m, x), x, per);
-                    line_chart(
-                        &dir.join(&file),
-                        &LineChart {
-                            title: &title,
-                            x_label: m.x_label.as_deref().unwrap_or(x),
-                            y_label: "memorization ratio",
-                            series: &s,
-                            log_x: log_scale(&done, x),
-                            y_range: Some((0.0, 1.05)),
-                            hline: None,
-                        },
-                    )?;
-                }
-                None => {
-                    let groups: Vec<(String, Vec<Bar>)> = done
-                        .iter()
-                        .map(|r| {
-                            (
-                                cell_label(r, &m.keys),
-                                per(r)
-                                    .into_iter()
-                                    .map(|(label, value)| Bar { label, value })
-                                    .collect(),
-                            )
-                        })
-                        .collect();
-                    bar_chart(
-                        &dir.join(&file),
-                        &BarChart {
-                            title: &title,
-                            y_label: "memorization ratio",
-                            groups: &groups,
-                            y_range: Some((0.0, 1.05)),
-                        },
-                    )?;
-                }
-            }
+            let file = format!("ratio-per-class-{}.png", slug(c));
+            let title = format!("{}: memorization ratio per class ({c})", m.name);
+            ratio_figure(&dir.join(&file), &title, m, &done, x.as_deref(), c, per)?;
             out.push(file);
         }
     }
