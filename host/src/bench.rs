@@ -188,6 +188,7 @@ pub fn train(
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.0,
+        coupled: false,
     };
     let mut g = SplitMix64(1);
     let per = 3 * res * res;

@@ -201,8 +201,13 @@ pub struct TrainSection {
     pub lr: f64,
     /// Adam β₁, β₂.
     pub betas: [f64; 2],
-    /// Decoupled weight decay (AdamW); 0 gives Adam.
+    /// Weight decay; 0 gives Adam.
     pub weight_decay: f64,
+    /// How `weight_decay` acts: `decoupled` (AdamW) or `l2` (added to the gradient, as
+    /// torch.optim.Adam's `weight_decay`, which DM uses). Left out of the resolved config
+    /// (and so of the training hash) when default, so existing runs keep their identity.
+    #[serde(skip_serializing_if = "WeightDecayMode::is_default")]
+    pub weight_decay_mode: WeightDecayMode,
     /// Linear learning-rate warm-up, in steps.
     pub warmup_steps: u64,
     /// Clip the global gradient norm to this (0: off).
@@ -253,6 +258,7 @@ impl Default for TrainSection {
             lr: 1e-4,
             betas: [0.9, 0.999],
             weight_decay: 0.0,
+            weight_decay_mode: WeightDecayMode::Decoupled,
             warmup_steps: 0,
             grad_clip: 0.0,
             ema_decay: 0.999,
@@ -261,6 +267,23 @@ impl Default for TrainSection {
             epochs: 0,
             snapshot_every: 0,
         }
+    }
+}
+
+/// How weight decay enters the Adam step.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightDecayMode {
+    /// AdamW: `p ← p − lr·wd·p`, independent of the gradient scale.
+    #[default]
+    Decoupled,
+    /// L2 in the gradient: `g ← g + wd·p` before the moments (torch.optim.Adam, DM).
+    L2,
+}
+
+impl WeightDecayMode {
+    fn is_default(&self) -> bool {
+        *self == WeightDecayMode::Decoupled
     }
 }
 
@@ -280,9 +303,9 @@ pub struct SampleSection {
     pub ema: bool,
     /// Sample from the snapshot after this many steps instead of the final weights.
     pub snapshot: Option<u64>,
-    /// Sample and evaluate every snapshot except the first (all of them when there is only
-    /// one) and report the one with the highest ratio of the first criterion — DM's protocol
-    /// for the memorization ratio of a training run.
+    /// Sample and evaluate every snapshot and report the one with the highest ratio of the
+    /// first criterion — DM's protocol for the memorization ratio of a training run (DM skips
+    /// its first snapshot, the untrained one at step 0, which memlab does not write).
     pub every_snapshot: bool,
 }
 

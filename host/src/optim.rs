@@ -16,8 +16,11 @@ pub struct AdamConfig {
     pub betas: [f64; 2],
     /// ε.
     pub eps: f64,
-    /// Decoupled weight decay (AdamW); 0 is plain Adam.
+    /// Weight decay; 0 is plain Adam.
     pub weight_decay: f64,
+    /// `true`: L2 added to the gradient (`g + wd·p`, torch.optim.Adam's `weight_decay`, which
+    /// DM uses); `false`: decoupled (AdamW, `p ← p − lr·wd·p`).
+    pub coupled: bool,
 }
 
 /// Adam moments of every parameter, by name.
@@ -58,7 +61,8 @@ pub fn scale_grads(grads: &mut IndexMap<String, DispatchTensor>, s: f64) -> Resu
 }
 
 /// One Adam(W) step at learning rate `lr` (already warmed up) on every parameter that has a
-/// gradient. Bias-corrected moments, decoupled weight decay `p ← p − lr·wd·p`.
+/// gradient. Bias-corrected moments; weight decay decoupled (`p ← p − lr·wd·p`) or, with
+/// `cfg.coupled`, added to the gradient as L2.
 pub fn adam_step(
     params: &mut ParamStore,
     state: &mut AdamState,
@@ -87,11 +91,16 @@ pub fn adam_step(
                 Some(v) => Tensor::<D>::from_dispatch(v.clone()),
                 None => g.zeros_like(),
             };
+            let g = if cfg.coupled && cfg.weight_decay > 0.0 {
+                g + p.clone().mul_scalar(cfg.weight_decay)
+            } else {
+                g
+            };
             let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
             let v = v.mul_scalar(b2) + (g.clone() * g).mul_scalar(1.0 - b2);
             let update = m.clone().div_scalar(bc1) / (v.clone().div_scalar(bc2).sqrt().add_scalar(cfg.eps));
             let mut p = p;
-            if cfg.weight_decay > 0.0 {
+            if cfg.weight_decay > 0.0 && !cfg.coupled {
                 p = p.clone() - p.mul_scalar(lr * cfg.weight_decay);
             }
             let p = p - update.mul_scalar(lr);
@@ -120,4 +129,48 @@ pub fn ema_update(ema: &mut ParamStore, params: &ParamStore, decay: f64) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// One step from p = 1 with gradient 0.5, wd = 0.1, lr = 0.01: the bias-corrected update
+    /// is g/|g| = 1 either way, so AdamW gives 1 − 0.01·0.1 − 0.01 = 0.989 and Adam with L2
+    /// (gradient 0.5 + 0.1) gives 1 − 0.01 = 0.99.
+    #[test]
+    fn decoupled_and_l2_weight_decay() {
+        let dev = Device::flex();
+        for (coupled, want) in [(false, 0.989), (true, 0.99)] {
+            let mut store = ParamStore::new(0);
+            let one =
+                crate::engine::rank::to_dispatch(TensorData::new(vec![1.0f32], [1]), &dev).unwrap();
+            store.insert(
+                "w",
+                crate::engine::params::Param {
+                    shape: vec![1],
+                    value: one,
+                },
+            );
+            let mut grads = IndexMap::new();
+            grads.insert(
+                "w".to_string(),
+                crate::engine::rank::to_dispatch(TensorData::new(vec![0.5f32], [1]), &dev).unwrap(),
+            );
+            let cfg = AdamConfig {
+                lr: 0.01,
+                betas: [0.9, 0.999],
+                eps: 1e-12,
+                weight_decay: 0.1,
+                coupled,
+            };
+            adam_step(&mut store, &mut AdamState::default(), &grads, &cfg, 0.01).unwrap();
+            let v = Tensor::<1>::from_dispatch(store.get("w").unwrap().value.clone())
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()[0];
+            assert!((v as f64 - want).abs() < 1e-6, "coupled = {coupled}: {v}");
+        }
+    }
 }

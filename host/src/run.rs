@@ -283,15 +283,15 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         derive_seed(seed, stream::LABELS),
         cfg.sample.count,
     )?;
-    // Which weights to sample: the final ones, one chosen snapshot, or every snapshot but the
-    // first (DM: the run's memorization ratio is the highest over its snapshots).
+    // Which weights to sample: the final ones, one chosen snapshot, or every snapshot (DM: the
+    // run's memorization ratio is the highest over its snapshots; DM skips its first snapshot,
+    // the untrained step-0 one, which memlab never writes).
     let snaps_dir = dir.join("snapshots");
     let targets: Vec<Option<u64>> = if model.info.parameter_free {
         vec![None]
     } else if cfg.sample.every_snapshot {
         let all = crate::snapshot::list(&snaps_dir);
-        let skip = usize::from(all.len() > 1);
-        all[skip..].iter().map(|(s, _)| Some(*s)).collect()
+        all.iter().map(|(s, _)| Some(*s)).collect()
     } else {
         vec![cfg.sample.snapshot]
     };

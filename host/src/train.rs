@@ -137,6 +137,7 @@ pub fn train(
         betas: cfg.betas,
         eps: 1e-8,
         weight_decay: cfg.weight_decay,
+        coupled: cfg.weight_decay_mode == crate::config::WeightDecayMode::L2,
     };
     let per = data.image_len();
     let t0 = Instant::now();
