@@ -168,7 +168,7 @@ mod tests {
             adam_step(&mut store, &mut AdamState::default(), &grads, &cfg, 0.01).unwrap();
             let v = Tensor::<1>::from_dispatch(store.get("w").unwrap().value.clone())
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()[0];
             assert!((v as f64 - want).abs() < 1e-6, "coupled = {coupled}: {v}");
         }
