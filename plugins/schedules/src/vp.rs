@@ -19,7 +19,24 @@ pub const PARAMS: &[Param] = &[
         "1e-3",
         "ε_s: sampling t runs from 1 down to ε_s",
     ),
+    param(
+        "sampling",
+        "\"vp\" | \"karras\"",
+        "\"vp\"",
+        "sampling σ steps: the VP time discretization (t from 1 to ε_s) or EDM's ρ = 7 spacing on [0.002, 80], as DiffMemorize's evaluation uses",
+    ),
 ];
+
+/// How `vp` spaces its sampling σ's.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(crate = "memlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum Sampling {
+    /// t uniform from 1 down to ε_s, σ = σ(t) (EDM's VP sampler).
+    #[default]
+    Vp,
+    /// EDM's σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, σ ∈ [0.002, 80], ρ = 7.
+    Karras,
+}
 
 /// VP: σ(t) = √(exp(½β_d t² + β_min t) − 1); c_skip = 1, c_out = −σ, c_in = 1/√(σ²+1),
 /// c_noise = (M − 1)·t(σ); λ(σ) = 1/σ².
@@ -36,6 +53,8 @@ pub struct Vp {
     pub epsilon_t: f64,
     /// ε_s, the last sampling t.
     pub epsilon_s: f64,
+    /// Sampling σ spacing.
+    pub sampling: Sampling,
 }
 
 impl Default for Vp {
@@ -46,6 +65,7 @@ impl Default for Vp {
             m: 1000,
             epsilon_t: 1e-5,
             epsilon_s: 1e-3,
+            sampling: Sampling::Vp,
         }
     }
 }
@@ -111,6 +131,9 @@ impl NoiseSchedule for Vp {
     fn sampling_sigmas(&self, steps: usize) -> PResult<Vec<f64>> {
         if steps == 0 {
             return Err("need at least one sampling step".into());
+        }
+        if self.sampling == Sampling::Karras {
+            return Ok(crate::edm::karras_sigmas(steps, 0.002, 80.0, 7.0));
         }
         let mut s: Vec<f64> = (0..steps)
             .map(|i| {
@@ -190,6 +213,18 @@ mod tests {
         assert!(s.windows(2).all(|w| w[1] < w[0]));
         assert_eq!(v.sampling_sigmas(1).unwrap(), [v.sigma(1.0), 0.0]);
         assert!(v.sampling_sigmas(0).is_err());
+    }
+
+    #[test]
+    fn karras_sampling_matches_edm() {
+        let p = Params::from_toml("sampling = \"karras\"").unwrap();
+        let v = Vp::from_params(&p, 0).unwrap();
+        let want = crate::edm::karras_sigmas(18, 0.002, 80.0, 7.0);
+        assert_eq!(v.sampling_sigmas(18).unwrap(), want);
+        assert_eq!(want.len(), 19);
+        assert!(
+            (want[0] - 80.0).abs() < 1e-9 && (want[17] - 0.002).abs() < 1e-12 && want[18] == 0.0
+        );
     }
 
     #[test]
