@@ -116,6 +116,24 @@ impl NoiseSchedule for Edm {
     }
 }
 
+/// EDM's sampling σ's: σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for
+/// i = 0..N−1, then 0.
+pub fn karras_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+    let (a, b) = (sigma_max.powf(1.0 / rho), sigma_min.powf(1.0 / rho));
+    let mut s: Vec<f64> = (0..steps)
+        .map(|i| {
+            let t = if steps == 1 {
+                0.0
+            } else {
+                i as f64 / (steps - 1) as f64
+            };
+            (a + t * (b - a)).powf(rho)
+        })
+        .collect();
+    s.push(0.0);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,22 +186,4 @@ mod tests {
         let e = Edm::from_params(&Params::from_toml("sigmadata = 1.0").unwrap(), 0).unwrap_err();
         assert!(e.contains("unknown field `sigmadata`"), "{e}");
     }
-}
-
-/// EDM's sampling σ's: σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for
-/// i = 0..N−1, then 0.
-pub fn karras_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
-    let (a, b) = (sigma_max.powf(1.0 / rho), sigma_min.powf(1.0 / rho));
-    let mut s: Vec<f64> = (0..steps)
-        .map(|i| {
-            let t = if steps == 1 {
-                0.0
-            } else {
-                i as f64 / (steps - 1) as f64
-            };
-            (a + t * (b - a)).powf(rho)
-        })
-        .collect();
-    s.push(0.0);
-    s
 }
