@@ -134,9 +134,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--res", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--forward-batch", type=int, default=256)
-    ap.add_argument("--forward-reps", type=int, default=2)
+    ap.add_argument("--forward-reps", type=int, default=8)
+    ap.add_argument("--sample-batch", type=int, default=256)
+    ap.add_argument("--sample-steps", type=int, default=18)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -162,13 +164,46 @@ def main():
         opt.step()
         times.append(time.perf_counter() - t0)
     times = times[1:]
-    fwd = []
-    with torch.no_grad():
-        for _ in range(a.forward_reps):
-            x = torch.randn(a.forward_batch, 3, a.res, a.res)
-            t0 = time.perf_counter()
-            net(x, torch.zeros(a.forward_batch))
-            fwd.append(time.perf_counter() - t0)
+    def forward_times(batch):
+        out = []
+        with torch.no_grad():
+            for _ in range(a.forward_reps):
+                x = torch.randn(batch, 3, a.res, a.res)
+                t0 = time.perf_counter()
+                net(x, torch.zeros(batch))
+                out.append(time.perf_counter() - t0)
+        return out
+
+    fwd = forward_times(a.forward_batch)
+    small = forward_times(a.batch)
+
+    def denoise(x, sigma):
+        # EDMPrecond around the same network, as in the training step above.
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
+        c_in = 1 / (sigma**2 + sd**2) ** 0.5
+        t = torch.full((x.shape[0],), math.log(sigma) / 4)
+        return c_skip * x + c_out * net(c_in * x, t)
+
+    sample_s = float("nan")
+    if a.sample_batch > 0 and a.sample_steps > 0:
+        # EDM's edm_sampler with S_churn = 0 (deterministic Heun), its σ steps (rho = 7).
+        n, smin, smax, rho = a.sample_steps, 0.002, 80.0, 7.0
+        i = torch.arange(n, dtype=torch.float64)
+        steps = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        steps = torch.cat([steps, torch.zeros(1, dtype=torch.float64)]).tolist()
+        x = torch.randn(a.sample_batch, 3, a.res, a.res) * smax
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k in range(n):
+                s, s2 = steps[k], steps[k + 1]
+                d = (x - denoise(x, s)) / s
+                x_next = x + (s2 - s) * d
+                if k < n - 1:
+                    d2 = (x_next - denoise(x_next, s2)) / s2
+                    x_next = x + (s2 - s) * (0.5 * d + 0.5 * d2)
+                x = x_next
+        sample_s = time.perf_counter() - t0
     print(json.dumps({
         "framework": f"torch {torch.__version__}",
         "threads": torch.get_num_threads(),
@@ -178,6 +213,12 @@ def main():
         "train_steps_s": times,
         "forward_batch": a.forward_batch,
         "forward_s": sorted(fwd)[len(fwd) // 2],
+        "forward_all_s": fwd,
+        "forward_small_s": sorted(small)[len(small) // 2],
+        "sample_batch": a.sample_batch,
+        "sample_steps": a.sample_steps,
+        "sample_s": sample_s,
+        "sample_images_per_s": a.sample_batch / sample_s,
     }, indent=2))
 
 

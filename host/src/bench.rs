@@ -148,6 +148,18 @@ pub struct TrainReport {
     pub forward_batch: usize,
     /// Median seconds per inference forward pass.
     pub forward_s: f64,
+    /// Every timed forward pass at `forward_batch`, seconds.
+    pub forward_all_s: Vec<f64>,
+    /// Median seconds per inference forward pass at the training batch size.
+    pub forward_small_s: f64,
+    /// Images in the sampling measurement (0: not measured).
+    pub sample_batch: usize,
+    /// Heun steps (EDM σ schedule, ρ = 7, σ ∈ [0.002, 80]): 2·steps − 1 evaluations.
+    pub sample_steps: usize,
+    /// Seconds for the whole sampling run.
+    pub sample_s: f64,
+    /// Sampling throughput, images per second.
+    pub sample_images_per_s: f64,
     /// CPU threads available to the engine.
     pub threads: usize,
 }
@@ -164,6 +176,8 @@ pub fn train(
     steps: usize,
     forward_batch: usize,
     forward_reps: usize,
+    sample_batch: usize,
+    sample_steps: usize,
 ) -> Result<TrainReport> {
     use crate::model::Model;
     use crate::optim::{AdamConfig, AdamState, adam_step};
@@ -210,21 +224,59 @@ pub fn train(
     times.remove(0);
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
-    let mut fwd = Vec::new();
-    for _ in 0..forward_reps {
-        let x: Vec<f32> = (0..forward_batch * per)
-            .map(|_| g.normal() as f32)
+    let mut forward = |fb: usize, reps: usize| -> Result<Vec<f64>> {
+        let mut fwd = Vec::new();
+        for _ in 0..reps {
+            let x: Vec<f32> = (0..fb * per).map(|_| g.normal() as f32).collect();
+            let x = burn::tensor::Tensor::<4>::from_data(
+                burn::tensor::TensorData::new(x, [fb, 3, res, res]),
+                &device,
+            );
+            let t = Instant::now();
+            let out = model.denoise(&mut store, x, &vec![1.0; fb], None)?;
+            black_box(out.into_data());
+            fwd.push(t.elapsed().as_secs_f64());
+        }
+        Ok(fwd)
+    };
+    let fwd = forward(forward_batch, forward_reps)?;
+    let mut small = forward(batch, forward_reps)?;
+    let forward_all_s = fwd.clone();
+    let mut fwd = fwd;
+    fwd.sort_by(f64::total_cmp);
+    small.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    let mut sample_s = f64::NAN;
+    if sample_batch > 0 && sample_steps > 0 {
+        // EDM's σ steps (Karras et al. 2022, eq. 5) and Heun sampler, as `edm_sampler`.
+        let (smin, smax, rho) = (0.002f64, 80.0f64, 7.0f64);
+        let n = sample_steps;
+        let mut sigmas: Vec<f64> = (0..n)
+            .map(|i| {
+                let f = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+                (smax.powf(1.0 / rho) + f * (smin.powf(1.0 / rho) - smax.powf(1.0 / rho))).powf(rho)
+            })
+            .collect();
+        sigmas.push(0.0);
+        let x: Vec<f32> = (0..sample_batch * per)
+            .map(|_| (g.normal() * smax) as f32)
             .collect();
         let x = burn::tensor::Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(x, [forward_batch, 3, res, res]),
+            burn::tensor::TensorData::new(x, [sample_batch, 3, res, res]),
             &device,
         );
         let t = Instant::now();
-        let out = model.denoise(&mut store, x, &vec![1.0; forward_batch], None)?;
+        let out = crate::sampler::sample(
+            crate::sampler::Sampler::Heun,
+            &sigmas,
+            x,
+            &mut |x, s| model.denoise(&mut store, x, &vec![s; sample_batch], None),
+            &mut |like| like.zeros_like(),
+            &mut |_| {},
+        )?;
         black_box(out.into_data());
-        fwd.push(t.elapsed().as_secs_f64());
+        sample_s = t.elapsed().as_secs_f64();
     }
-    fwd.sort_by(f64::total_cmp);
     Ok(TrainReport {
         arch: format!("{arch} ({})", params.replace('\n', ", ")),
         parameters: store.num_scalars(),
@@ -232,9 +284,111 @@ pub fn train(
         train_step_s: sorted[sorted.len() / 2],
         train_steps_s: times,
         forward_batch,
-        forward_s: fwd.get(fwd.len() / 2).copied().unwrap_or(f64::NAN),
+        forward_s: median(&fwd),
+        forward_all_s,
+        forward_small_s: median(&small),
+        sample_batch,
+        sample_steps,
+        sample_s,
+        sample_images_per_s: sample_batch as f64 / sample_s,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
     })
+}
+
+/// One row of `memlab bench kernels`: an op at one shape, memlab's kernel against burn's op.
+#[derive(Debug, Serialize)]
+pub struct KernelRow {
+    /// Op and shape.
+    pub op: String,
+    /// Median ms of memlab's kernel, forward + backward.
+    pub memlab_ms: f64,
+    /// Median ms of burn's generic op, forward + backward.
+    pub burn_ms: f64,
+}
+
+/// Times forward + backward of each hand-written kernel against burn's own op on the
+/// benchmark UNet's shapes (`reps` repetitions, medians).
+pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
+    use crate::engine::kernels as k;
+    use burn::tensor::module as fmod;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Device, Tensor, TensorData, activation};
+    let dev = Device::flex().autodiff();
+    let mut g = SplitMix64(3);
+    let mut rand = |shape: &[usize]| -> Vec<f32> {
+        (0..shape.iter().product::<usize>())
+            .map(|_| g.normal() as f32)
+            .collect()
+    };
+    fn t4(v: Vec<f32>, s: [usize; 4], d: &Device) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v, s), d)
+    }
+    fn t1(v: Vec<f32>, n: usize, d: &Device) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v, [n]), d)
+    }
+    let median = |f: &mut dyn FnMut()| {
+        f();
+        let mut t: Vec<f64> = (0..reps)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let mut rows = Vec::new();
+    for (n, c, hw, kk, stride) in [
+        (32, 32, 32, 3, 1),
+        (32, 64, 16, 3, 1),
+        (32, 64, 8, 3, 1),
+        (32, 64, 16, 1, 1),
+        (32, 64, 16, 3, 2),
+    ] {
+        let xs = [n, c, hw, hw];
+        let (x, w, b) = (rand(&xs), rand(&[c, c, kk, kk]), rand(&[c]));
+        let pad = kk / 2;
+        let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+        let run = |fast: bool| {
+            let xt = t4(x.clone(), xs, &dev).require_grad();
+            let wt = t4(w.clone(), [c, c, kk, kk], &dev).require_grad();
+            let bt = t1(b.clone(), c, &dev).require_grad();
+            let y = if fast {
+                k::conv2d(xt.clone(), wt.clone(), Some(bt.clone()), opts.clone())
+            } else {
+                fmod::conv2d(xt.clone(), wt.clone(), Some(bt.clone()), opts.clone())
+            };
+            let grads = y.sum().backward();
+            black_box((xt.grad(&grads), wt.grad(&grads), bt.grad(&grads)));
+        };
+        rows.push(KernelRow {
+            op: format!("conv {kk}x{kk}/s{stride} {c}->{c} ch, {n}x{hw}x{hw}"),
+            memlab_ms: median(&mut || run(true)),
+            burn_ms: median(&mut || run(false)),
+        });
+    }
+    let xs = [32, 64, 16, 16];
+    let x = rand(&xs);
+    let (ga, be) = (rand(&[64]), rand(&[64]));
+    let run = |fast: bool| {
+        let xt = t4(x.clone(), xs, &dev).require_grad();
+        let gt = t1(ga.clone(), 64, &dev).require_grad();
+        let bt = t1(be.clone(), 64, &dev).require_grad();
+        let y = if fast {
+            k::silu(k::group_norm(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5))
+        } else {
+            activation::silu(k::group_norm_generic(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5))
+        };
+        let grads = y.sum().backward();
+        black_box((xt.grad(&grads), gt.grad(&grads), bt.grad(&grads)));
+    };
+    rows.push(KernelRow {
+        op: "GroupNorm(32)+SiLU, 32x64x16x16".into(),
+        memlab_ms: median(&mut || run(true)),
+        burn_ms: median(&mut || run(false)),
+    });
+    Ok(rows)
 }

@@ -145,15 +145,27 @@ pub enum BenchWhat {
         /// Image side.
         #[arg(long, default_value_t = 32)]
         res: usize,
-        /// Timed training steps.
-        #[arg(long, default_value_t = 5)]
+        /// Timed training steps (the median is reported).
+        #[arg(long, default_value_t = 8)]
         steps: usize,
         /// Inference batch size.
         #[arg(long, default_value_t = 256)]
         forward_batch: usize,
-        /// Timed forward passes.
-        #[arg(long, default_value_t = 2)]
+        /// Timed forward passes, at `forward_batch` and again at `batch`.
+        #[arg(long, default_value_t = 8)]
         forward_reps: usize,
+        /// Images sampled with Heun for the throughput measurement (0 skips it).
+        #[arg(long, default_value_t = 256)]
+        sample_batch: usize,
+        /// Heun steps of that measurement (2·steps − 1 network evaluations).
+        #[arg(long, default_value_t = 18)]
+        sample_steps: usize,
+    },
+    /// Forward + backward time of each hand-written CPU kernel against burn's own op.
+    Kernels {
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 11)]
+        reps: usize,
     },
     /// Per-op cost of the plugin tensor API and its share of a training step.
     Dispatch {
@@ -376,6 +388,8 @@ fn run(cli: Cli) -> Result<i32> {
                     steps,
                     forward_batch,
                     forward_reps,
+                    sample_batch,
+                    sample_steps,
                 },
         } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
@@ -389,8 +403,25 @@ fn run(cli: Cli) -> Result<i32> {
                 steps,
                 forward_batch,
                 forward_reps,
+                sample_batch,
+                sample_steps,
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(0)
+        }
+        Command::Bench {
+            what: BenchWhat::Kernels { reps },
+        } => {
+            println!("{:<40} {:>10} {:>10} {:>7}", "op (forward + backward)", "memlab ms", "burn ms", "ratio");
+            for r in crate::bench::kernels(reps.max(1))? {
+                println!(
+                    "{:<40} {:>10.2} {:>10.2} {:>7.2}",
+                    r.op,
+                    r.memlab_ms,
+                    r.burn_ms,
+                    r.memlab_ms / r.burn_ms
+                );
+            }
             Ok(0)
         }
         Command::Bench {

@@ -91,6 +91,19 @@ pub fn adam_step(
                 Some(v) => Tensor::<D>::from_dispatch(v.clone()),
                 None => g.zeros_like(),
             };
+            let scalars = crate::engine::kernels::optim::AdamScalars {
+                lr,
+                b1,
+                b2,
+                bc1,
+                bc2,
+                eps: cfg.eps,
+                wd: cfg.weight_decay,
+                coupled: cfg.coupled,
+            };
+            if let Some((p, m, v)) = crate::engine::kernels::adam(p.clone(), g.clone(), m.clone(), v.clone(), &scalars) {
+                (p.into_dispatch(), m.into_dispatch(), v.into_dispatch())
+            } else {
             let g = if cfg.coupled && cfg.weight_decay > 0.0 {
                 g + p.clone().mul_scalar(cfg.weight_decay)
             } else {
@@ -105,6 +118,7 @@ pub fn adam_step(
             }
             let p = p - update.mul_scalar(lr);
             (p.into_dispatch(), m.into_dispatch(), v.into_dispatch())
+            }
         })?;
         params.set(&name, np)?;
         state.m.insert(name.clone(), nm);

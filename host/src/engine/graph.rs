@@ -24,6 +24,7 @@ use memlab_plugin_api::ffi::{
 };
 use memlab_plugin_api::shape::{broadcast_shape, resolve_shape};
 
+use super::kernels;
 use super::params::{ParamStore, read_f32};
 use super::rank::{arr, by_rank, to_dispatch, to_dispatch_int};
 
@@ -348,7 +349,7 @@ fn unary_impl(op: UnaryOp, s: &Slot) -> Result<Slot> {
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => activation::sigmoid(x),
             UnaryOp::Relu => activation::relu(x),
-            UnaryOp::Silu => activation::silu(x),
+            UnaryOp::Silu => kernels::silu(x),
             UnaryOp::Gelu => activation::gelu(x),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Square => x.clone() * x,
@@ -702,7 +703,7 @@ impl HostOps for Graph<'_> {
             let (oh, ow) = (out_hw(0)?, out_hw(1)?);
             let bias = s.get(2).map(fl::<1>);
             let opts = ConvOptions::new(o.stride, o.padding, o.dilation, g);
-            let t = fmod::conv2d(fl::<4>(x), fl::<4>(w), bias, opts).into_dispatch();
+            let t = kernels::conv2d(fl::<4>(x), fl::<4>(w), bias, opts).into_dispatch();
             Ok(Slot::float(t, vec![x.shape[0], w.shape[0], oh, ow]))
         })
     }
@@ -725,6 +726,17 @@ impl HostOps for Graph<'_> {
                 bail!("group_norm needs [N, C, ...]");
             }
             let c = x.shape[1];
+            if groups == 0 || !c.is_multiple_of(groups) {
+                bail!("{c} channels cannot be split into {groups} groups");
+            }
+            if has_g && has_b {
+                // The common case (every shipped network): one fused op with its own backward.
+                if s[1].shape != [c] || s[2].shape != [c] {
+                    bail!("affine parameters must have shape [{c}]");
+                }
+                let t = by_rank!(x.rank(), D => kernels::group_norm(fl::<D>(x), fl::<1>(&s[1]), fl::<1>(&s[2]), groups, eps).into_dispatch())?;
+                return Ok(Slot::float(t, x.shape.clone()));
+            }
             let y = norm_groups(x, groups, eps)?;
             let mut bshape = vec![1; x.rank()];
             bshape[1] = c;

@@ -2,10 +2,12 @@
 //!
 //! - [`device`]: run-time device choice (`auto`/`cpu`/`cuda`).
 //! - [`graph`]: one forward pass executing a plugin's ops ([`graph::Graph`]).
+//! - [`kernels`]: CPU kernels for convolution, GroupNorm and SiLU (burn backend extension).
 //! - [`params`]: named parameters ([`params::ParamStore`]).
 
 pub mod device;
 pub mod graph;
+pub mod kernels;
 pub mod params;
 pub mod rank;
 

@@ -1,0 +1,222 @@
+//! Every kernel against burn's own op on the same data: values, gradients of every input, and
+//! run-to-run bit identity; plus central finite differences of the hand-written backward passes.
+
+use burn::backend::ops::ConvOptions;
+use burn::tensor::activation;
+use burn::tensor::module as fmod;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{conv2d, group_norm, group_norm_generic, silu};
+use memlab_plugin_api::SplitMix64;
+
+fn dev() -> Device {
+    Device::flex().autodiff()
+}
+
+fn rand<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> Tensor<D> {
+    let mut g = SplitMix64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (g.normal() * scale) as f32).collect();
+    Tensor::from_data(TensorData::new(v, shape), &dev())
+}
+
+fn vals<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Max |a − b| relative to max |b| (plus a small absolute floor).
+fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err <= tol * scale,
+        "{what}: max abs error {err} vs scale {scale} (tolerance {tol})"
+    );
+    assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+}
+
+struct ConvCase {
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    bias: bool,
+}
+
+fn check_conv(c: &ConvCase) {
+    let opts = ConvOptions::new([c.stride; 2], [c.pad; 2], [c.dil; 2], 1);
+    let x = rand(c.x, 1, 1.0).require_grad();
+    let w = rand(c.w, 2, 0.3).require_grad();
+    let b = c.bias.then(|| rand([c.w[0]], 3, 1.0).require_grad());
+    let ours = conv2d(x.clone(), w.clone(), b.clone(), opts.clone());
+    let theirs = fmod::conv2d(x.clone(), w.clone(), b.clone(), opts.clone());
+    assert_eq!(ours.dims(), theirs.dims());
+    let what = format!("conv x{:?} w{:?} s{} p{} d{}", c.x, c.w, c.stride, c.pad, c.dil);
+    close(&format!("{what} forward"), &vals(&ours), &vals(&theirs), 1e-5);
+    let r = rand(ours.dims(), 4, 1.0);
+    let g1 = (ours * r.clone()).sum().backward();
+    let g2 = (theirs * r).sum().backward();
+    for (name, t) in [("dx", &x), ("dw", &w)] {
+        let (a, b) = (t.grad(&g1).unwrap(), t.grad(&g2).unwrap());
+        close(&format!("{what} {name}"), &vals(&a), &vals(&b), 1e-5);
+    }
+    if let Some(bias) = &b {
+        let (a, bb) = (bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
+        close(&format!("{what} db"), &vals(&a), &vals(&bb), 1e-5);
+    }
+}
+
+#[test]
+fn conv_matches_burn_values_and_gradients() {
+    let cases = [
+        // the UNet's 3×3 "same" conv, with and without bias
+        ConvCase { x: [3, 5, 9, 7], w: [6, 5, 3, 3], stride: 1, pad: 1, dil: 1, bias: true },
+        ConvCase { x: [2, 4, 8, 8], w: [3, 4, 3, 3], stride: 1, pad: 1, dil: 1, bias: false },
+        // 1×1 (skip connections, attention projections)
+        ConvCase { x: [3, 6, 5, 5], w: [4, 6, 1, 1], stride: 1, pad: 0, dil: 1, bias: true },
+        // stride-2 downsampling, odd size
+        ConvCase { x: [2, 3, 9, 9], w: [5, 3, 3, 3], stride: 2, pad: 1, dil: 1, bias: true },
+        // no padding, dilation 2, a batch larger than a task chunk
+        ConvCase { x: [9, 2, 11, 10], w: [3, 2, 3, 3], stride: 1, pad: 0, dil: 2, bias: true },
+        // even kernel, stride 2, large padding
+        ConvCase { x: [1, 2, 6, 6], w: [2, 2, 4, 4], stride: 2, pad: 3, dil: 1, bias: false },
+        // strided 1×1 (no im2col shortcut)
+        ConvCase { x: [2, 3, 7, 7], w: [2, 3, 1, 1], stride: 2, pad: 0, dil: 1, bias: true },
+    ];
+    for c in &cases {
+        check_conv(c);
+    }
+}
+
+#[test]
+fn group_norm_matches_burn_values_and_gradients() {
+    for (shape, groups) in [([4, 8, 5, 3], 4), ([2, 6, 4, 4], 6), ([3, 4, 7, 1], 1)] {
+        let x = rand(shape, 5, 2.0).add_scalar(0.7).require_grad();
+        let gamma = rand([shape[1]], 6, 1.0).require_grad();
+        let beta = rand([shape[1]], 7, 1.0).require_grad();
+        let ours = group_norm(x.clone(), gamma.clone(), beta.clone(), groups, 1e-5);
+        let theirs = group_norm_generic(x.clone(), gamma.clone(), beta.clone(), groups, 1e-5);
+        let what = format!("group_norm {shape:?}/{groups}");
+        close(&format!("{what} forward"), &vals(&ours), &vals(&theirs), 1e-5);
+        let r = rand(shape, 8, 1.0);
+        let g1 = (ours * r.clone()).sum().backward();
+        let g2 = (theirs * r).sum().backward();
+        close(&format!("{what} dx"), &vals(&x.grad(&g1).unwrap()), &vals(&x.grad(&g2).unwrap()), 1e-4);
+        close(&format!("{what} dgamma"), &vals(&gamma.grad(&g1).unwrap()), &vals(&gamma.grad(&g2).unwrap()), 1e-5);
+        close(&format!("{what} dbeta"), &vals(&beta.grad(&g1).unwrap()), &vals(&beta.grad(&g2).unwrap()), 1e-5);
+    }
+}
+
+#[test]
+fn silu_matches_burn_values_and_gradients() {
+    // Larger than one parallel block, values spanning the saturated tails.
+    let x = rand([3, 7, 41, 29], 9, 6.0).require_grad();
+    let ours = silu(x.clone());
+    let theirs = activation::silu(x.clone());
+    close("silu forward", &vals(&ours), &vals(&theirs), 1e-6);
+    let r = rand([3, 7, 41, 29], 10, 1.0);
+    let g1 = (ours * r.clone()).sum().backward();
+    let g2 = (theirs * r).sum().backward();
+    close("silu dx", &vals(&x.grad(&g1).unwrap()), &vals(&x.grad(&g2).unwrap()), 1e-6);
+}
+
+/// Central differences of `f` at `x` along a few coordinates, against autodiff.
+fn finite_difference(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>, r: &Tensor<4>) {
+    let x = x.require_grad();
+    let g = (f(x.clone()) * r.clone()).sum().backward();
+    let analytic = vals(&x.grad(&g).unwrap());
+    let base = vals(&x);
+    let shape = x.dims();
+    let h = 1e-2f32;
+    for i in (0..base.len()).step_by(base.len() / 7 + 1) {
+        let eval = |d: f32| {
+            let mut v = base.clone();
+            v[i] += d;
+            let t = Tensor::<4>::from_data(TensorData::new(v, shape), &Device::flex());
+            let y = f(t) * Tensor::from_data(r.clone().into_data(), &Device::flex());
+            y.sum().into_scalar::<f32>() as f64
+        };
+        let numeric = (eval(h) - eval(-h)) / (2.0 * h as f64);
+        let a = analytic[i] as f64;
+        assert!(
+            (numeric - a).abs() <= 2e-2 * (1.0 + a.abs()),
+            "coordinate {i}: finite difference {numeric} vs backward {a}"
+        );
+    }
+}
+
+#[test]
+fn backward_passes_agree_with_finite_differences() {
+    let w = rand([3, 2, 3, 3], 11, 0.5);
+    let b = rand([3], 12, 1.0);
+    let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let x = rand([2, 2, 5, 5], 13, 1.0);
+    let r = rand([2, 3, 5, 5], 14, 1.0);
+    finite_difference(
+        |x| {
+            let d = x.device();
+            conv2d(
+                x,
+                Tensor::from_data(w.clone().into_data(), &d),
+                Some(Tensor::from_data(b.clone().into_data(), &d)),
+                opts.clone(),
+            )
+        },
+        x,
+        &r,
+    );
+    let gamma = rand([4], 15, 1.0);
+    let beta = rand([4], 16, 1.0);
+    let x = rand([2, 4, 3, 3], 17, 1.0);
+    let r = rand([2, 4, 3, 3], 18, 1.0);
+    finite_difference(
+        |x| {
+            let d = x.device();
+            silu(group_norm(
+                x,
+                Tensor::from_data(gamma.clone().into_data(), &d),
+                Tensor::from_data(beta.clone().into_data(), &d),
+                2,
+                1e-5,
+            ))
+        },
+        x,
+        &r,
+    );
+}
+
+#[test]
+fn kernels_are_bitwise_deterministic() {
+    let run = || {
+        let x = rand([7, 4, 9, 9], 19, 1.0).require_grad();
+        let w = rand([5, 4, 3, 3], 20, 0.3).require_grad();
+        let gamma = rand([5], 21, 1.0);
+        let beta = rand([5], 22, 1.0);
+        let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let y = silu(group_norm(conv2d(x.clone(), w.clone(), None, opts), gamma, beta, 5, 1e-5));
+        let g = y.clone().sum().backward();
+        (vals(&y), vals(&x.grad(&g).unwrap()), vals(&w.grad(&g).unwrap()))
+    };
+    let (a, b) = (run(), run());
+    let bits = |v: &Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.0), bits(&b.0));
+    assert_eq!(bits(&a.1), bits(&b.1));
+    assert_eq!(bits(&a.2), bits(&b.2));
+}
+
+#[test]
+fn kernels_work_without_autodiff() {
+    let d = Device::flex();
+    let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32; 2 * 2 * 4 * 4], [2, 2, 4, 4]), &d);
+    let w = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; 3 * 2 * 3 * 3], [3, 2, 3, 3]), &d);
+    let y = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    let v = vals(&y);
+    // an interior pixel sees 2 channels × 9 taps × 0.5; a corner 2 × 4 × 0.5
+    assert_eq!(v[5], 9.0);
+    assert_eq!(v[0], 4.0);
+}
