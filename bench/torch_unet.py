@@ -1,5 +1,10 @@
-"""PyTorch reference for `memlab bench train`: the same improved-diffusion UNet, the same
-step (EDM-preconditioned denoising loss, backward, Adam), timed the same way.
+"""PyTorch reference for `memlab bench train`: the same network, the same step
+(EDM-preconditioned denoising loss, backward, Adam), the same inference and Heun sampling,
+timed the same way.
+
+- `--arch unet` (default): improved-diffusion's UNet, written out below at the benchmark config.
+- `--arch ddpmpp --edm PATH`: EDM's own `EDMPrecond(SongUNet)` imported from a checkout of
+  NVlabs/edm (its `training/`, `torch_utils/`, `dnnlib/`; needs `pip install requests`).
 
 Usage:  python3 bench/torch_unet.py [--threads 2] [--batch 32] [--res 32] [--steps 5]
 Prints JSON. Needs `pip install torch numpy`; exits 0 with a message when torch is missing.
@@ -132,6 +137,12 @@ class UNet(nn.Module):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--arch", choices=["unet", "ddpmpp"], default="unet")
+    ap.add_argument("--edm", default=None, help="NVlabs/edm checkout (for --arch ddpmpp)")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--channel-mult", type=int, nargs="+", default=[1, 2, 2])
+    ap.add_argument("--num-blocks", type=int, default=1)
+    ap.add_argument("--attn-resolutions", type=int, nargs="+", default=[16])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
@@ -142,9 +153,31 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    net = UNet(res=a.res)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     sd = 0.5
+    if a.arch == "unet":
+        net = UNet(res=a.res)
+
+        def precond(x, sigma):
+            # EDM preconditioning around improved-diffusion's UNet (sigma: [B, 1, 1, 1]).
+            c_skip = sd**2 / (sigma**2 + sd**2)
+            c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+            c_in = 1 / (sigma**2 + sd**2).sqrt()
+            return c_skip * x + c_out * net(c_in * x, (sigma.log() / 4).flatten())
+    else:
+        # EDM's own network definition (NVlabs/edm training/networks.py), DDPM++ settings.
+        if not a.edm:
+            print(json.dumps({"skipped": "--arch ddpmpp needs --edm PATH (a checkout of NVlabs/edm)"}))
+            sys.exit(0)
+        sys.path.insert(0, a.edm)
+        from training.networks import EDMPrecond
+
+        net = EDMPrecond(a.res, 3, model_type="SongUNet", model_channels=a.channels,
+                         channel_mult=a.channel_mult, num_blocks=a.num_blocks,
+                         attn_resolutions=a.attn_resolutions, dropout=0.0)
+
+        def precond(x, sigma):
+            return net(x, sigma.flatten())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     times = []
     for i in range(a.steps + 1):
         y = torch.rand(a.batch, 3, a.res, a.res) * 2 - 1
@@ -152,11 +185,7 @@ def main():
         sigma = torch.exp(-1.2 + 1.2 * torch.randn(a.batch, 1, 1, 1))
         t0 = time.perf_counter()
         x = y + sigma * n
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sigma**2 + sd**2).sqrt()
-        f = net(c_in * x, (sigma.log() / 4).flatten())
-        d = c_skip * x + c_out * f
+        d = precond(x, sigma)
         w = (sigma**2 + sd**2) / (sigma * sd) ** 2
         loss = (w * (d - y) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -170,7 +199,7 @@ def main():
             for _ in range(a.forward_reps):
                 x = torch.randn(batch, 3, a.res, a.res)
                 t0 = time.perf_counter()
-                net(x, torch.zeros(batch))
+                precond(x, torch.ones(batch, 1, 1, 1))
                 out.append(time.perf_counter() - t0)
         return out
 
@@ -178,12 +207,7 @@ def main():
     small = forward_times(a.batch)
 
     def denoise(x, sigma):
-        # EDMPrecond around the same network, as in the training step above.
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
-        c_in = 1 / (sigma**2 + sd**2) ** 0.5
-        t = torch.full((x.shape[0],), math.log(sigma) / 4)
-        return c_skip * x + c_out * net(c_in * x, t)
+        return precond(x, torch.full((x.shape[0], 1, 1, 1), sigma))
 
     sample_s = float("nan")
     if a.sample_batch > 0 and a.sample_steps > 0:

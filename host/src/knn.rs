@@ -57,8 +57,128 @@ pub fn knn(
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
+    if distance == Distance::L2 && *device == Device::flex() {
+        return knn_cpu_l2(samples, train, dim, k, 256, 1024);
+    }
     let nc = 16_000_000usize.checked_div(dim).unwrap_or(1);
     knn_chunked(samples, train, dim, k, distance, device, nc, 512)
+}
+
+/// A sample's best candidates so far, ascending by (screening distance, index).
+struct Best {
+    keep: usize,
+    list: Vec<(f32, u32)>,
+}
+
+impl Best {
+    /// The value a candidate must beat to enter (∞ until the list is full).
+    #[inline]
+    fn bound(&self) -> f32 {
+        if self.list.len() < self.keep {
+            f32::INFINITY
+        } else {
+            self.list[self.keep - 1].0
+        }
+    }
+    #[inline]
+    fn offer(&mut self, d: f32, j: u32) {
+        // Candidates arrive in increasing index order, so a tie with the bound keeps the
+        // earlier index, as the (distance, index) order of the exact re-ranking does.
+        let pos = self.list.partition_point(|&(v, _)| v <= d);
+        self.list.insert(pos, (d, j));
+        self.list.truncate(self.keep);
+    }
+}
+
+/// L2 k-NN on the CPU: screening distances `‖x‖² + ‖y‖² − 2x·y` from single-threaded GEMMs on
+/// fixed blocks of `ms` samples × `nc` training images, blocks of samples in parallel, each
+/// keeping its best `k + MARGIN` candidates with one comparison per pair; then the exact f64
+/// re-ranking of [`knn_chunked`]. Block sizes never depend on the thread count, so results are
+/// the same on any number of cores.
+pub fn knn_cpu_l2(
+    samples: &[f32],
+    train: &[f32],
+    dim: usize,
+    k: usize,
+    ms: usize,
+    nc: usize,
+) -> Result<Neighbours> {
+    use crate::engine::kernels::act::dot;
+    use crate::engine::kernels::gemm::{Mat, sgemm};
+    use rayon::prelude::*;
+    if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
+        bail!("k-NN inputs are not whole images of {dim} values");
+    }
+    let (m, n) = (samples.len() / dim, train.len() / dim);
+    if k == 0 || k > n {
+        bail!("asked for {k} neighbours among {n} training images");
+    }
+    let keep = (k + MARGIN).min(n);
+    let (ms, nc) = (ms.max(1), nc.clamp(1, n));
+    let yn: Vec<f32> = train.par_chunks(dim).map(|y| dot(y, y)).collect();
+    let mut best: Vec<Best> = (0..m)
+        .map(|_| Best {
+            keep,
+            list: Vec::with_capacity(keep + 1),
+        })
+        .collect();
+    best.par_chunks_mut(ms)
+        .enumerate()
+        .for_each(|(b, rows)| {
+            let s0 = b * ms;
+            let xs = &samples[s0 * dim..(s0 + rows.len()) * dim];
+            let xn: Vec<f32> = xs.chunks(dim).map(|x| dot(x, x)).collect();
+            let mut dots = vec![0.0f32; rows.len() * nc];
+            for t0 in (0..n).step_by(nc) {
+                let cols = nc.min(n - t0);
+                // SAFETY: dots is rows×cols (row stride cols); xs is rows×dim row-major; the
+                // training block is read transposed (dim×cols).
+                unsafe {
+                    sgemm(
+                        rows.len(),
+                        cols,
+                        dim,
+                        dots.as_mut_ptr(),
+                        Mat::rows(cols),
+                        false,
+                        xs.as_ptr(),
+                        Mat::rows(dim),
+                        train[t0 * dim..].as_ptr(),
+                        Mat::cols(dim),
+                    )
+                };
+                for (r, best) in rows.iter_mut().enumerate() {
+                    let mut bound = best.bound();
+                    let row = &dots[r * cols..(r + 1) * cols];
+                    for (c, (&d, &y2)) in row.iter().zip(&yn[t0..t0 + cols]).enumerate() {
+                        let v = xn[r] + y2 - 2.0 * d;
+                        if v < bound {
+                            best.offer(v, (t0 + c) as u32);
+                            bound = best.bound();
+                        }
+                    }
+                }
+            }
+        });
+    let mut dist = Vec::with_capacity(m * k);
+    let mut idx = Vec::with_capacity(m * k);
+    for (i, b) in best.iter().enumerate() {
+        let a = &samples[i * dim..(i + 1) * dim];
+        let mut exact_list: Vec<(f64, u32)> = b
+            .list
+            .iter()
+            .map(|&(_, j)| {
+                let y = &train[j as usize * dim..(j as usize + 1) * dim];
+                (exact(a, y, Distance::L2), j)
+            })
+            .collect();
+        exact_list.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+        for &(d, j) in exact_list.iter().take(k) {
+            dist.push(d as f32);
+            idx.push(j);
+        }
+    }
+    Ok(Neighbours { k, dist, idx })
 }
 
 /// [`knn`] with explicit chunk sizes: `nc` training images per device upload, `ms` samples
@@ -217,6 +337,13 @@ mod tests {
         ] {
             let got = knn_chunked(&samples, &train, dim, 3, d, &Device::flex(), nc, ms).unwrap();
             let want = brute(&samples, &train, dim, 3, d);
+            if d == Distance::L2 {
+                // The CPU kernel with blocks that do not divide the data, and the default.
+                let cpu = knn_cpu_l2(&samples, &train, dim, 3, ms.min(9), nc.min(41)).unwrap();
+                assert_eq!(cpu.idx, got.idx);
+                assert_eq!(cpu.dist, got.dist);
+                assert_eq!(knn(&samples, &train, dim, 3, d, &Device::flex()).unwrap().idx, got.idx);
+            }
             for (i, (dv, j)) in want.iter().enumerate() {
                 assert_eq!(got.idx[i], *j, "{d:?} row {}", i / 3);
                 assert!(

@@ -165,7 +165,7 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
         &mut y,
         s.c_out * p,
         s.chunk(),
-        || if pointwise { Vec::new() } else { zeros(k * p) },
+        if pointwise { 0 } else { k * p },
         |col, b, yb| {
             let xb = &x[b * img..(b + 1) * img];
             let cols: &[f32] = if pointwise {
@@ -209,7 +209,7 @@ pub fn backward_input(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         &mut dx,
         img,
         s.chunk(),
-        || if pointwise { Vec::new() } else { zeros(k * p) },
+        if pointwise { 0 } else { k * p },
         |dcol, b, dxb| {
             let dyb = &dy[b * s.c_out * p..(b + 1) * s.c_out * p];
             let dst: &mut [f32] = if pointwise { dxb } else { dcol };
@@ -251,7 +251,7 @@ pub fn backward_weight(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
         &mut partial,
         wlen,
         1,
-        || if pointwise { Vec::new() } else { zeros(k * p) },
+        if pointwise { 0 } else { k * p },
         |col, c, dw| {
             for (i, b) in (c * chunk..((c + 1) * chunk).min(s.n)).enumerate() {
                 let xb = &x[b * img..(b + 1) * img];

@@ -91,26 +91,48 @@ pub unsafe fn sgemm(
     }
 }
 
-/// Runs `f(index, item_slice)` over `data` split into items of `item` elements, `chunk` items
-/// per rayon task, with a per-task scratch buffer from `scratch`.
-pub fn par_items<S: Send>(
+/// Runs `f(scratch, index, item_slice)` over `data` split into items of `item` elements,
+/// `chunk` items per rayon task. `scratch` is a per-thread buffer of `scratch_len` floats that
+/// lives as long as the thread (im2col tiles are reused across calls instead of being
+/// allocated, page-faulted and zeroed every time); its contents on entry are arbitrary.
+pub fn par_items(
     data: &mut [f32],
     item: usize,
     chunk: usize,
-    scratch: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+    scratch_len: usize,
+    f: impl Fn(&mut [f32], usize, &mut [f32]) + Sync + Send,
 ) {
     if item == 0 || data.is_empty() {
         return;
     }
-    let per = item * chunk.max(1);
-    data.par_chunks_mut(per)
+    let chunk = chunk.max(1);
+    data.par_chunks_mut(item * chunk)
         .enumerate()
-        .for_each_init(&scratch, |s, (c, block)| {
-            for (i, one) in block.chunks_mut(item).enumerate() {
-                f(s, c * chunk.max(1) + i, one);
-            }
+        .for_each(|(c, block)| {
+            with_scratch(scratch_len, |s| {
+                for (i, one) in block.chunks_mut(item).enumerate() {
+                    f(s, c * chunk + i, one);
+                }
+            })
         });
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with this thread's scratch buffer grown to at least `len` floats.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (a nested rayon task on this thread): use a private buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// Number of rayon threads (for choosing chunk sizes that keep every core busy; results never

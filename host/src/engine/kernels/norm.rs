@@ -57,7 +57,7 @@ pub fn forward(sh: &NormShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64)
         &mut y,
         glen,
         8,
-        || (),
+        0,
         |_, idx, yg| {
             let g = idx % sh.groups;
             let xg = &x[idx * glen..(idx + 1) * glen];
@@ -95,7 +95,7 @@ pub fn backward(
             &mut dx,
             glen,
             8,
-            || (),
+            0,
             |_, idx, dxg| {
                 let (n, g) = (idx / sh.groups, idx % sh.groups);
                 let xg = &x[idx * glen..(idx + 1) * glen];

@@ -21,7 +21,7 @@ fn rand<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> Tensor<D> {
 }
 
 fn vals<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// Max |a − b| relative to max |b| (plus a small absolute floor).
