@@ -84,9 +84,70 @@ fn valid(out: usize, k: usize, s: usize, p: usize, d: usize, len: usize) -> (usi
     (lo.min(hi), hi)
 }
 
+/// Whether the output has the input's size with stride 1 and no dilation ("same" padding, the
+/// UNets' 3×3 convolutions): then each im2col row is the input plane shifted by one offset, one
+/// contiguous copy plus zeroed borders.
+fn same(s: &ConvShape) -> bool {
+    s.stride == [1, 1] && s.dil == [1, 1] && s.oh() == s.h && s.ow() == s.w
+}
+
+/// For kernel tap `(ki, kj)` of a [`same`] convolution: the shift `(dy, dx)`, the output rows
+/// `o0..o1` that read inside the plane, and the element range `[lo, hi)` of the row to copy
+/// with the source offset `off = dy·w + dx` (`dst[i] = src[i + off]`).
+fn same_tap(s: &ConvShape, ki: usize, kj: usize) -> (isize, usize, usize, usize, usize) {
+    let (h, w) = (s.h as isize, s.w as isize);
+    let dy = ki as isize - s.pad[0] as isize;
+    let dx = kj as isize - s.pad[1] as isize;
+    let o0 = (-dy).clamp(0, h) as usize;
+    let o1 = (h - dy).clamp(0, h) as usize;
+    let off = dy * w + dx;
+    let lo = (o0 as isize * w).max(-off).min(o1 as isize * w).max(0) as usize;
+    let hi = ((o1 as isize * w).min(h * w - off)).max(lo as isize) as usize;
+    (dx, o0, o1, lo, hi)
+}
+
+/// Zeroes, in rows `o0..o1` of a [`same`] im2col row, the columns that read across the left
+/// (`dx < 0`) or right (`dx > 0`) edge.
+#[inline]
+fn zero_edge_columns(row: &mut [f32], w: usize, dx: isize, o0: usize, o1: usize) {
+    if dx == 0 {
+        return;
+    }
+    let n = dx.unsigned_abs().min(w);
+    for o in o0..o1 {
+        let r = &mut row[o * w..(o + 1) * w];
+        if dx < 0 {
+            r[..n].fill(0.0);
+        } else {
+            r[w - n..].fill(0.0);
+        }
+    }
+}
+
 /// `col (K × P) = im2col(x_b)`.
 fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     let (oh, ow, p) = (s.oh(), s.ow(), s.p());
+    if same(s) {
+        let w = s.w;
+        for c in 0..s.c_in {
+            let plane = &x[c * s.h * w..(c + 1) * s.h * w];
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let row = &mut col[((c * s.kh + ki) * s.kw + kj) * p..][..p];
+                    let (dx, o0, o1, lo, hi) = same_tap(s, ki, kj);
+                    let off = (ki as isize - s.pad[0] as isize) * w as isize + dx;
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    if hi > lo {
+                        let src = (lo as isize + off) as usize;
+                        row[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
+                    }
+                    zero_edge_columns(row, w, dx, o0, o1);
+                }
+            }
+        }
+        return;
+    }
     for c in 0..s.c_in {
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {
@@ -120,9 +181,33 @@ fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// `dx_b += col2im(dcol)` (dx_b zeroed by the caller).
-fn col2im(s: &ConvShape, dcol: &[f32], dx: &mut [f32]) {
+/// `dx_b += col2im(dcol)` (dx_b zeroed by the caller; `dcol` is scratch and may be modified).
+fn col2im(s: &ConvShape, dcol: &mut [f32], dx: &mut [f32]) {
     let (oh, ow, p) = (s.oh(), s.ow(), s.p());
+    if same(s) {
+        let w = s.w;
+        for c in 0..s.c_in {
+            let plane = &mut dx[c * s.h * w..(c + 1) * s.h * w];
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let row = &mut dcol[((c * s.kh + ki) * s.kw + kj) * p..][..p];
+                    let (dxs, o0, o1, lo, hi) = same_tap(s, ki, kj);
+                    let off = (ki as isize - s.pad[0] as isize) * w as isize + dxs;
+                    // Entries that read across an edge have no input pixel: drop them so the
+                    // contiguous add below cannot wrap them onto the neighbouring row.
+                    zero_edge_columns(row, w, dxs, o0, o1);
+                    if hi == lo {
+                        continue;
+                    }
+                    let dst = (lo as isize + off) as usize;
+                    for (d, v) in plane[dst..dst + (hi - lo)].iter_mut().zip(&row[lo..hi]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+        return;
+    }
     for c in 0..s.c_in {
         let plane = &mut dx[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {

@@ -85,6 +85,10 @@ fn conv_matches_burn_values_and_gradients() {
         ConvCase { x: [9, 2, 11, 10], w: [3, 2, 3, 3], stride: 1, pad: 0, dil: 2, bias: true },
         // even kernel, stride 2, large padding
         ConvCase { x: [1, 2, 6, 6], w: [2, 2, 4, 4], stride: 2, pad: 3, dil: 1, bias: false },
+        // "same" convolutions on images smaller than the kernel, and a 5×5 one
+        ConvCase { x: [2, 3, 1, 1], w: [2, 3, 3, 3], stride: 1, pad: 1, dil: 1, bias: true },
+        ConvCase { x: [2, 2, 2, 3], w: [3, 2, 3, 3], stride: 1, pad: 1, dil: 1, bias: false },
+        ConvCase { x: [3, 2, 6, 4], w: [2, 2, 5, 5], stride: 1, pad: 2, dil: 1, bias: true },
         // strided 1×1 (no im2col shortcut)
         ConvCase { x: [2, 3, 7, 7], w: [2, 3, 1, 1], stride: 2, pad: 0, dil: 1, bias: true },
     ];
