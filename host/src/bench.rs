@@ -253,7 +253,11 @@ pub fn train(
         let n = sample_steps;
         let mut sigmas: Vec<f64> = (0..n)
             .map(|i| {
-                let f = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+                let f = if n > 1 {
+                    i as f64 / (n - 1) as f64
+                } else {
+                    0.0
+                };
                 (smax.powf(1.0 / rho) + f * (smin.powf(1.0 / rho) - smax.powf(1.0 / rho))).powf(rho)
             })
             .collect();
@@ -372,13 +376,39 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
     }
     if std::env::var_os("MEMLAB_BENCH_CONV_PARTS").is_some() {
         for (n, c, hw) in [(32usize, 32usize, 32usize), (32, 64, 16), (32, 64, 8)] {
-            let s = k::conv::ConvShape { n, c_in: c, h: hw, w: hw, c_out: c, kh: 3, kw: 3, stride: [1, 1], pad: [1, 1], dil: [1, 1] };
-            let (x, w, dy) = (rand(&[n, c, hw, hw]), rand(&[c, c, 3, 3]), rand(&[n, c, hw, hw]));
-            let f = median(&mut || { black_box(k::conv::forward(&s, &x, &w, None)); });
-            let bi = median(&mut || { black_box(k::conv::backward_input(&s, &w, &dy)); });
-            let bw = median(&mut || { black_box(k::conv::backward_weight(&s, &x, &dy)); });
+            let s = k::conv::ConvShape {
+                n,
+                c_in: c,
+                h: hw,
+                w: hw,
+                c_out: c,
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                pad: [1, 1],
+                dil: [1, 1],
+            };
+            let (x, w, dy) = (
+                rand(&[n, c, hw, hw]),
+                rand(&[c, c, 3, 3]),
+                rand(&[n, c, hw, hw]),
+            );
+            let f = median(&mut || {
+                black_box(k::conv::forward(&s, &x, &w, None));
+            });
+            let bi = median(&mut || {
+                black_box(k::conv::backward_input(&s, &w, &dy));
+            });
+            let bw = median(&mut || {
+                black_box(k::conv::backward_weight(&s, &x, &dy));
+            });
             let gf = 2.0 * (n * c * c * 9 * hw * hw) as f64 / 1e6;
-            eprintln!("conv {c}ch {hw}x{hw}: forward {f:.2} ms ({:.0} GFLOP/s), input grad {bi:.2} ms ({:.0}), weight grad {bw:.2} ms ({:.0})", gf / f, gf / bi, gf / bw);
+            eprintln!(
+                "conv {c}ch {hw}x{hw}: forward {f:.2} ms ({:.0} GFLOP/s), input grad {bi:.2} ms ({:.0}), weight grad {bw:.2} ms ({:.0})",
+                gf / f,
+                gf / bi,
+                gf / bw
+            );
         }
     }
     let xs = [32, 64, 16, 16];
@@ -391,7 +421,13 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
         let y = if fast {
             k::silu(k::group_norm(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5))
         } else {
-            activation::silu(k::group_norm_generic(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5))
+            activation::silu(k::group_norm_generic(
+                xt.clone(),
+                gt.clone(),
+                bt.clone(),
+                32,
+                1e-5,
+            ))
         };
         let grads = y.sum().backward();
         black_box((xt.grad(&grads), gt.grad(&grads), bt.grad(&grads)));

@@ -412,7 +412,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench {
             what: BenchWhat::Kernels { reps },
         } => {
-            println!("{:<40} {:>10} {:>10} {:>7}", "op (forward + backward)", "memlab ms", "burn ms", "ratio");
+            println!(
+                "{:<40} {:>10} {:>10} {:>7}",
+                "op (forward + backward)", "memlab ms", "burn ms", "ratio"
+            );
             for r in crate::bench::kernels(reps.max(1))? {
                 println!(
                     "{:<40} {:>10.2} {:>10.2} {:>7.2}",

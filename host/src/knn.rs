@@ -122,44 +122,42 @@ pub fn knn_cpu_l2(
             list: Vec::with_capacity(keep + 1),
         })
         .collect();
-    best.par_chunks_mut(ms)
-        .enumerate()
-        .for_each(|(b, rows)| {
-            let s0 = b * ms;
-            let xs = &samples[s0 * dim..(s0 + rows.len()) * dim];
-            let xn: Vec<f32> = xs.chunks(dim).map(|x| dot(x, x)).collect();
-            let mut dots = vec![0.0f32; rows.len() * nc];
-            for t0 in (0..n).step_by(nc) {
-                let cols = nc.min(n - t0);
-                // SAFETY: dots is rows×cols (row stride cols); xs is rows×dim row-major; the
-                // training block is read transposed (dim×cols).
-                unsafe {
-                    sgemm(
-                        rows.len(),
-                        cols,
-                        dim,
-                        dots.as_mut_ptr(),
-                        Mat::rows(cols),
-                        false,
-                        xs.as_ptr(),
-                        Mat::rows(dim),
-                        train[t0 * dim..].as_ptr(),
-                        Mat::cols(dim),
-                    )
-                };
-                for (r, best) in rows.iter_mut().enumerate() {
-                    let mut bound = best.bound();
-                    let row = &dots[r * cols..(r + 1) * cols];
-                    for (c, (&d, &y2)) in row.iter().zip(&yn[t0..t0 + cols]).enumerate() {
-                        let v = xn[r] + y2 - 2.0 * d;
-                        if v < bound {
-                            best.offer(v, (t0 + c) as u32);
-                            bound = best.bound();
-                        }
+    best.par_chunks_mut(ms).enumerate().for_each(|(b, rows)| {
+        let s0 = b * ms;
+        let xs = &samples[s0 * dim..(s0 + rows.len()) * dim];
+        let xn: Vec<f32> = xs.chunks(dim).map(|x| dot(x, x)).collect();
+        let mut dots = vec![0.0f32; rows.len() * nc];
+        for t0 in (0..n).step_by(nc) {
+            let cols = nc.min(n - t0);
+            // SAFETY: dots is rows×cols (row stride cols); xs is rows×dim row-major; the
+            // training block is read transposed (dim×cols).
+            unsafe {
+                sgemm(
+                    rows.len(),
+                    cols,
+                    dim,
+                    dots.as_mut_ptr(),
+                    Mat::rows(cols),
+                    false,
+                    xs.as_ptr(),
+                    Mat::rows(dim),
+                    train[t0 * dim..].as_ptr(),
+                    Mat::cols(dim),
+                )
+            };
+            for (r, best) in rows.iter_mut().enumerate() {
+                let mut bound = best.bound();
+                let row = &dots[r * cols..(r + 1) * cols];
+                for (c, (&d, &y2)) in row.iter().zip(&yn[t0..t0 + cols]).enumerate() {
+                    let v = xn[r] + y2 - 2.0 * d;
+                    if v < bound {
+                        best.offer(v, (t0 + c) as u32);
+                        bound = best.bound();
                     }
                 }
             }
-        });
+        }
+    });
     let mut dist = Vec::with_capacity(m * k);
     let mut idx = Vec::with_capacity(m * k);
     for (i, b) in best.iter().enumerate() {
@@ -342,7 +340,12 @@ mod tests {
                 let cpu = knn_cpu_l2(&samples, &train, dim, 3, ms.min(9), nc.min(41)).unwrap();
                 assert_eq!(cpu.idx, got.idx);
                 assert_eq!(cpu.dist, got.dist);
-                assert_eq!(knn(&samples, &train, dim, 3, d, &Device::flex()).unwrap().idx, got.idx);
+                assert_eq!(
+                    knn(&samples, &train, dim, 3, d, &Device::flex())
+                        .unwrap()
+                        .idx,
+                    got.idx
+                );
             }
             for (i, (dv, j)) in want.iter().enumerate() {
                 assert_eq!(got.idx[i], *j, "{d:?} row {}", i / 3);

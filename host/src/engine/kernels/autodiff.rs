@@ -3,8 +3,8 @@
 //! state (as burn's own compute-bound ops do); gradients are computed only for inputs that
 //! require them.
 
-use burn::backend::Flex;
 use super::FlexTensor;
+use burn::backend::Flex;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -91,7 +91,12 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let out = conv_forward(x.primitive(), weight.primitive(), Some(bias.primitive()), &options);
+        let out = conv_forward(
+            x.primitive(),
+            weight.primitive(),
+            Some(bias.primitive()),
+            &options,
+        );
         let state = (x.primitive().clone(), weight.primitive().clone(), options);
         match Conv::<3>
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -139,9 +144,15 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                prep.finish((x.primitive().clone(), gamma.primitive().clone(), groups, eps), out)
-            }
+            OpsKind::Tracked(prep) => prep.finish(
+                (
+                    x.primitive().clone(),
+                    gamma.primitive().clone(),
+                    groups,
+                    eps,
+                ),
+                out,
+            ),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

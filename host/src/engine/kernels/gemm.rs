@@ -174,7 +174,20 @@ mod tests {
             for (rhs, r) in [(&b, Mat::rows(n)), (&bt, Mat::cols(k))] {
                 for (d, tr) in [(Mat::rows(n), false), (Mat::cols(m), true)] {
                     let mut c = vec![1.0f32; m * n];
-                    unsafe { sgemm(m, n, k, c.as_mut_ptr(), d, false, lhs.as_ptr(), l, rhs.as_ptr(), r) };
+                    unsafe {
+                        sgemm(
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            d,
+                            false,
+                            lhs.as_ptr(),
+                            l,
+                            rhs.as_ptr(),
+                            r,
+                        )
+                    };
                     for i in 0..m {
                         for j in 0..n {
                             let got = if tr { c[j * m + i] } else { c[i * n + j] };
@@ -187,7 +200,18 @@ mod tests {
         // accumulate adds onto dst
         let mut c = vec![1.0f32; m * n];
         unsafe {
-            sgemm(m, n, k, c.as_mut_ptr(), Mat::rows(n), true, a.as_ptr(), Mat::rows(k), b.as_ptr(), Mat::rows(n))
+            sgemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                Mat::rows(n),
+                true,
+                a.as_ptr(),
+                Mat::rows(k),
+                b.as_ptr(),
+                Mat::rows(n),
+            )
         };
         for (g, w) in c.iter().zip(&want) {
             assert!((g - (w + 1.0)).abs() < 1e-5);

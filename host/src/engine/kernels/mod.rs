@@ -143,7 +143,11 @@ impl FastOps for Flex {
         conv_forward(&x, &weight, Some(&bias), &options)
     }
 
-    fn fast_conv2d_nobias(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+    fn fast_conv2d_nobias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
         conv_forward(&x, &weight, None, &options)
     }
 
@@ -171,9 +175,23 @@ impl FastOps for Flex {
         hyper: [f64; 8],
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = dims(&p);
-        let (mut p, mut m, mut v) = (f32s(&p).into_owned(), f32s(&m).into_owned(), f32s(&v).into_owned());
-        optim::adam(&mut p, &f32s(&g), &mut m, &mut v, &optim::AdamScalars::from_array(hyper));
-        (flex(p, shape.clone()), flex(m, shape.clone()), flex(v, shape))
+        let (mut p, mut m, mut v) = (
+            f32s(&p).into_owned(),
+            f32s(&m).into_owned(),
+            f32s(&v).into_owned(),
+        );
+        optim::adam(
+            &mut p,
+            &f32s(&g),
+            &mut m,
+            &mut v,
+            &optim::AdamScalars::from_array(hyper),
+        );
+        (
+            flex(p, shape.clone()),
+            flex(m, shape.clone()),
+            flex(v, shape),
+        )
     }
 }
 
@@ -264,7 +282,11 @@ pub fn adam<const D: usize>(
         v.into_dispatch(),
         scalars.to_array(),
     );
-    Some((Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v)))
+    Some((
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    ))
 }
 
 /// `x · sigmoid(x)`: the kernel on Flex, burn's op otherwise.

@@ -63,7 +63,11 @@ pub fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScal
     let (ibc1, ibc2) = ((1.0 / s.bc1) as f32, (1.0 / s.bc2) as f32);
     let (lr, eps) = (s.lr as f32, s.eps as f32);
     let l2 = if s.coupled { s.wd as f32 } else { 0.0 };
-    let shrink = if s.coupled { 1.0 } else { (1.0 - s.lr * s.wd) as f32 };
+    let shrink = if s.coupled {
+        1.0
+    } else {
+        (1.0 - s.lr * s.wd) as f32
+    };
     p.par_chunks_mut(BLOCK)
         .zip(g.par_chunks(BLOCK))
         .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))

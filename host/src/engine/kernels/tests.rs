@@ -21,7 +21,11 @@ fn rand<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> Tensor<D> {
 }
 
 fn vals<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
 
 /// Max |a − b| relative to max |b| (plus a small absolute floor).
@@ -56,8 +60,16 @@ fn check_conv(c: &ConvCase) {
     let ours = conv2d(x.clone(), w.clone(), b.clone(), opts.clone());
     let theirs = fmod::conv2d(x.clone(), w.clone(), b.clone(), opts.clone());
     assert_eq!(ours.dims(), theirs.dims());
-    let what = format!("conv x{:?} w{:?} s{} p{} d{}", c.x, c.w, c.stride, c.pad, c.dil);
-    close(&format!("{what} forward"), &vals(&ours), &vals(&theirs), 1e-5);
+    let what = format!(
+        "conv x{:?} w{:?} s{} p{} d{}",
+        c.x, c.w, c.stride, c.pad, c.dil
+    );
+    close(
+        &format!("{what} forward"),
+        &vals(&ours),
+        &vals(&theirs),
+        1e-5,
+    );
     let r = rand(ours.dims(), 4, 1.0);
     let g1 = (ours * r.clone()).sum().backward();
     let g2 = (theirs * r).sum().backward();
@@ -75,22 +87,92 @@ fn check_conv(c: &ConvCase) {
 fn conv_matches_burn_values_and_gradients() {
     let cases = [
         // the UNet's 3×3 "same" conv, with and without bias
-        ConvCase { x: [3, 5, 9, 7], w: [6, 5, 3, 3], stride: 1, pad: 1, dil: 1, bias: true },
-        ConvCase { x: [2, 4, 8, 8], w: [3, 4, 3, 3], stride: 1, pad: 1, dil: 1, bias: false },
+        ConvCase {
+            x: [3, 5, 9, 7],
+            w: [6, 5, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
+        ConvCase {
+            x: [2, 4, 8, 8],
+            w: [3, 4, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: false,
+        },
         // 1×1 (skip connections, attention projections)
-        ConvCase { x: [3, 6, 5, 5], w: [4, 6, 1, 1], stride: 1, pad: 0, dil: 1, bias: true },
+        ConvCase {
+            x: [3, 6, 5, 5],
+            w: [4, 6, 1, 1],
+            stride: 1,
+            pad: 0,
+            dil: 1,
+            bias: true,
+        },
         // stride-2 downsampling, odd size
-        ConvCase { x: [2, 3, 9, 9], w: [5, 3, 3, 3], stride: 2, pad: 1, dil: 1, bias: true },
+        ConvCase {
+            x: [2, 3, 9, 9],
+            w: [5, 3, 3, 3],
+            stride: 2,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
         // no padding, dilation 2, a batch larger than a task chunk
-        ConvCase { x: [9, 2, 11, 10], w: [3, 2, 3, 3], stride: 1, pad: 0, dil: 2, bias: true },
+        ConvCase {
+            x: [9, 2, 11, 10],
+            w: [3, 2, 3, 3],
+            stride: 1,
+            pad: 0,
+            dil: 2,
+            bias: true,
+        },
         // even kernel, stride 2, large padding
-        ConvCase { x: [1, 2, 6, 6], w: [2, 2, 4, 4], stride: 2, pad: 3, dil: 1, bias: false },
+        ConvCase {
+            x: [1, 2, 6, 6],
+            w: [2, 2, 4, 4],
+            stride: 2,
+            pad: 3,
+            dil: 1,
+            bias: false,
+        },
         // "same" convolutions on images smaller than the kernel, and a 5×5 one
-        ConvCase { x: [2, 3, 1, 1], w: [2, 3, 3, 3], stride: 1, pad: 1, dil: 1, bias: true },
-        ConvCase { x: [2, 2, 2, 3], w: [3, 2, 3, 3], stride: 1, pad: 1, dil: 1, bias: false },
-        ConvCase { x: [3, 2, 6, 4], w: [2, 2, 5, 5], stride: 1, pad: 2, dil: 1, bias: true },
+        ConvCase {
+            x: [2, 3, 1, 1],
+            w: [2, 3, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
+        ConvCase {
+            x: [2, 2, 2, 3],
+            w: [3, 2, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: false,
+        },
+        ConvCase {
+            x: [3, 2, 6, 4],
+            w: [2, 2, 5, 5],
+            stride: 1,
+            pad: 2,
+            dil: 1,
+            bias: true,
+        },
         // strided 1×1 (no im2col shortcut)
-        ConvCase { x: [2, 3, 7, 7], w: [2, 3, 1, 1], stride: 2, pad: 0, dil: 1, bias: true },
+        ConvCase {
+            x: [2, 3, 7, 7],
+            w: [2, 3, 1, 1],
+            stride: 2,
+            pad: 0,
+            dil: 1,
+            bias: true,
+        },
     ];
     for c in &cases {
         check_conv(c);
@@ -106,13 +188,33 @@ fn group_norm_matches_burn_values_and_gradients() {
         let ours = group_norm(x.clone(), gamma.clone(), beta.clone(), groups, 1e-5);
         let theirs = group_norm_generic(x.clone(), gamma.clone(), beta.clone(), groups, 1e-5);
         let what = format!("group_norm {shape:?}/{groups}");
-        close(&format!("{what} forward"), &vals(&ours), &vals(&theirs), 1e-5);
+        close(
+            &format!("{what} forward"),
+            &vals(&ours),
+            &vals(&theirs),
+            1e-5,
+        );
         let r = rand(shape, 8, 1.0);
         let g1 = (ours * r.clone()).sum().backward();
         let g2 = (theirs * r).sum().backward();
-        close(&format!("{what} dx"), &vals(&x.grad(&g1).unwrap()), &vals(&x.grad(&g2).unwrap()), 1e-4);
-        close(&format!("{what} dgamma"), &vals(&gamma.grad(&g1).unwrap()), &vals(&gamma.grad(&g2).unwrap()), 1e-5);
-        close(&format!("{what} dbeta"), &vals(&beta.grad(&g1).unwrap()), &vals(&beta.grad(&g2).unwrap()), 1e-5);
+        close(
+            &format!("{what} dx"),
+            &vals(&x.grad(&g1).unwrap()),
+            &vals(&x.grad(&g2).unwrap()),
+            1e-4,
+        );
+        close(
+            &format!("{what} dgamma"),
+            &vals(&gamma.grad(&g1).unwrap()),
+            &vals(&gamma.grad(&g2).unwrap()),
+            1e-5,
+        );
+        close(
+            &format!("{what} dbeta"),
+            &vals(&beta.grad(&g1).unwrap()),
+            &vals(&beta.grad(&g2).unwrap()),
+            1e-5,
+        );
     }
 }
 
@@ -126,7 +228,12 @@ fn silu_matches_burn_values_and_gradients() {
     let r = rand([3, 7, 41, 29], 10, 1.0);
     let g1 = (ours * r.clone()).sum().backward();
     let g2 = (theirs * r).sum().backward();
-    close("silu dx", &vals(&x.grad(&g1).unwrap()), &vals(&x.grad(&g2).unwrap()), 1e-6);
+    close(
+        "silu dx",
+        &vals(&x.grad(&g1).unwrap()),
+        &vals(&x.grad(&g2).unwrap()),
+        1e-6,
+    );
 }
 
 /// Central differences of `f` at `x` along a few coordinates, against autodiff.
@@ -202,9 +309,19 @@ fn kernels_are_bitwise_deterministic() {
         let gamma = rand([5], 21, 1.0);
         let beta = rand([5], 22, 1.0);
         let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let y = silu(group_norm(conv2d(x.clone(), w.clone(), None, opts), gamma, beta, 5, 1e-5));
+        let y = silu(group_norm(
+            conv2d(x.clone(), w.clone(), None, opts),
+            gamma,
+            beta,
+            5,
+            1e-5,
+        ));
         let g = y.clone().sum().backward();
-        (vals(&y), vals(&x.grad(&g).unwrap()), vals(&w.grad(&g).unwrap()))
+        (
+            vals(&y),
+            vals(&x.grad(&g).unwrap()),
+            vals(&w.grad(&g).unwrap()),
+        )
     };
     let (a, b) = (run(), run());
     let bits = |v: &Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -216,8 +333,14 @@ fn kernels_are_bitwise_deterministic() {
 #[test]
 fn kernels_work_without_autodiff() {
     let d = Device::flex();
-    let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32; 2 * 2 * 4 * 4], [2, 2, 4, 4]), &d);
-    let w = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; 3 * 2 * 3 * 3], [3, 2, 3, 3]), &d);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![1.0f32; 2 * 2 * 4 * 4], [2, 2, 4, 4]),
+        &d,
+    );
+    let w = Tensor::<4>::from_data(
+        TensorData::new(vec![0.5f32; 3 * 2 * 3 * 3], [3, 2, 3, 3]),
+        &d,
+    );
     let y = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
     let v = vals(&y);
     // an interior pixel sees 2 channels × 9 taps × 0.5; a corner 2 × 4 × 0.5
