@@ -90,7 +90,9 @@ pub fn evaluate(
     let mut found: BTreeMap<u8, Neighbours> = BTreeMap::new();
     for (key, (d, k)) in &need {
         log::info!("k-NN: {m} samples × {n} training images, {d:?}, k = {k}");
+        let t = std::time::Instant::now();
         found.insert(*key, knn(samples, train, dim, *k, *d, device)?);
+        log::info!("k-NN ({d:?}) took {:.2} s", t.elapsed().as_secs_f64());
     }
     let l2 = &found[&(Distance::L2 as u8)];
     let mean_nn: f64 = (0..m).map(|i| l2.row(i)[0] as f64).sum::<f64>() / m.max(1) as f64;
