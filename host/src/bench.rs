@@ -375,7 +375,13 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
         });
     }
     if std::env::var_os("MEMLAB_BENCH_CONV_PARTS").is_some() {
-        for (n, c, hw) in [(32usize, 32usize, 32usize), (32, 64, 16), (32, 64, 8)] {
+        for (n, c, hw) in [
+            (32usize, 32usize, 32usize),
+            (32, 64, 32),
+            (32, 32, 16),
+            (32, 64, 16),
+            (32, 64, 8),
+        ] {
             let s = k::conv::ConvShape {
                 n,
                 c_in: c,
@@ -396,6 +402,7 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
             let f = median(&mut || {
                 black_box(k::conv::forward(&s, &x, &w, None));
             });
+
             let bi = median(&mut || {
                 black_box(k::conv::backward_input(&s, &w, &dy));
             });

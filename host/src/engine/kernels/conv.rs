@@ -6,8 +6,12 @@
 //! - input gradient: `dx_b = col2im(Wᵀ · dy_b)`;
 //! - weight gradient: `dW = Σ_b dy_b · col_bᵀ`; bias gradient: `Σ_b Σ_p dy_b`.
 //!
-//! A 1×1 convolution with stride 1 and no padding skips im2col (`col_b` is `x_b`). Images run in
-//! parallel, each GEMM on one thread; the weight gradient sums per-chunk partials in chunk order.
+//! A 1×1 convolution with stride 1 and no padding skips im2col (`col_b` is `x_b`). A "same"
+//! convolution (stride 1, output as large as the input: the UNets' 3×3 convolutions) skips it too:
+//! each kernel tap is a shifted view of a zero-padded copy of the image, one GEMM per tap
+//! ([`forward_taps`]; the input gradient is the same convolution of `dy` with the kernel flipped
+//! and transposed; [`backward_weight_taps`]). Images run in parallel, each GEMM on one thread; the
+//! weight gradient sums per-chunk partials in chunk order.
 
 use super::gemm::{Mat, par_items, sgemm, threads, zeros};
 
@@ -85,69 +89,16 @@ fn valid(out: usize, k: usize, s: usize, p: usize, d: usize, len: usize) -> (usi
 }
 
 /// Whether the output has the input's size with stride 1 and no dilation ("same" padding, the
-/// UNets' 3×3 convolutions): then each im2col row is the input plane shifted by one offset, one
-/// contiguous copy plus zeroed borders.
+/// UNets' 3×3 convolutions): then every kernel tap is a shifted view of a zero-padded copy of
+/// the image, and forward, input gradient and weight gradient run as one GEMM per tap on those
+/// views ([`forward_taps`]), with no im2col matrix (9× the image) to build and pack.
 fn same(s: &ConvShape) -> bool {
     s.stride == [1, 1] && s.dil == [1, 1] && s.oh() == s.h && s.ow() == s.w
-}
-
-/// For kernel tap `(ki, kj)` of a [`same`] convolution: the shift `(dy, dx)`, the output rows
-/// `o0..o1` that read inside the plane, and the element range `[lo, hi)` of the row to copy
-/// with the source offset `off = dy·w + dx` (`dst[i] = src[i + off]`).
-fn same_tap(s: &ConvShape, ki: usize, kj: usize) -> (isize, usize, usize, usize, usize) {
-    let (h, w) = (s.h as isize, s.w as isize);
-    let dy = ki as isize - s.pad[0] as isize;
-    let dx = kj as isize - s.pad[1] as isize;
-    let o0 = (-dy).clamp(0, h) as usize;
-    let o1 = (h - dy).clamp(0, h) as usize;
-    let off = dy * w + dx;
-    let lo = (o0 as isize * w).max(-off).min(o1 as isize * w).max(0) as usize;
-    let hi = ((o1 as isize * w).min(h * w - off)).max(lo as isize) as usize;
-    (dx, o0, o1, lo, hi)
-}
-
-/// Zeroes, in rows `o0..o1` of a [`same`] im2col row, the columns that read across the left
-/// (`dx < 0`) or right (`dx > 0`) edge.
-#[inline]
-fn zero_edge_columns(row: &mut [f32], w: usize, dx: isize, o0: usize, o1: usize) {
-    if dx == 0 {
-        return;
-    }
-    let n = dx.unsigned_abs().min(w);
-    for o in o0..o1 {
-        let r = &mut row[o * w..(o + 1) * w];
-        if dx < 0 {
-            r[..n].fill(0.0);
-        } else {
-            r[w - n..].fill(0.0);
-        }
-    }
 }
 
 /// `col (K × P) = im2col(x_b)`.
 fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     let (oh, ow, p) = (s.oh(), s.ow(), s.p());
-    if same(s) {
-        let w = s.w;
-        for c in 0..s.c_in {
-            let plane = &x[c * s.h * w..(c + 1) * s.h * w];
-            for ki in 0..s.kh {
-                for kj in 0..s.kw {
-                    let row = &mut col[((c * s.kh + ki) * s.kw + kj) * p..][..p];
-                    let (dx, o0, o1, lo, hi) = same_tap(s, ki, kj);
-                    let off = (ki as isize - s.pad[0] as isize) * w as isize + dx;
-                    row[..lo].fill(0.0);
-                    row[hi..].fill(0.0);
-                    if hi > lo {
-                        let src = (lo as isize + off) as usize;
-                        row[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
-                    }
-                    zero_edge_columns(row, w, dx, o0, o1);
-                }
-            }
-        }
-        return;
-    }
     for c in 0..s.c_in {
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {
@@ -181,33 +132,9 @@ fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// `dx_b += col2im(dcol)` (dx_b zeroed by the caller; `dcol` is scratch and may be modified).
-fn col2im(s: &ConvShape, dcol: &mut [f32], dx: &mut [f32]) {
+/// `dx_b += col2im(dcol)` (dx_b zeroed by the caller).
+fn col2im(s: &ConvShape, dcol: &[f32], dx: &mut [f32]) {
     let (oh, ow, p) = (s.oh(), s.ow(), s.p());
-    if same(s) {
-        let w = s.w;
-        for c in 0..s.c_in {
-            let plane = &mut dx[c * s.h * w..(c + 1) * s.h * w];
-            for ki in 0..s.kh {
-                for kj in 0..s.kw {
-                    let row = &mut dcol[((c * s.kh + ki) * s.kw + kj) * p..][..p];
-                    let (dxs, o0, o1, lo, hi) = same_tap(s, ki, kj);
-                    let off = (ki as isize - s.pad[0] as isize) * w as isize + dxs;
-                    // Entries that read across an edge have no input pixel: drop them so the
-                    // contiguous add below cannot wrap them onto the neighbouring row.
-                    zero_edge_columns(row, w, dxs, o0, o1);
-                    if hi == lo {
-                        continue;
-                    }
-                    let dst = (lo as isize + off) as usize;
-                    for (d, v) in plane[dst..dst + (hi - lo)].iter_mut().zip(&row[lo..hi]) {
-                        *d += v;
-                    }
-                }
-            }
-        }
-        return;
-    }
     for c in 0..s.c_in {
         let plane = &mut dx[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {
@@ -242,6 +169,9 @@ fn col2im(s: &ConvShape, dcol: &mut [f32], dx: &mut [f32]) {
 /// Forward: `x` is `[n, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`, `bias` `[c_out]`;
 /// returns `[n, c_out, oh, ow]`.
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if same(s) && !s.pointwise() {
+        return forward_taps(s, x, weight, bias);
+    }
     let (k, p) = (s.k(), s.p());
     let img = s.c_in * s.h * s.w;
     let mut y = zeros(s.n * s.c_out * p);
@@ -284,8 +214,191 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     y
 }
 
+/// Layout of a zero-padded copy of one image for [`same`] convolutions: `c_in` planes of
+/// `hp × wp` plus `kw` slack zeros, so that tap `(ki, kj)` is the strided view starting at
+/// `ki·wp + kj` with `h·wp` columns (columns `j ≥ w` of each output row are discarded).
+struct Padded {
+    hp: usize,
+    wp: usize,
+    len: usize,
+}
+
+fn padded(s: &ConvShape) -> Padded {
+    let (hp, wp) = (s.h + 2 * s.pad[0], s.w + 2 * s.pad[1]);
+    Padded {
+        hp,
+        wp,
+        len: s.c_in * hp * wp + s.kw,
+    }
+}
+
+fn pad_image(s: &ConvShape, pd: &Padded, x: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for c in 0..s.c_in {
+        for i in 0..s.h {
+            let src = &x[(c * s.h + i) * s.w..][..s.w];
+            let at = (c * pd.hp + i + s.pad[0]) * pd.wp + s.pad[1];
+            out[at..at + s.w].copy_from_slice(src);
+        }
+    }
+}
+
+/// Forward of a [`same`] convolution as one GEMM per kernel tap over shifted views of a padded
+/// copy of the image (no im2col matrix): `ŷ += W[:, :, ki, kj] · view(ki·wp + kj)`.
+pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let pd = padded(s);
+    let p = s.p();
+    let pp = s.h * pd.wp;
+    let (img, k) = (s.c_in * s.h * s.w, s.k());
+    let taps = s.kh * s.kw;
+    let mut y = zeros(s.n * s.c_out * p);
+    par_items(
+        &mut y,
+        s.c_out * p,
+        s.chunk(),
+        pd.len + s.c_out * pp,
+        |buf, b, yb| {
+            let (xp, yp) = buf.split_at_mut(pd.len);
+            pad_image(s, &pd, &x[b * img..(b + 1) * img], xp);
+            match bias {
+                Some(bias) => {
+                    for (row, v) in yp.chunks_mut(pp).zip(bias) {
+                        row.fill(*v);
+                    }
+                }
+                None => yp.fill(0.0),
+            }
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let t = ki * s.kw + kj;
+                    // SAFETY: yp is c_out×pp; the weight tap is c_out×c_in with strides (k, taps);
+                    // the view is c_in×pp with strides (hp·wp, 1) starting at ki·wp + kj, inside
+                    // xp thanks to the kw slack.
+                    unsafe {
+                        sgemm(
+                            s.c_out,
+                            pp,
+                            s.c_in,
+                            yp.as_mut_ptr(),
+                            Mat::rows(pp),
+                            true,
+                            weight[t..].as_ptr(),
+                            Mat {
+                                rs: k as isize,
+                                cs: taps as isize,
+                            },
+                            xp[ki * pd.wp + kj..].as_ptr(),
+                            Mat {
+                                rs: (pd.hp * pd.wp) as isize,
+                                cs: 1,
+                            },
+                        )
+                    };
+                }
+            }
+            for c in 0..s.c_out {
+                for o in 0..s.h {
+                    yb[(c * s.h + o) * s.w..][..s.w]
+                        .copy_from_slice(&yp[c * pp + o * pd.wp..][..s.w]);
+                }
+            }
+        },
+    );
+    y
+}
+
+/// Weight gradient of a [`same`] convolution, one GEMM per tap and image:
+/// `dW[:, :, ki, kj] += dŷ · view(ki·wp + kj)ᵀ`, with `dŷ` the output gradient laid out on the
+/// padded width (zeros in the discarded columns, so they contribute nothing).
+fn backward_weight_taps(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let pd = padded(s);
+    let (p, pp) = (s.p(), s.h * pd.wp);
+    let (img, k, taps) = (s.c_in * s.h * s.w, s.k(), s.kh * s.kw);
+    let chunk = s.chunk();
+    let chunks = s.n.div_ceil(chunk);
+    let wlen = s.c_out * k;
+    let mut partial = zeros(chunks * wlen);
+    par_items(
+        &mut partial,
+        wlen,
+        1,
+        pd.len + s.c_out * pp,
+        |buf, c, dw| {
+            let (xp, dyp) = buf.split_at_mut(pd.len);
+            dyp.fill(0.0);
+            for (i, b) in (c * chunk..((c + 1) * chunk).min(s.n)).enumerate() {
+                pad_image(s, &pd, &x[b * img..(b + 1) * img], xp);
+                let dyb = &dy[b * s.c_out * p..(b + 1) * s.c_out * p];
+                for co in 0..s.c_out {
+                    for o in 0..s.h {
+                        dyp[co * pp + o * pd.wp..][..s.w]
+                            .copy_from_slice(&dyb[(co * s.h + o) * s.w..][..s.w]);
+                    }
+                }
+                for ki in 0..s.kh {
+                    for kj in 0..s.kw {
+                        let t = ki * s.kw + kj;
+                        // SAFETY: the dW tap is c_out×c_in with strides (k, taps) inside dw; dyp is
+                        // c_out×pp; the view is read transposed (pp×c_in, strides (1, hp·wp)).
+                        unsafe {
+                            sgemm(
+                                s.c_out,
+                                s.c_in,
+                                pp,
+                                dw[t..].as_mut_ptr(),
+                                Mat {
+                                    rs: k as isize,
+                                    cs: taps as isize,
+                                },
+                                i > 0,
+                                dyp.as_ptr(),
+                                Mat::rows(pp),
+                                xp[ki * pd.wp + kj..].as_ptr(),
+                                Mat {
+                                    rs: 1,
+                                    cs: (pd.hp * pd.wp) as isize,
+                                },
+                            )
+                        };
+                    }
+                }
+            }
+        },
+    );
+    let (first, rest) = partial.split_at_mut(wlen);
+    for part in rest.chunks(wlen) {
+        for (a, b) in first.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    partial.truncate(wlen);
+    partial
+}
+
 /// Input gradient `[n, c_in, h, w]` from the output gradient `dy` `[n, c_out, oh, ow]`.
 pub fn backward_input(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+    if same(s) && !s.pointwise() {
+        // The input gradient of a "same" convolution is the "same" convolution of dy with the
+        // kernel flipped in space and transposed in channels (odd kernels: the padding stays).
+        let (kh, kw) = (s.kh, s.kw);
+        let mut flipped = zeros(weight.len());
+        for co in 0..s.c_out {
+            for ci in 0..s.c_in {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        flipped[((ci * s.c_out + co) * kh + kh - 1 - ki) * kw + kw - 1 - kj] =
+                            weight[((co * s.c_in + ci) * kh + ki) * kw + kj];
+                    }
+                }
+            }
+        }
+        let t = ConvShape {
+            c_in: s.c_out,
+            c_out: s.c_in,
+            ..*s
+        };
+        return forward_taps(&t, dy, &flipped, None);
+    }
     let (k, p) = (s.k(), s.p());
     let img = s.c_in * s.h * s.w;
     let mut dx = zeros(s.n * img);
@@ -325,6 +438,9 @@ pub fn backward_input(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 /// Weight gradient `[c_out, c_in, kh, kw]`: per-chunk partial sums over images, added in chunk
 /// order.
 pub fn backward_weight(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if same(s) && !s.pointwise() {
+        return backward_weight_taps(s, x, dy);
+    }
     let (k, p) = (s.k(), s.p());
     let img = s.c_in * s.h * s.w;
     let chunk = s.chunk();
