@@ -57,7 +57,10 @@ pub fn knn(
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
-    if distance == Distance::L2 && *device == Device::flex() {
+    if distance == Distance::L2
+        && *device == Device::flex()
+        && !crate::engine::kernels::generic_only()
+    {
         return knn_cpu_l2(samples, train, dim, k, 256, 1024);
     }
     let nc = 16_000_000usize.checked_div(dim).unwrap_or(1);

@@ -199,7 +199,15 @@ impl FastOps for Flex {
 /// domain.
 fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     // Device equality ignores autodiff.
-    t.device() == Device::flex() && t.dtype() == DType::F32
+    t.device() == Device::flex() && t.dtype() == DType::F32 && !generic_only()
+}
+
+/// `MEMLAB_GENERIC_OPS=1` turns the kernels off (burn's own ops everywhere): for checking a
+/// result against the generic path, or reproducing numbers of memlab versions before the
+/// kernels bit for bit.
+pub fn generic_only() -> bool {
+    static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GENERIC.get_or_init(|| std::env::var_os("MEMLAB_GENERIC_OPS").is_some_and(|v| v != "0"))
 }
 
 /// Convolution (burn's `conv2d` semantics and shapes): the kernels on Flex for one group,
