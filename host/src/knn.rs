@@ -109,14 +109,7 @@ pub fn knn_cpu_l2(
     use crate::engine::kernels::act::dot;
     use crate::engine::kernels::gemm::{Mat, sgemm};
     use rayon::prelude::*;
-    if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
-        bail!("k-NN inputs are not whole images of {dim} values");
-    }
-    let (m, n) = (samples.len() / dim, train.len() / dim);
-    if k == 0 || k > n {
-        bail!("asked for {k} neighbours among {n} training images");
-    }
-    let keep = (k + MARGIN).min(n);
+    let (m, n, keep) = check(samples, train, dim, k)?;
     let (ms, nc) = (ms.max(1), nc.clamp(1, n));
     let yn: Vec<f32> = train.par_chunks(dim).map(|y| dot(y, y)).collect();
     let mut best: Vec<Best> = (0..m)
@@ -161,16 +154,41 @@ pub fn knn_cpu_l2(
             }
         }
     });
-    let mut dist = Vec::with_capacity(m * k);
-    let mut idx = Vec::with_capacity(m * k);
-    for (i, b) in best.iter().enumerate() {
+    let cand: Vec<Vec<(f32, u32)>> = best.into_iter().map(|b| b.list).collect();
+    Ok(rerank(samples, train, dim, k, Distance::L2, &cand))
+}
+
+/// Validates the inputs; returns (samples, training images, candidates kept per sample).
+fn check(samples: &[f32], train: &[f32], dim: usize, k: usize) -> Result<(usize, usize, usize)> {
+    if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
+        bail!("k-NN inputs are not whole images of {dim} values");
+    }
+    let (m, n) = (samples.len() / dim, train.len() / dim);
+    if k == 0 || k > n {
+        bail!("asked for {k} neighbours among {n} training images");
+    }
+    Ok((m, n, (k + MARGIN).min(n)))
+}
+
+/// The exact step: each sample's screened candidates re-ranked by distances recomputed in f64,
+/// ties broken by training index; the first `k` are the answer.
+fn rerank(
+    samples: &[f32],
+    train: &[f32],
+    dim: usize,
+    k: usize,
+    distance: Distance,
+    cand: &[Vec<(f32, u32)>],
+) -> Neighbours {
+    let mut dist = Vec::with_capacity(cand.len() * k);
+    let mut idx = Vec::with_capacity(cand.len() * k);
+    for (i, list) in cand.iter().enumerate() {
         let a = &samples[i * dim..(i + 1) * dim];
-        let mut exact_list: Vec<(f64, u32)> = b
-            .list
+        let mut exact_list: Vec<(f64, u32)> = list
             .iter()
             .map(|&(_, j)| {
                 let y = &train[j as usize * dim..(j as usize + 1) * dim];
-                (exact(a, y, Distance::L2), j)
+                (exact(a, y, distance), j)
             })
             .collect();
         exact_list.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
@@ -179,7 +197,7 @@ pub fn knn_cpu_l2(
             idx.push(j);
         }
     }
-    Ok(Neighbours { k, dist, idx })
+    Neighbours { k, dist, idx }
 }
 
 /// [`knn`] with explicit chunk sizes: `nc` training images per device upload, `ms` samples
@@ -195,14 +213,7 @@ pub fn knn_chunked(
     nc: usize,
     ms: usize,
 ) -> Result<Neighbours> {
-    if dim == 0 || !samples.len().is_multiple_of(dim) || !train.len().is_multiple_of(dim) {
-        bail!("k-NN inputs are not whole images of {dim} values");
-    }
-    let (m, n) = (samples.len() / dim, train.len() / dim);
-    if k == 0 || k > n {
-        bail!("asked for {k} neighbours among {n} training images");
-    }
-    let keep = (k + MARGIN).min(n);
+    let (m, n, keep) = check(samples, train, dim, k)?;
     // Training images are the outer loop, so each is uploaded to the device once: chunks of
     // ≤ 16M values (64 MiB); samples go in blocks of `ms`, so a distance block is ms × nc.
     let nc = nc.clamp(1, n);
@@ -271,30 +282,7 @@ pub fn knn_chunked(
             }
         }
     }
-    let mut dist = Vec::with_capacity(m * k);
-    let mut idx = Vec::with_capacity(m * k);
-    for (i, list) in cand.iter().enumerate() {
-        let a = &samples[i * dim..(i + 1) * dim];
-        let mut exact_list: Vec<(f64, u32)> = list
-            .iter()
-            .map(|&(_, j)| {
-                (
-                    exact(
-                        a,
-                        &train[j as usize * dim..(j as usize + 1) * dim],
-                        distance,
-                    ),
-                    j,
-                )
-            })
-            .collect();
-        exact_list.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
-        for &(d, j) in exact_list.iter().take(k) {
-            dist.push(d as f32);
-            idx.push(j);
-        }
-    }
-    Ok(Neighbours { k, dist, idx })
+    Ok(rerank(samples, train, dim, k, distance, &cand))
 }
 
 #[cfg(test)]

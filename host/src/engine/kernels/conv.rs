@@ -365,14 +365,7 @@ fn backward_weight_taps(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
         },
     );
-    let (first, rest) = partial.split_at_mut(wlen);
-    for part in rest.chunks(wlen) {
-        for (a, b) in first.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-    partial.truncate(wlen);
-    partial
+    sum_partials(partial, wlen)
 }
 
 /// Input gradient `[n, c_in, h, w]` from the output gradient `dy` `[n, c_out, oh, ow]`.
@@ -481,6 +474,11 @@ pub fn backward_weight(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
         },
     );
+    sum_partials(partial, wlen)
+}
+
+/// Adds the `wlen`-long partial sums stored one after another, in order, into the first.
+fn sum_partials(mut partial: Vec<f32>, wlen: usize) -> Vec<f32> {
     let (first, rest) = partial.split_at_mut(wlen);
     for part in rest.chunks(wlen) {
         for (a, b) in first.iter_mut().zip(part) {
