@@ -8,9 +8,9 @@
 //! scalar `exp`; together ~80% of a UNet training step (`../BENCHMARKS.md`). [`FastOps`] adds
 //! one op each — convolution, GroupNorm, SiLU — with a forward kernel on [`Flex`] tensors
 //! ([`conv`], [`norm`], [`act`]) and a hand-written backward recorded on burn's autodiff graph
-//! ([`autodiff`]).
+//! ([`autodiff`]), plus a one-pass Adam(W) update ([`optim`]).
 //!
-//! The public functions here ([`conv2d`], [`group_norm`], [`silu`]) take and return ordinary
+//! The public functions here ([`conv2d`], [`group_norm`], [`silu`], [`adam`]) take and return ordinary
 //! burn tensors: on a Flex device (with or without autodiff) and f32 data they run these
 //! kernels; anywhere else (CUDA, other dtypes, grouped convolutions) they run burn's own ops,
 //! so no backend loses an operation. Every kernel is checked against burn's op (values and

@@ -347,3 +347,43 @@ fn kernels_work_without_autodiff() {
     assert_eq!(v[5], 9.0);
     assert_eq!(v[0], 4.0);
 }
+
+#[test]
+fn fused_adam_matches_the_update_rule_in_f64() {
+    use super::optim::{AdamScalars, adam};
+    let mut g = SplitMix64(23);
+    let n = 70_001; // more than two parallel blocks, not a multiple of one
+    let mut p: Vec<f32> = (0..n).map(|_| g.normal() as f32).collect();
+    let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut pr, mut mr, mut vr): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        p.iter().map(|&x| x as f64).collect(),
+        vec![0.0; n],
+        vec![0.0; n],
+    );
+    for (t, coupled) in [(1, false), (2, true), (3, false)] {
+        let grad: Vec<f32> = (0..n).map(|_| g.normal() as f32).collect();
+        let s = AdamScalars {
+            lr: 1e-3,
+            b1: 0.9,
+            b2: 0.999,
+            bc1: 1.0 - 0.9f64.powi(t),
+            bc2: 1.0 - 0.999f64.powi(t),
+            eps: 1e-8,
+            wd: 0.01,
+            coupled,
+        };
+        adam(&mut p, &grad, &mut m, &mut v, &s);
+        for i in 0..n {
+            let gi = grad[i] as f64 + if coupled { s.wd * pr[i] } else { 0.0 };
+            mr[i] = s.b1 * mr[i] + (1.0 - s.b1) * gi;
+            vr[i] = s.b2 * vr[i] + (1.0 - s.b2) * gi * gi;
+            let shrink = if coupled { 1.0 } else { 1.0 - s.lr * s.wd };
+            pr[i] = pr[i] * shrink - s.lr * (mr[i] / s.bc1) / ((vr[i] / s.bc2).sqrt() + s.eps);
+        }
+    }
+    let err = p
+        .iter()
+        .zip(&pr)
+        .fold(0.0f64, |e, (&a, &b)| e.max((a as f64 - b).abs()));
+    assert!(err < 1e-6, "max |p − p_ref| = {err}");
+}
