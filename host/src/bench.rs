@@ -374,50 +374,6 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
             burn_ms: median(&mut || run(false)),
         });
     }
-    if std::env::var_os("MEMLAB_BENCH_CONV_PARTS").is_some() {
-        for (n, c, hw) in [
-            (32usize, 32usize, 32usize),
-            (32, 64, 32),
-            (32, 32, 16),
-            (32, 64, 16),
-            (32, 64, 8),
-        ] {
-            let s = k::conv::ConvShape {
-                n,
-                c_in: c,
-                h: hw,
-                w: hw,
-                c_out: c,
-                kh: 3,
-                kw: 3,
-                stride: [1, 1],
-                pad: [1, 1],
-                dil: [1, 1],
-            };
-            let (x, w, dy) = (
-                rand(&[n, c, hw, hw]),
-                rand(&[c, c, 3, 3]),
-                rand(&[n, c, hw, hw]),
-            );
-            let f = median(&mut || {
-                black_box(k::conv::forward(&s, &x, &w, None));
-            });
-
-            let bi = median(&mut || {
-                black_box(k::conv::backward_input(&s, &w, &dy));
-            });
-            let bw = median(&mut || {
-                black_box(k::conv::backward_weight(&s, &x, &dy));
-            });
-            let gf = 2.0 * (n * c * c * 9 * hw * hw) as f64 / 1e6;
-            eprintln!(
-                "conv {c}ch {hw}x{hw}: forward {f:.2} ms ({:.0} GFLOP/s), input grad {bi:.2} ms ({:.0}), weight grad {bw:.2} ms ({:.0})",
-                gf / f,
-                gf / bi,
-                gf / bw
-            );
-        }
-    }
     let xs = [32, 64, 16, 16];
     let x = rand(&xs);
     let (ga, be) = (rand(&[64]), rand(&[64]));

@@ -141,8 +141,8 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// An uninitialised-size-checked output buffer: a `Vec<f32>` of `n` zeros. (Zeroing is cheap
-/// next to the GEMMs that fill these buffers, and keeps every path free of `unsafe` reads.)
+/// A zeroed output buffer of `n` floats. Kernels could leave it uninitialised (they overwrite
+/// it), but zeroing is cheap next to their GEMMs and keeps them free of uninitialised memory.
 pub fn zeros(n: usize) -> Vec<f32> {
     vec![0.0; n]
 }
