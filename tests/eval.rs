@@ -1,6 +1,8 @@
 //! Replication evaluation end to end: the ratio criterion on hand-built and random cases, the
 //! optimum (which copies) vs fresh draws (which do not), and re-evaluation without retraining.
 
+use std::path::Path;
+
 use memlab::eval::evaluate;
 use memlab::plugins::Registry;
 use memlab_e2e::*;
@@ -162,8 +164,14 @@ fn optimum_copies_fresh_draws_do_not_and_criteria_change_without_retraining() {
         None,
     );
     assert_eq!(e.code, 0, "{}", e.stderr);
+    let dir = e
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("results line");
+    assert!(dir.contains("evals/fresh-"), "{dir}");
     let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("eval-fresh/replication.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(Path::new(dir).join("evaluation.json")).unwrap())
             .unwrap();
     let fresh_ratio = rep["evaluation"]["criteria"][0]["ratio"].as_f64().unwrap();
     assert!(
@@ -189,7 +197,7 @@ fn optimum_copies_fresh_draws_do_not_and_criteria_change_without_retraining() {
     );
     assert_eq!(e.code, 0, "{}", e.stderr);
     let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("l2/replication.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(tmp.path().join("l2/evaluation.json")).unwrap())
             .unwrap();
     assert_eq!(rep["evaluation"]["criteria"][0]["name"], "l2");
     assert_eq!(

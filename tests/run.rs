@@ -305,7 +305,11 @@ fn overrides_and_a_changed_config_are_handled() {
         None,
     );
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("different configuration"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("different training configuration"),
+        "{}",
+        r.stderr
+    );
     // A bad override is a config error naming the key.
     let r = memlab(
         &["run", cfg.to_str().unwrap(), "--set", "train.stepz=2"],

@@ -70,8 +70,8 @@ pub enum Command {
         /// Override a config value before expansion, e.g. `--set train.steps=100` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Cells run at once on CPU (worker threads); a GPU runs one cell at a time.
-        #[arg(long, default_value_t = 1)]
+        /// Cells run at once on CPU (worker threads, at least 1); a GPU runs one cell at a time.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         jobs: usize,
         /// Parent directory of the study directory (default: `[study] out_dir`, else `studies`).
         #[arg(long)]
@@ -93,8 +93,8 @@ pub enum Command {
         /// Override a config value, e.g. `--set emm.epsilon=0.2` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Sizes evaluated at once on CPU.
-        #[arg(long, default_value_t = 1)]
+        /// Sizes evaluated at once on CPU (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         jobs: usize,
         /// Parent directory of the study directory.
         #[arg(long)]
@@ -214,6 +214,11 @@ pub enum ConfigAction {
     },
 }
 
+/// Parser of counts that must be ≥ 1 (`--jobs`).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -228,6 +233,11 @@ pub fn main() -> i32 {
         })
         .try_init();
     let cli = Cli::parse();
+    // A mistyped --plugin-dir would otherwise load fewer plugins without a word.
+    if let Some(d) = cli.plugin_dirs.iter().find(|d| !d.is_dir()) {
+        eprintln!("error: --plugin-dir {}: not a directory", d.display());
+        return EXIT_USAGE;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -468,42 +468,212 @@ pub fn set_key(doc: &mut toml::Table, key: &str, value: toml::Value) -> Result<(
     r
 }
 
+/// A TOML error located in `text`: the key at the error's span, the line and column, and for
+/// a repeated key or table the line where it was first defined.
+fn located(text: &str, file: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let Some(span) = e.span() else {
+        return ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            message,
+        };
+    };
+    let key = key_at(text, span.start);
+    let (l, c) = line_col(text, span.start);
+    let message = if message == "duplicate key" && !key.is_empty() {
+        let first = key_lines(text, &key).into_iter().find(|&f| f < l);
+        let what = if text[span.start.min(text.len())..].starts_with('[')
+            || text[..span.start.min(text.len())].trim_end().ends_with('[')
+        {
+            format!("the table `[{key}]`")
+        } else {
+            format!("`{key}`")
+        };
+        match first {
+            Some(f) => format!("{what} is defined twice, on line {f} and on line {l}"),
+            None => format!("{what} is defined twice (line {l}, column {c})"),
+        }
+    } else {
+        format!("{message} (line {l}, column {c})")
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        key,
+        message,
+    }
+}
+
+/// The 1-based lines of `text` whose [`key_at`] is `key`, in order.
+fn key_lines(text: &str, key: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && key_at(text, offset) == key {
+            out.push(i + 1);
+        }
+        offset += line.len();
+    }
+    out
+}
+
+/// Parses TOML text into a document; a syntax error names the file, the line and the column.
+pub fn parse_doc(text: &str, file: &Path) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| located(text, file, &e))
+}
+
+/// Applies `key=value` overrides (dotted keys, TOML values; bare words are strings) to a
+/// config document. Returns the keys it set, so errors in them are attributed to `--set`.
+pub fn apply_overrides(
+    doc: &mut toml::Table,
+    sets: &[String],
+    file: &Path,
+) -> Result<Vec<String>, ConfigError> {
+    let mut keys = Vec::new();
+    for s in sets {
+        let err = |m: String| ConfigError {
+            file: file.to_path_buf(),
+            key: s.clone(),
+            message: m,
+        };
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| err("--set expects key=value".into()))?;
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
+            .map(|mut t| t.remove("v").expect("v"))
+            .unwrap_or_else(|_| toml::Value::String(value.trim().to_string()));
+        set_key(doc, key.trim(), value).map_err(err)?;
+        keys.push(key.trim().to_string());
+    }
+    Ok(keys)
+}
+
+/// Where a config document came from, for error messages: the file, its own text, and the
+/// keys whose values were put there by something else (`--set`, a study cell).
+pub struct Origin<'a> {
+    /// The file named in errors.
+    pub file: &'a Path,
+    /// The file's text as written (line numbers refer to it).
+    pub text: &'a str,
+    /// Keys set from elsewhere, each with a phrase saying where (`"set by --set"`).
+    pub overridden: &'a [(String, String)],
+}
+
+impl Origin<'_> {
+    /// Re-targets an error found in the re-serialised document `doc_text` at the user's own
+    /// file: a key the user wrote gets its line in the file; an overridden key says so; a line
+    /// number of the internal re-serialisation is never shown.
+    fn relocate(&self, doc_text: &str, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_string();
+        let Some(span) = e.span() else {
+            return ConfigError {
+                file: self.file.to_path_buf(),
+                key: String::new(),
+                message,
+            };
+        };
+        let key = key_at(doc_text, span.start);
+        let related = |(o, _): &&(String, String)| {
+            *o == key || key.starts_with(&format!("{o}.")) || o.starts_with(&format!("{key}."))
+        };
+        if let Some((_, by)) = self.overridden.iter().find(related) {
+            return ConfigError {
+                file: self.file.to_path_buf(),
+                message: format!("{message} ({by})"),
+                key,
+            };
+        }
+        // The n-th occurrence of the key in the re-serialisation is the n-th in the file (arrays
+        // keep their order); an inline table in the file shows up as its parent key.
+        let nth = key_lines(&doc_text[..span.start.min(doc_text.len())], &key).len();
+        let mut k = key.as_str();
+        loop {
+            let lines = key_lines(self.text, k);
+            if let Some(l) = lines.get(nth.saturating_sub(1)).or(lines.first()) {
+                return ConfigError {
+                    file: self.file.to_path_buf(),
+                    message: format!("{message} (line {l})"),
+                    key,
+                };
+            }
+            match k.rsplit_once('.') {
+                Some((parent, _)) => k = parent,
+                None => break,
+            }
+        }
+        ConfigError {
+            file: self.file.to_path_buf(),
+            message,
+            key,
+        }
+    }
+}
+
 impl Config {
     /// Parses a config from text; `file` is used in error messages and to resolve relative
     /// plugin directories.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        toml::from_str::<Config>(text).map_err(|e| {
-            let (key, loc) = match e.span() {
-                Some(span) => {
-                    let (l, c) = line_col(text, span.start);
-                    (key_at(text, span.start), format!(" (line {l}, column {c})"))
-                }
-                None => (String::new(), String::new()),
-            };
-            ConfigError {
-                file: file.to_path_buf(),
-                key,
-                message: format!("{}{loc}", e.message().trim()),
-            }
-        })
+        toml::from_str::<Config>(text).map_err(|e| located(text, file, &e))
+    }
+
+    /// Parses a config from a document that may hold values from elsewhere (`--set`, a study
+    /// cell); errors point at the lines of `origin.text` or name the override.
+    pub fn from_doc(doc: &toml::Table, origin: &Origin<'_>) -> Result<Config, ConfigError> {
+        let text = toml::to_string(doc).expect("a TOML table serialises");
+        toml::from_str::<Config>(&text).map_err(|e| origin.relocate(&text, &e))
+    }
+
+    /// Parses the text of `file` and applies `--set` overrides; errors name the file and the
+    /// line the user wrote, or the override at fault.
+    pub fn parse_with(text: &str, file: &Path, sets: &[String]) -> Result<Config, ConfigError> {
+        let mut doc = parse_doc(text, file)?;
+        if sets.is_empty() {
+            return Config::parse(text, file);
+        }
+        let overridden: Vec<(String, String)> = apply_overrides(&mut doc, sets, file)?
+            .into_iter()
+            .map(|k| (k, "set by --set".to_string()))
+            .collect();
+        Config::from_doc(
+            &doc,
+            &Origin {
+                file,
+                text,
+                overridden: &overridden,
+            },
+        )
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_text(path)?;
         let mut cfg = Config::parse(&text, path)?;
-        cfg.resolve_plugin_dirs(path);
+        cfg.resolve_plugin_dirs(path)?;
         Ok(cfg)
     }
 
-    /// Makes relative `[plugins] dirs` relative to the config file's directory.
-    pub fn resolve_plugin_dirs(&mut self, file: &Path) {
+    /// Makes relative `[plugins] dirs` relative to the config file's directory; a directory
+    /// that does not exist is an error (a typo would otherwise load fewer plugins silently).
+    pub fn resolve_plugin_dirs(&mut self, file: &Path) -> Result<(), ConfigError> {
         let base = file.parent().unwrap_or(Path::new("."));
         for d in &mut self.plugins.dirs {
             if d.is_relative() {
                 *d = base.join(&*d);
             }
+            if !d.is_dir() {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    key: "plugins.dirs".into(),
+                    message: format!(
+                        "{} is not a directory (relative entries are resolved from the \
+                         config file's folder)",
+                        d.display()
+                    ),
+                });
+            }
         }
+        Ok(())
     }
 
     /// Hash of everything that determines the trained weights (seed, dataset, architecture,
@@ -546,6 +716,18 @@ impl Config {
             key: key.into(),
             message,
         };
+        // The run directory is `out_dir/name`: the name must stay one folder inside it.
+        let name = &self.run.name;
+        if name.trim().is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0'])
+        {
+            return Err(err(
+                "run.name",
+                format!(
+                    "`{name}` is not a folder name: it must be non-empty and contain no `/` or \
+                     `\\` (the run directory is run.out_dir/run.name)"
+                ),
+            ));
+        }
         if self.train.batch_size == 0 {
             return Err(err("train.batch_size", "must be at least 1".into()));
         }
@@ -558,17 +740,19 @@ impl Config {
         if self.train.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return Err(err("train.betas", "each must be in [0, 1)".into()));
         }
-        if self.train.ema_halflife_kimg < 0.0 || self.train.duration_kimg < 0.0 {
-            return Err(err(
-                "train",
-                "ema_halflife_kimg and duration_kimg must be ≥ 0".into(),
-            ));
+        // `!(v >= 0)` also refuses NaN, which TOML can spell (`nan`).
+        for (key, v) in [
+            ("train.ema_halflife_kimg", self.train.ema_halflife_kimg),
+            ("train.duration_kimg", self.train.duration_kimg),
+            ("train.weight_decay", self.train.weight_decay),
+            ("train.grad_clip", self.train.grad_clip),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(err(key, format!("must be a finite number ≥ 0, got {v}")));
+            }
         }
         if !(0.0..1.0).contains(&self.train.ema_decay) {
             return Err(err("train.ema_decay", "must be in [0, 1)".into()));
-        }
-        if self.train.weight_decay < 0.0 {
-            return Err(err("train.weight_decay", "must be ≥ 0".into()));
         }
         if !SAMPLERS.contains(&self.sample.sampler.as_str()) {
             return Err(err(
@@ -580,11 +764,14 @@ impl Config {
                 ),
             ));
         }
-        if self.sample.steps == 0 || self.sample.batch_size == 0 {
-            return Err(err(
-                "sample",
-                "steps and batch_size must be at least 1".into(),
-            ));
+        for (key, v) in [
+            ("sample.count", self.sample.count),
+            ("sample.steps", self.sample.steps),
+            ("sample.batch_size", self.sample.batch_size),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be at least 1".into()));
+            }
         }
         if self.sample.every_snapshot && self.sample.snapshot.is_some() {
             return Err(err(

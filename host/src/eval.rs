@@ -66,8 +66,55 @@ pub struct Evaluation {
     pub nearest: Vec<u32>,
 }
 
+/// Screens images about to be judged (`per` values each, expected in [−1, 1] like the
+/// training images `train`): non-finite values and values outside [−1, 1] are refused (the
+/// error says where and how to convert); all-non-negative images beside training images that
+/// reach −1 are a warning (likely [0, 1] images). Returns the warnings.
+pub fn screen_samples(samples: &[f32], per: usize, train: &[f32]) -> Result<Vec<String>, String> {
+    let bad = samples.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        let first = samples.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(format!(
+            "{bad} non-finite value(s) (NaN or ±inf), the first in image {} of {}: a sampler \
+             that diverged? Non-finite images cannot be judged",
+            first / per.max(1),
+            samples.len() / per.max(1)
+        ));
+    }
+    let (lo, hi) = min_max(samples);
+    // Tolerance for images written at lower precision and rounded, e.g. float16 → float32.
+    const TOL: f32 = 1e-3;
+    if lo < -1.0 - TOL || hi > 1.0 + TOL {
+        let hint = if lo >= 0.0 && hi <= 255.0 {
+            " — these look like [0, 255] images: convert with x / 127.5 − 1"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "values span [{lo}, {hi}], outside [−1, 1], the range memlab's images (and \
+             distances) use{hint}"
+        ));
+    }
+    let mut warnings = Vec::new();
+    let (train_lo, _) = min_max(train);
+    if lo >= 0.0 && train_lo < -0.5 {
+        warnings.push(format!(
+            "every sample value is ≥ 0 while the training images reach {train_lo:.2}: if these \
+             are [0, 1] images, convert with 2x − 1 (distances, and so ratios, depend on it)"
+        ));
+    }
+    Ok(warnings)
+}
+
+fn min_max(v: &[f32]) -> (f32, f32) {
+    v.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
+}
+
 /// Evaluates `samples` (`m × dim`) against `train` with every criterion; `labels` gives each
-/// sample's class for per-class results.
+/// sample's class for per-class results. Non-finite samples are refused.
 pub fn evaluate(
     samples: &[f32],
     sample_labels: &[i64],
@@ -77,6 +124,12 @@ pub fn evaluate(
     criteria: &[(String, CriterionHandle)],
     device: &Device,
 ) -> Result<Evaluation> {
+    if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "image {} of the samples holds a non-finite value: it cannot be judged",
+            i / dim.max(1)
+        );
+    }
     let m = samples.len() / dim;
     let n = train.len() / dim;
     // One search per distance, with the most neighbours any criterion needs (at least 1).
@@ -233,5 +286,32 @@ pub fn validity_summary(
             / samples.len().max(1) as f64,
         training_mean: mean(training),
         per_class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::screen_samples;
+
+    #[test]
+    fn screening_refuses_non_finite_and_out_of_range_and_warns_on_unit_range() {
+        let train = [-1.0f32, 0.0, 1.0, 0.5];
+        assert_eq!(
+            screen_samples(&[-1.0, 0.3, 1.0, 0.0], 2, &train),
+            Ok(vec![])
+        );
+        let e = screen_samples(&[0.0, 0.1, f32::NAN, 0.2], 2, &train).unwrap_err();
+        assert!(
+            e.contains("1 non-finite") && e.contains("image 1 of 2"),
+            "{e}"
+        );
+        let e = screen_samples(&[0.0, 12.0, 255.0, 3.0], 2, &train).unwrap_err();
+        assert!(e.contains("[0, 255]"), "{e}");
+        let e = screen_samples(&[-3.0, 0.0], 2, &train).unwrap_err();
+        assert!(e.contains("outside"), "{e}");
+        let w = screen_samples(&[0.0, 0.2, 1.0, 0.9], 2, &train).unwrap();
+        assert!(w.len() == 1 && w[0].contains("[0, 1]"), "{w:?}");
+        // Training images that are themselves non-negative: no suspicion.
+        assert_eq!(screen_samples(&[0.0, 0.2], 2, &[0.0, 1.0]), Ok(vec![]));
     }
 }

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod eval;
 pub mod fetch;
 pub mod knn;
+pub mod lock;
 pub mod model;
 pub mod optim;
 pub mod output;

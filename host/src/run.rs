@@ -13,13 +13,15 @@
 //!   nearest.png          each sample (top) above its nearest training image (bottom)
 //!   replication.json     every number of the evaluation
 //!   summary.md           the same, readable
+//!   evals/<samples>-<h>/ each `memlab eval`: evaluation.json, summary.md, nearest.png
+//!   .memlab.lock         held (flock) by the process that owns the directory
 //! ```
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Tensor, TensorData};
 use memlab_plugin_api::SplitMix64;
 use serde::Serialize;
@@ -30,36 +32,12 @@ use crate::engine::device;
 use crate::engine::params::ParamStore;
 use crate::engine::rank::to_dispatch;
 use crate::eval::{Evaluation, evaluate};
+use crate::lock::DirLock;
 use crate::model::Model;
 use crate::output::{write_atomic, write_grid, write_npy_f32, write_npy_i64};
 use crate::plugins::Registry;
 use crate::sampler::{Sampler, sample};
 use crate::train;
-
-/// Applies `key=value` overrides (dotted keys, TOML values; bare words are strings) to a
-/// config's TOML text.
-pub fn apply_overrides(text: &str, sets: &[String], file: &Path) -> Result<String, ConfigError> {
-    let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        message: e.message().to_string(),
-    })?;
-    for s in sets {
-        let err = |m: String| ConfigError {
-            file: file.to_path_buf(),
-            key: s.clone(),
-            message: m,
-        };
-        let (key, value) = s
-            .split_once('=')
-            .ok_or_else(|| err("--set expects key=value".into()))?;
-        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
-            .map(|mut t| t.remove("v").expect("v"))
-            .unwrap_or_else(|_| toml::Value::String(value.trim().to_string()));
-        crate::config::set_key(&mut doc, key.trim(), value).map_err(err)?;
-    }
-    Ok(toml::to_string(&doc).expect("serialisable"))
-}
 
 /// What a finished run reports.
 #[derive(Debug, Serialize)]
@@ -92,6 +70,9 @@ pub struct SnapshotResult {
     pub ratios: Vec<(String, f64)>,
     /// Mean nearest-neighbour L2 distance.
     pub mean_nn_l2: f64,
+    /// Fraction of sampled values outside [−1, 1] before clamping (far from 0 means the model
+    /// is off the data range and the clamped images say little).
+    pub clamped_fraction: f64,
 }
 
 /// Loads, overrides and validates a config and loads the plugins it needs.
@@ -107,21 +88,8 @@ pub fn prepare(file: &Path, sets: &[String], extra_dirs: &[PathBuf]) -> Result<(
         }
         .into());
     }
-    let text = apply_overrides(&text, sets, file)?;
-    let mut cfg = Config::parse(&text, file)?;
-    let base = file.parent().unwrap_or(Path::new("."));
-    cfg.plugins.dirs = cfg
-        .plugins
-        .dirs
-        .iter()
-        .map(|d| {
-            if d.is_absolute() {
-                d.clone()
-            } else {
-                base.join(d)
-            }
-        })
-        .collect();
+    let mut cfg = Config::parse_with(&text, file, sets)?;
+    cfg.resolve_plugin_dirs(file)?;
     let mut dirs = extra_dirs.to_vec();
     dirs.extend(cfg.plugins.dirs.iter().cloned());
     let reg = Registry::load(&dirs)?;
@@ -132,7 +100,18 @@ pub fn prepare(file: &Path, sets: &[String], extra_dirs: &[PathBuf]) -> Result<(
     Ok((cfg, reg))
 }
 
-/// Generates `count` samples with `params`, in batches, seeded by `seed`.
+/// Generated images (clamped to [−1, 1]) and how many values the clamp changed by more than
+/// 1e-3: a model that is far off the data range shows up here instead of in silently clamped
+/// images.
+pub struct Generated {
+    /// `count × C × H × W` values in [−1, 1].
+    pub images: Vec<f32>,
+    /// Values that were outside [−1.001, 1.001] before clamping.
+    pub clamped: usize,
+}
+
+/// Generates `count` samples with `params`, in batches, seeded by `seed`; sampling that
+/// produces non-finite values stops with the step and σ named.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Model,
@@ -143,11 +122,12 @@ pub fn generate(
     batch: usize,
     seed: u64,
     show_progress: bool,
-) -> Result<Vec<f32>> {
+) -> Result<Generated> {
     let [c, h, w] = model.image_shape;
     let count = labels.len();
     let per = c * h * w;
     let mut out = Vec::with_capacity(count * per);
+    let mut clamped = 0;
     let total_evals = (count.div_ceil(batch) * sampler.evaluations(sigmas.len() - 1)) as u64;
     let bar = if show_progress {
         crate::progress::bar(
@@ -181,31 +161,101 @@ pub fn generate(
         };
         let y = sample(sampler, sigmas, x, &mut denoise, &mut noise, &mut |_| ())?;
         let v = y
-            .clamp(-1.0, 1.0)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| anyhow!("{e:?}"))?;
-        out.extend_from_slice(&v);
+        clamped += v.iter().filter(|x| x.abs() > 1.001).count();
+        out.extend(v.iter().map(|x| x.clamp(-1.0, 1.0)));
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(out)
+    Ok(Generated {
+        images: out,
+        clamped,
+    })
 }
 
 /// Runs a whole configuration. `root` overrides `run.out_dir` when given.
+///
+/// Everything that can be checked is checked before the first write (components, data, and
+/// whether an existing run directory holds snapshots of another training configuration); the
+/// run directory is locked for the whole run, so a second process on it is refused.
 pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunReport> {
+    run_in(cfg, reg, root, None)
+}
+
+/// [`run`] with the run directory already locked by the caller (a study cell).
+pub fn run_locked(
+    cfg: &Config,
+    reg: &Registry,
+    root: Option<&Path>,
+    lock: &DirLock,
+) -> Result<RunReport> {
+    run_in(cfg, reg, root, Some(lock))
+}
+
+/// The run directory of `cfg`: `root` (or `run.out_dir`) / `run.name`.
+pub fn run_dir(cfg: &Config, root: Option<&Path>) -> PathBuf {
+    root.map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.run.out_dir.clone())
+        .join(&cfg.run.name)
+}
+
+/// Refuses to reuse `dir` when it holds snapshots trained under another configuration (seed,
+/// data, architecture, schedule, conditioning or training settings). Reads only.
+fn check_reusable(dir: &Path, cfg: &Config) -> Result<()> {
+    if crate::snapshot::list(&dir.join("snapshots")).is_empty() {
+        return Ok(());
+    }
+    let old = dir.join("config.toml");
+    let old_cfg = crate::config::read_text(&old)
+        .and_then(|t| Config::parse(&t, &old))
+        .map_err(|e| {
+            anyhow!(
+                "{} holds snapshots, but its config.toml cannot be read ({e}), so memlab cannot \
+                 tell which configuration they belong to; use another run name",
+                dir.display()
+            )
+        })?;
+    if old_cfg.training_hash() != cfg.training_hash() {
+        let mut changed = Vec::new();
+        let pairs: [(&str, bool); 6] = [
+            ("run.seed", old_cfg.run.seed != cfg.run.seed),
+            ("dataset", old_cfg.dataset != cfg.dataset),
+            ("architecture", old_cfg.architecture != cfg.architecture),
+            ("schedule", old_cfg.schedule != cfg.schedule),
+            ("conditioning", old_cfg.conditioning != cfg.conditioning),
+            ("train", old_cfg.train != cfg.train),
+        ];
+        for (k, differs) in pairs {
+            if differs {
+                changed.push(k);
+            }
+        }
+        bail!(
+            "{} holds snapshots of a different training configuration ({} changed); use another \
+             run name (or delete the directory) to start over. Nothing was written.",
+            dir.display(),
+            if changed.is_empty() {
+                "settings".to_string()
+            } else {
+                changed.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_in(
+    cfg: &Config,
+    reg: &Registry,
+    root: Option<&Path>,
+    held: Option<&DirLock>,
+) -> Result<RunReport> {
     let dev = device::select(cfg.run.device)?;
     log::info!("device: {}", device::describe(&dev));
-    let dir = root
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| cfg.run.out_dir.clone())
-        .join(&cfg.run.name);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating run directory {}", dir.display()))?;
-    let resolved = cfg.to_toml();
-    let config_hash = cfg.training_hash();
-    write_atomic(&dir.join("config.toml"), resolved.as_bytes())?;
+    let dir = run_dir(cfg, root);
     let seed = cfg.run.seed;
 
     // Components.
@@ -221,8 +271,6 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
         seed,
     )?;
     let criteria = build_criteria(cfg, reg, seed)?;
-    write_lock(&dir, cfg, reg)?;
-
     let mut loaded = crate::data::load(reg, &cfg.dataset, seed, &cond)?;
     let data = &loaded.train;
     log::info!(
@@ -237,6 +285,29 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
             .collect::<Vec<_>>()
             .join(" + ")
     );
+    check_reusable(&dir, cfg)?;
+
+    // The first write: own the directory, check again under the lock, record the config.
+    let own_lock;
+    let lock = match held {
+        Some(l) => l,
+        None => {
+            own_lock = DirLock::acquire(&dir)?;
+            &own_lock
+        }
+    };
+    if lock.dir() != dir {
+        bail!(
+            "internal: locked {} but the run directory is {}",
+            lock.dir().display(),
+            dir.display()
+        );
+    }
+    check_reusable(&dir, cfg)?;
+    let config_hash = cfg.training_hash();
+    write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    write_lock(&dir, cfg, reg)?;
+
     let info = arch.info()?;
     let training_set = if info.needs_training_set {
         let [c, h, w] = data.shape;
@@ -318,7 +389,10 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
             (true, Some(e)) => e,
             _ => p,
         };
-        let samples = generate(
+        let Generated {
+            images: samples,
+            clamped,
+        } = generate(
             &model,
             &mut use_params,
             sampler,
@@ -328,6 +402,14 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
             seed,
             true,
         )?;
+        let clamped_fraction = clamped as f64 / samples.len().max(1) as f64;
+        if clamped_fraction > 0.01 {
+            log::warn!(
+                "{:.1}% of the sampled values were outside [−1, 1] and were clamped: the model \
+                 is far off the data range (undertrained, or a schedule it was not trained for)",
+                100.0 * clamped_fraction
+            );
+        }
         let ev = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
         let score = ev.criteria.first().map_or(0.0, |c| c.ratio);
         per_snapshot.push(SnapshotResult {
@@ -338,6 +420,7 @@ pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunRepor
                 .map(|c| (c.name.clone(), c.ratio))
                 .collect(),
             mean_nn_l2: ev.mean_nn_l2,
+            clamped_fraction,
         });
         if target.is_some() && cfg.sample.every_snapshot {
             log::info!(
@@ -464,21 +547,68 @@ fn write_results(
     )
 }
 
-/// `memlab eval`: re-evaluates a finished run's samples (or any `.npy` of images shaped like
-/// the training data) with the run's criteria, or with criteria changed by `--set`, without
-/// retraining. Results go to `out` (default: the run directory for its own samples,
-/// `RUN_DIR/eval-<file stem>` for other samples).
+/// Which images an evaluation judged.
+#[derive(Debug, Clone, Serialize)]
+pub struct JudgedSamples {
+    /// `"the run's samples"` or `"a samples file"`.
+    pub source: String,
+    /// The `.npy` file read.
+    pub path: PathBuf,
+    /// SHA-256 of that file, hex.
+    pub sha256: String,
+    /// Images judged.
+    pub count: usize,
+}
+
+/// `evaluation.json`: the record of one `memlab eval`, kept apart from the run's own
+/// `replication.json`.
+#[derive(Debug, Serialize)]
+pub struct EvalRecord {
+    /// Where the results are.
+    pub dir: PathBuf,
+    /// The run whose training set (and, by default, samples) was used.
+    pub run_dir: PathBuf,
+    /// The images judged.
+    pub samples: JudgedSamples,
+    /// The criteria applied, with their parameters (after `--set`).
+    pub criteria: Vec<crate::config::ComponentRef>,
+    /// The `--set` overrides applied to the run's config.
+    pub overrides: Vec<String>,
+    /// What the screening of the samples noticed (e.g. images that look like [0, 1]).
+    pub warnings: Vec<String>,
+    /// The numbers.
+    pub evaluation: Evaluation,
+}
+
+/// `memlab eval`: judges a finished run's samples (or any `.npy` of images shaped like the
+/// training data) with the run's criteria, or criteria changed by `--set`, without retraining.
+///
+/// The run's own record (`replication.json`, `summary.md`, …) is never touched: results go to
+/// `out`, by default `RUN_DIR/evals/<samples>-<hash>` (the hash covers the samples file, the
+/// criteria and the overrides, so two different evaluations never share a folder). An `out`
+/// that is a run directory is refused.
 pub fn eval_dir(
     run_dir: &Path,
     sets: &[String],
     extra_dirs: &[PathBuf],
     samples_path: Option<&Path>,
     out: Option<&Path>,
-) -> Result<RunReport> {
+) -> Result<EvalRecord> {
+    use sha2::{Digest, Sha256};
     let cfg_path = run_dir.join("config.toml");
     if !cfg_path.exists() {
         return Err(anyhow!(
             "{} is not a run directory (no config.toml)",
+            run_dir.display()
+        ));
+    }
+    let own = samples_path.is_none();
+    let spath = samples_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| run_dir.join("samples.npy"));
+    if own && !spath.exists() {
+        return Err(anyhow!(
+            "{} has no samples.npy yet (is the run still training?); give --samples FILE",
             run_dir.display()
         ));
     }
@@ -491,12 +621,11 @@ pub fn eval_dir(
         seed,
     )?;
     let criteria = build_criteria(&cfg, &reg, seed)?;
-    let mut loaded = crate::data::load(&reg, &cfg.dataset, seed, &cond)?;
-    let own = samples_path.is_none();
-    let spath = samples_path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| run_dir.join("samples.npy"));
+    let bytes = std::fs::read(&spath).with_context(|| format!("reading {}", spath.display()))?;
+    let sha256 = format!("{:x}", Sha256::digest(&bytes));
+    drop(bytes);
     let (shape, samples) = crate::output::read_npy_f32(&spath)?;
+    let mut loaded = crate::data::load(&reg, &cfg.dataset, seed, &cond)?;
     let [c, h, w] = loaded.train.shape;
     if shape.len() != 4 || shape[1..] != [c, h, w] {
         return Err(anyhow!(
@@ -506,38 +635,130 @@ pub fn eval_dir(
         ));
     }
     let m = shape[0];
+    let warnings = crate::eval::screen_samples(&samples, c * h * w, &loaded.train.images)
+        .map_err(|e| anyhow!("{}: {e}", spath.display()))?;
+    for w in &warnings {
+        log::warn!("{}: {w}", spath.display());
+    }
     let labels = if own {
-        crate::output::read_npy_i64(&run_dir.join("sample_labels.npy"))
-            .map(|(_, l)| l)
-            .unwrap_or_else(|_| vec![0; m])
+        let lpath = run_dir.join("sample_labels.npy");
+        let (_, l) = crate::output::read_npy_i64(&lpath)?;
+        if l.len() != m {
+            return Err(anyhow!(
+                "{}: {} labels for {m} samples",
+                lpath.display(),
+                l.len()
+            ));
+        }
+        l
     } else {
         vec![0; m]
     };
-    let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
-    let dest = match (out, own) {
-        (Some(o), _) => o.to_path_buf(),
-        (None, true) => run_dir.to_path_buf(),
-        (None, false) => run_dir.join(format!(
-            "eval-{}",
-            spath
+    let dest = match out {
+        Some(o) => o.to_path_buf(),
+        None => {
+            let mut h = Sha256::new();
+            h.update(sha256.as_bytes());
+            for c in &cfg.criteria {
+                h.update(c.name.as_bytes());
+                h.update(c.params_toml().as_bytes());
+            }
+            for s in sets {
+                h.update(s.as_bytes());
+            }
+            let stem = spath
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .unwrap_or("samples")
-        )),
+                .unwrap_or("samples");
+            run_dir
+                .join("evals")
+                .join(format!("{stem}-{}", &format!("{:x}", h.finalize())[..8]))
+        }
     };
-    std::fs::create_dir_all(&dest)?;
-    let report = RunReport {
+    if dest.join("config.toml").exists() || dest.join("replication.json").exists() {
+        return Err(anyhow!(
+            "refusing to write the evaluation into {}: it is a run directory, and an evaluation \
+             never changes a run's record; choose another --out",
+            dest.display()
+        ));
+    }
+    let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    let record = EvalRecord {
         dir: dest.clone(),
-        steps: 0,
-        resumed_from: 0,
+        run_dir: run_dir.to_path_buf(),
+        samples: JudgedSamples {
+            source: if own {
+                "the run's samples".into()
+            } else {
+                "a samples file".into()
+            },
+            path: spath.clone(),
+            sha256,
+            count: m,
+        },
+        criteria: cfg.criteria.clone(),
+        overrides: sets.to_vec(),
+        warnings,
         evaluation,
-        train_seconds: 0.0,
-        sample_seconds: 0.0,
-        snapshot: 0,
-        snapshots: Vec::new(),
     };
-    write_results(&cfg, &report, &loaded.train, &samples, &dest)?;
-    Ok(report)
+    write_nearest_png(
+        &dest.join("nearest.png"),
+        &samples,
+        &loaded.train,
+        &record.evaluation,
+        16,
+    )?;
+    write_atomic(
+        &dest.join("evaluation.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    write_atomic(
+        &dest.join("summary.md"),
+        eval_summary_md(&record, &loaded.train).as_bytes(),
+    )?;
+    Ok(record)
+}
+
+fn eval_summary_md(r: &EvalRecord, data: &TrainingSet) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Evaluation of {}
+",
+        r.samples.path.display()
+    );
+    let _ = writeln!(
+        s,
+        "{} ({} images, sha256 {}) judged against the training set of the run {} ({} images).
+",
+        r.samples.source,
+        r.samples.count,
+        r.samples.sha256,
+        r.run_dir.display(),
+        data.len()
+    );
+    if !r.overrides.is_empty() {
+        let _ = writeln!(
+            s,
+            "Overrides: `{}`
+",
+            r.overrides.join("`, `")
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(
+            s,
+            "**Warning:** {w}
+"
+        );
+    }
+    evaluation_md(&mut s, &r.evaluation);
+    let _ = writeln!(
+        s,
+        "![nearest](nearest.png)\n\nSamples (top row) and their nearest training images (bottom row)."
+    );
+    s
 }
 
 fn scale_for(h: usize) -> usize {
@@ -628,6 +849,17 @@ fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
         "Trained {} steps ({:.0} s); {} samples with `{}` in {} steps ({:.0} s).\n",
         r.steps, r.train_seconds, e.samples, cfg.sample.sampler, cfg.sample.steps, r.sample_seconds
     );
+    evaluation_md(&mut s, e);
+    let _ = writeln!(
+        s,
+        "![samples](samples.png)\n\n![nearest](nearest.png)\n\nSamples (top row) and their nearest training images (bottom row)."
+    );
+    s
+}
+
+/// The evaluation's tables in markdown: criteria, per class, held-out baseline, validity, and
+/// the nearest-neighbour figure.
+fn evaluation_md(s: &mut String, e: &Evaluation) {
     let _ = writeln!(
         s,
         "| criterion | memorization ratio | replicates | distinct training images replicated |"
@@ -687,9 +919,4 @@ fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
             v.training_mean
         );
     }
-    let _ = writeln!(
-        s,
-        "![samples](samples.png)\n\n![nearest](nearest.png)\n\nSamples (top row) and their nearest training images (bottom row)."
-    );
-    s
 }

@@ -88,6 +88,17 @@ pub fn sample(
                 }
             }
         };
+        // The same guard as training's: a sampler that overflows (a σ_max too large for the
+        // network, a diverged checkpoint) stops here instead of handing NaN or ±inf images to
+        // the evaluation, where they would be scored as if they were images.
+        if !x.clone().is_finite().all().into_scalar::<bool>() {
+            bail!(
+                "sampling diverged: step {} of {} (σ {s:.4e} → {s_next:.4e}) produced non-finite \
+                 values (NaN or ±inf); check the schedule's σ range and the weights",
+                i + 1,
+                sigmas.len() - 1
+            );
+        }
         on_step(i);
     }
     Ok(x)
@@ -141,6 +152,29 @@ mod tests {
             err.push((val(&out) - exact(20.0)).abs());
         }
         assert!(err[1] < err[0] / 5.0, "euler {} heun {}", err[0], err[1]);
+    }
+
+    /// A denoiser that overflows stops the sampler with the step and σ named.
+    #[test]
+    fn non_finite_values_stop_sampling_at_their_step() {
+        let sigmas = [80.0, 10.0, 1.0, 0.0];
+        for s in [Sampler::Euler, Sampler::Heun, Sampler::Ddim, Sampler::Ddpm] {
+            let mut d = |x: Tensor<4>, sig: f64| {
+                Ok(if sig < 5.0 {
+                    x.mul_scalar(f32::INFINITY)
+                } else {
+                    x
+                })
+            };
+            let mut nz = |x: &Tensor<4>| x.zeros_like();
+            let e = sample(s, &sigmas, t(1.0), &mut d, &mut nz, &mut |_| ())
+                .unwrap_err()
+                .to_string();
+            // Heun's corrector evaluates D at σ = 1 inside step 2; the others on step 3.
+            let step = if s == Sampler::Heun { 2 } else { 3 };
+            assert!(e.contains(&format!("step {step} of 3")), "{s:?}: {e}");
+            assert!(e.contains("non-finite"), "{e}");
+        }
     }
 
     #[test]

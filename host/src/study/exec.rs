@@ -155,9 +155,12 @@ pub fn write_manifest(study: &Study, dir: &Path, manifest: &Manifest) -> Result<
 /// Runs one cell to the end (resuming it if interrupted) and marks it done.
 pub fn run_cell(cell: &Cell, reg: &Registry, study_dir: &Path) -> Result<()> {
     let dir = cell_dir(study_dir, cell);
+    // Own the cell before touching it: a second worker or Slurm task on the same cell is
+    // refused instead of mixing two runs in one folder.
+    let lock = crate::lock::DirLock::acquire(&dir)?;
     let _ = std::fs::remove_file(dir.join("cell.json"));
     let t0 = Instant::now();
-    crate::run::run(&cell.config, reg, Some(&study_dir.join("cells")))
+    crate::run::run_locked(&cell.config, reg, Some(&study_dir.join("cells")), &lock)
         .with_context(|| format!("cell {} ({})", cell.index, describe(&cell.values)))?;
     let done = CellDone {
         index: cell.index,

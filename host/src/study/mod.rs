@@ -105,6 +105,10 @@ pub struct Study {
     pub axes: Vec<Axis>,
     /// The study TOML as run (after `--set` overrides).
     pub text: String,
+    /// The study file's own text (error messages give its line numbers).
+    pub source: String,
+    /// Keys changed by `--set`.
+    pub overridden: Vec<String>,
 }
 
 fn cfg_err(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
@@ -163,15 +167,31 @@ impl Study {
     /// Reads a study file and applies `--set` overrides (to any key, `study.*` and
     /// `sweep.*` included).
     pub fn load(file: &Path, sets: &[String]) -> Result<Study, ConfigError> {
-        let text = crate::config::read_text(file)?;
-        let text = crate::run::apply_overrides(&text, sets, file)?;
-        Study::parse(&text, file)
+        let source = crate::config::read_text(file)?;
+        let mut doc = crate::config::parse_doc(&source, file)?;
+        let overridden = crate::config::apply_overrides(&mut doc, sets, file)?;
+        Study::from_doc(doc, file, &source, overridden)
     }
 
     /// Parses a study from TOML text (`file` names it in errors).
     pub fn parse(text: &str, file: &Path) -> Result<Study, ConfigError> {
-        let mut base: toml::Table =
-            toml::from_str(text).map_err(|e| cfg_err(file, "", e.message().trim().to_string()))?;
+        let doc = crate::config::parse_doc(text, file)?;
+        Study::from_doc(doc, file, text, Vec::new())
+    }
+
+    /// Builds a study from the parsed document of `file` (whose own text is `source`), after
+    /// the `--set` overrides of the keys in `overridden`.
+    fn from_doc(
+        mut base: toml::Table,
+        file: &Path,
+        source: &str,
+        overridden: Vec<String>,
+    ) -> Result<Study, ConfigError> {
+        let text = if overridden.is_empty() {
+            source.to_string()
+        } else {
+            toml::to_string(&base).expect("a TOML table serialises")
+        };
         let section: StudySection = match base.remove("study") {
             Some(v) => v.try_into().map_err(|e: toml::de::Error| {
                 cfg_err(file, "study", e.message().trim().to_string())
@@ -249,7 +269,9 @@ impl Study {
             emm,
             base,
             axes,
-            text: text.to_string(),
+            text,
+            source: source.to_string(),
+            overridden,
         };
         if let Some(x) = &study.section.x
             && !study.keys().contains(x)
@@ -335,8 +357,21 @@ impl Study {
             set_key(&mut doc, k, v.clone())
                 .map_err(|m| cfg_err(&self.file, &format!("sweep.{k}"), m))?;
         }
-        let text = toml::to_string(&doc).expect("serialisable");
-        let mut config = Config::parse(&text, &self.file).map_err(|mut e| {
+        let overridden: Vec<(String, String)> = values
+            .iter()
+            .map(|(k, _)| (k.clone(), "a swept value".to_string()))
+            .chain(
+                self.overridden
+                    .iter()
+                    .map(|k| (k.clone(), "set by --set".to_string())),
+            )
+            .collect();
+        let origin = crate::config::Origin {
+            file: &self.file,
+            text: &self.source,
+            overridden: &overridden,
+        };
+        let mut config = Config::from_doc(&doc, &origin).map_err(|mut e| {
             e.message = format!("{} (in the cell {})", e.message, describe(&values));
             e
         })?;
@@ -344,7 +379,7 @@ impl Study {
             e.message = format!("{} (in the cell {})", e.message, describe(&values));
             e
         })?;
-        config.resolve_plugin_dirs(&self.file);
+        config.resolve_plugin_dirs(&self.file)?;
         let name = cell_name(&values, &config);
         config.run.name = name.clone();
         Ok(Cell {
