@@ -271,7 +271,7 @@ pub fn train(
         );
         let t = Instant::now();
         let out = crate::sampler::sample(
-            crate::sampler::Sampler::Heun,
+            crate::sampler::SamplerSettings::plain(crate::sampler::Sampler::Heun),
             &sigmas,
             x,
             &mut |x, s| model.denoise(&mut store, x, &vec![s; sample_batch], None),

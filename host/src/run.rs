@@ -36,7 +36,7 @@ use crate::lock::DirLock;
 use crate::model::Model;
 use crate::output::{write_atomic, write_grid, write_npy_f32, write_npy_i64};
 use crate::plugins::Registry;
-use crate::sampler::{Sampler, sample};
+use crate::sampler::{SamplerSettings, sample};
 use crate::train;
 
 /// What a finished run reports.
@@ -116,7 +116,7 @@ pub struct Generated {
 pub fn generate(
     model: &Model,
     params: &mut ParamStore,
-    sampler: Sampler,
+    sampler: SamplerSettings,
     sigmas: &[f64],
     labels: &[i64],
     batch: usize,
@@ -128,7 +128,7 @@ pub fn generate(
     let per = c * h * w;
     let mut out = Vec::with_capacity(count * per);
     let mut clamped = 0;
-    let total_evals = (count.div_ceil(batch) * sampler.evaluations(sigmas.len() - 1)) as u64;
+    let total_evals = (count.div_ceil(batch) * sampler.kind.evaluations(sigmas.len() - 1)) as u64;
     let bar = if show_progress {
         crate::progress::bar(
             total_evals,
@@ -347,7 +347,7 @@ fn run_in(
 
     // Sample.
     let t1 = Instant::now();
-    let sampler = Sampler::parse(&cfg.sample.sampler)?;
+    let sampler = cfg.sample.settings();
     let sigmas = model.schedule.sampling_sigmas(cfg.sample.steps)?;
     let labels = cond.sample_labels(
         data.summary(),

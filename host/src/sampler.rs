@@ -3,22 +3,30 @@
 //! All work in σ-space (x_σ = y + σ·n), so one implementation serves every formulation:
 //! - `euler`: first-order probability-flow ODE steps, dx/dσ = (x − D(x; σ))/σ. Over a DDPM
 //!   schedule's respaced σ this *is* DDIM with η = 0 (Song et al. 2021; Karras et al. 2022 §3),
-//!   so `ddim` is the same update.
-//! - `heun`: EDM's Algorithm 1 without churn: Euler step plus a trapezoidal correction, except
-//!   on the last step to σ = 0 (N steps → 2N − 1 evaluations).
+//!   so `ddim` is the same update (improved-diffusion's `ddim_sample_loop`, η = 0).
+//! - `heun`: EDM's `edm_sampler` (Karras et al. 2022, Algorithm 2): optional churn (the noise
+//!   level raised from σ to σ̂ = σ(1 + γ) by fresh noise, γ = min(S_churn/N, √2 − 1) for
+//!   σ in [S_min, S_max]), an Euler step from σ̂ and a trapezoidal correction, except on the
+//!   last step to σ = 0 (N steps → 2N − 1 evaluations). Churn 0 is Algorithm 1.
 //! - `ddpm`: ancestral sampling. From σ to σ' the DDPM posterior in σ-space is
 //!   N(D + (σ'²/σ²)(x − D), σ'²(σ² − σ'²)/σ²), which equals improved-diffusion's
 //!   `p_sample` with the fixed-small variance β̃ on the same (respaced) timesteps.
+//!
+//! `clip_denoised` clamps D to [−1, 1] before it is used, as improved-diffusion's loops do by
+//! default (`clip_denoised=True`); EDM's sampler does not clip. `tests/samplers.rs` checks
+//! every sampler against the reference implementations' own trajectories.
 
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-/// Which sampler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which sampler (`[sample] sampler` in a config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Sampler {
-    /// EDM Heun (2nd order).
+    /// EDM Heun (2nd order), with optional churn.
     Heun,
-    /// Euler (1st order ODE).
+    /// Euler (1st order ODE), with optional churn.
     Euler,
     /// DDIM (η = 0): the Euler update on the schedule's σ.
     Ddim,
@@ -27,17 +35,6 @@ pub enum Sampler {
 }
 
 impl Sampler {
-    /// Parses `heun`, `euler`, `ddim`, `ddpm`.
-    pub fn parse(s: &str) -> Result<Sampler> {
-        Ok(match s {
-            "heun" => Sampler::Heun,
-            "euler" => Sampler::Euler,
-            "ddim" => Sampler::Ddim,
-            "ddpm" => Sampler::Ddpm,
-            _ => bail!("unknown sampler `{s}` (heun, euler, ddim, ddpm)"),
-        })
-    }
-
     /// Denoiser evaluations for `steps` steps.
     pub fn evaluations(self, steps: usize) -> usize {
         match self {
@@ -45,13 +42,90 @@ impl Sampler {
             _ => steps,
         }
     }
+
+    /// The config name (`heun`, `euler`, `ddim`, `ddpm`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Heun => "heun",
+            Sampler::Euler => "euler",
+            Sampler::Ddim => "ddim",
+            Sampler::Ddpm => "ddpm",
+        }
+    }
+
+    /// Whether D is clamped to [−1, 1] unless the config says otherwise: yes for the
+    /// improved-diffusion samplers (`ddpm`, `ddim`), whose loops clip by default; no for EDM's.
+    pub fn clips_by_default(self) -> bool {
+        matches!(self, Sampler::Ddpm | Sampler::Ddim)
+    }
 }
 
-/// Runs `sampler` down `sigmas` (decreasing, ending at 0) from `x` (noise already scaled to
+impl std::fmt::Display for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// EDM's stochasticity ("churn"): `S_churn`, `S_min`, `S_max`, `S_noise` of `edm_sampler`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Churn {
+    /// Total churn S_churn (0: deterministic); γ = min(S_churn / N, √2 − 1) per step.
+    pub s_churn: f64,
+    /// Churn only for σ ≥ S_min.
+    pub s_min: f64,
+    /// Churn only for σ ≤ S_max.
+    pub s_max: f64,
+    /// Scale of the added noise, S_noise (slightly above 1 offsets detail loss).
+    pub s_noise: f64,
+}
+
+impl Churn {
+    /// No churn: the deterministic sampler.
+    pub const NONE: Churn = Churn {
+        s_churn: 0.0,
+        s_min: 0.0,
+        s_max: f64::INFINITY,
+        s_noise: 1.0,
+    };
+
+    /// γ at σ = `s` for a run of `steps` steps.
+    fn gamma(&self, s: f64, steps: usize) -> f64 {
+        if self.s_churn > 0.0 && self.s_min <= s && s <= self.s_max {
+            (self.s_churn / steps as f64).min(std::f64::consts::SQRT_2 - 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Everything that defines a sampler run besides the σ sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerSettings {
+    /// The update rule.
+    pub kind: Sampler,
+    /// Churn (Heun and Euler only).
+    pub churn: Churn,
+    /// Clamp D to [−1, 1] before use.
+    pub clip_denoised: bool,
+}
+
+impl SamplerSettings {
+    /// `kind` with no churn and its default clipping.
+    pub fn plain(kind: Sampler) -> SamplerSettings {
+        SamplerSettings {
+            kind,
+            churn: Churn::NONE,
+            clip_denoised: kind.clips_by_default(),
+        }
+    }
+}
+
+/// Runs a sampler down `sigmas` (decreasing, ending at 0) from `x` (noise already scaled to
 /// `sigmas[0]`). `denoise(x, σ)` is D; `noise(like)` draws standard normal noise shaped like
-/// its argument (used by `ddpm`). `on_step(i)` is called after each step.
+/// its argument (used by `ddpm` and by churn, in step order). `on_step(i)` is called after
+/// each step. A step that produces non-finite values stops the run with the step and σ named.
 pub fn sample(
-    sampler: Sampler,
+    settings: SamplerSettings,
     sigmas: &[f64],
     mut x: Tensor<4>,
     denoise: &mut dyn FnMut(Tensor<4>, f64) -> Result<Tensor<4>>,
@@ -61,18 +135,38 @@ pub fn sample(
     if sigmas.len() < 2 || *sigmas.last().unwrap() != 0.0 {
         bail!("σ sequence must have at least two values and end with 0");
     }
-    for i in 0..sigmas.len() - 1 {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let d = denoise(x.clone(), s)?;
-        x = match sampler {
+    let SamplerSettings {
+        kind,
+        churn,
+        clip_denoised,
+    } = settings;
+    if churn.s_churn > 0.0 && matches!(kind, Sampler::Ddpm | Sampler::Ddim) {
+        bail!("churn applies to the heun and euler samplers, not {kind}");
+    }
+    let mut d_of = |x: Tensor<4>, s: f64| -> Result<Tensor<4>> {
+        let d = denoise(x, s)?;
+        Ok(if clip_denoised { d.clamp(-1.0, 1.0) } else { d })
+    };
+    let n = sigmas.len() - 1;
+    for i in 0..n {
+        let (s_cur, s_next) = (sigmas[i], sigmas[i + 1]);
+        // Churn: raise the noise level from σ to σ̂ with fresh noise.
+        let gamma = churn.gamma(s_cur, n);
+        let s = s_cur + gamma * s_cur;
+        if gamma > 0.0 {
+            let z = noise(&x);
+            x = x + z.mul_scalar((s * s - s_cur * s_cur).sqrt() * churn.s_noise);
+        }
+        let d = d_of(x.clone(), s)?;
+        x = match kind {
             Sampler::Euler | Sampler::Ddim => euler_step(x, d, s, s_next),
             Sampler::Heun => {
                 let x_e = euler_step(x.clone(), d.clone(), s, s_next);
                 if s_next == 0.0 {
                     x_e
                 } else {
-                    let d2 = denoise(x_e.clone(), s_next)?;
-                    // x + (σ' − σ)·½(d_σ + d_σ'), with d_σ = (x − D)/σ.
+                    let d2 = d_of(x_e.clone(), s_next)?;
+                    // x̂ + (σ' − σ̂)·½(d_σ̂ + d_σ'), with d_σ = (x − D)/σ.
                     let slope = (x.clone() - d).div_scalar(s) + (x_e - d2).div_scalar(s_next);
                     x + slope.mul_scalar(0.5 * (s_next - s))
                 }
@@ -93,10 +187,9 @@ pub fn sample(
         // the evaluation, where they would be scored as if they were images.
         if !x.clone().is_finite().all().into_scalar::<bool>() {
             bail!(
-                "sampling diverged: step {} of {} (σ {s:.4e} → {s_next:.4e}) produced non-finite \
-                 values (NaN or ±inf); check the schedule's σ range and the weights",
+                "sampling diverged: step {} of {n} (σ {s:.4e} → {s_next:.4e}) produced \
+                 non-finite values (NaN or ±inf); check the schedule's σ range and the weights",
                 i + 1,
-                sigmas.len() - 1
             );
         }
         on_step(i);
@@ -129,7 +222,15 @@ mod tests {
         for s in [Sampler::Euler, Sampler::Heun, Sampler::Ddim, Sampler::Ddpm] {
             let mut d = |_x: Tensor<4>, _s: f64| Ok(t(0.7));
             let mut nz = |x: &Tensor<4>| x.zeros_like().add_scalar(1.0);
-            let out = sample(s, &sigmas, t(80.0 * 1.3), &mut d, &mut nz, &mut |_| ()).unwrap();
+            let out = sample(
+                SamplerSettings::plain(s),
+                &sigmas,
+                t(80.0 * 1.3),
+                &mut d,
+                &mut nz,
+                &mut |_| (),
+            )
+            .unwrap();
             assert!((val(&out) - 0.7).abs() < 1e-5, "{s:?}: {}", val(&out));
         }
     }
@@ -148,7 +249,15 @@ mod tests {
         for s in [Sampler::Euler, Sampler::Heun] {
             let mut d = |x: Tensor<4>, sig: f64| Ok(x.mul_scalar(sd2 / (sd2 + sig * sig)));
             let mut nz = |x: &Tensor<4>| x.zeros_like();
-            let out = sample(s, &sigmas, t(20.0), &mut d, &mut nz, &mut |_| ()).unwrap();
+            let out = sample(
+                SamplerSettings::plain(s),
+                &sigmas,
+                t(20.0),
+                &mut d,
+                &mut nz,
+                &mut |_| (),
+            )
+            .unwrap();
             err.push((val(&out) - exact(20.0)).abs());
         }
         assert!(err[1] < err[0] / 5.0, "euler {} heun {}", err[0], err[1]);
@@ -167,9 +276,16 @@ mod tests {
                 })
             };
             let mut nz = |x: &Tensor<4>| x.zeros_like();
-            let e = sample(s, &sigmas, t(1.0), &mut d, &mut nz, &mut |_| ())
-                .unwrap_err()
-                .to_string();
+            let e = sample(
+                SamplerSettings::plain(s),
+                &sigmas,
+                t(1.0),
+                &mut d,
+                &mut nz,
+                &mut |_| (),
+            )
+            .unwrap_err()
+            .to_string();
             // Heun's corrector evaluates D at σ = 1 inside step 2; the others on step 3.
             let step = if s == Sampler::Heun { 2 } else { 3 };
             assert!(e.contains(&format!("step {step} of 3")), "{s:?}: {e}");
@@ -190,7 +306,15 @@ mod tests {
             Ok(x.zeros_like())
         };
         let mut nz = |x: &Tensor<4>| x.zeros_like().add_scalar(1.0);
-        sample(Sampler::Ddpm, &sigmas, t(0.0), &mut d, &mut nz, &mut |_| ()).unwrap();
+        sample(
+            SamplerSettings::plain(Sampler::Ddpm),
+            &sigmas,
+            t(0.0),
+            &mut d,
+            &mut nz,
+            &mut |_| (),
+        )
+        .unwrap();
         assert!((seen.unwrap() - 0.75f64.sqrt()).abs() < 1e-6, "{seen:?}");
     }
 }
