@@ -351,6 +351,13 @@ fn run(cli: Cli) -> Result<i32> {
             let dir = crate::study::report::resolve_dir(&study)?;
             let r = crate::study::report::report(&dir)?;
             let finished = r.rows.iter().filter(|r| r.status == "finished").count();
+            for c in r.rows.iter().filter(|r| r.status == "corrupt") {
+                log::warn!(
+                    "cell {} is corrupt: {}",
+                    c.cell,
+                    c.error.as_deref().unwrap_or_default()
+                );
+            }
             println!(
                 "{}: {finished} of {} cells finished; wrote results.csv, results.json, report.md, report.html, {}",
                 dir.display(),
