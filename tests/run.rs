@@ -488,3 +488,37 @@ fn a_damaged_snapshot_is_named_set_aside_and_never_used() {
         "samples were overwritten"
     );
 }
+
+/// Output files get the mode the umask allows (`0o666 & !umask`), like any file a program
+/// creates, not the owner-only 0o600 of a temporary file: under umask 022 the run directory's
+/// files are 0644, under 077 they are 0600.
+#[cfg(unix)]
+#[test]
+fn outputs_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "perm", 3, 3);
+    for (umask, want) in [("022", 0o644), ("077", 0o600)] {
+        let out = tmp.path().join(format!("u{umask}"));
+        let r: Run = Command::new("sh")
+            .args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+            .arg(memlab_bin())
+            .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env_remove("MEMLAB_PLUGIN_PATH")
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let run = out.join("perm");
+        for f in [
+            run.join("config.toml"),
+            run.join("samples.npy"),
+            run.join("replication.json"),
+            run.join("metrics.jsonl"),
+            snapshot_path(&run, 3),
+        ] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "umask {umask}: {} is {mode:o}", f.display());
+        }
+    }
+}

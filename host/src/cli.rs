@@ -53,7 +53,7 @@ pub enum Command {
     Eval {
         /// The run directory.
         run_dir: PathBuf,
-        /// Evaluate these images (`.npy`, float32 NCHW in [-1, 1]) instead of the run's samples.
+        /// Evaluate these images (`.npy`, float32 or float64 NCHW in [-1, 1]) instead of the run's samples.
         #[arg(long)]
         samples: Option<PathBuf>,
         /// Override config values, e.g. `--set 'criteria=[{name="l2", params={threshold=2.0}}]'`.

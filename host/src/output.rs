@@ -6,6 +6,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// A `tempfile` builder whose files get the mode `File::create` gives, `0o666 & !umask`, for
+/// temporary files that are renamed into place as outputs (see [`write_atomic`]).
+pub fn temp_builder<'a, 'b>() -> tempfile::Builder<'a, 'b> {
+    #[allow(unused_mut)]
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 /// A reader sees the old file or the new one, never a torn one.
 ///
@@ -19,13 +32,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut builder = tempfile::Builder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder
+    let mut tmp = temp_builder()
         .tempfile_in(dir)
         .with_context(|| format!("temp file in {}", dir.display()))?;
     tmp.write_all(bytes)
