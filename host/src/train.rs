@@ -95,7 +95,10 @@ pub fn train(
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let (resumed, mut snapshots) = newest_intact(&snap_dir, &model.device)?;
+    let Resume {
+        from: resumed,
+        mut snapshots,
+    } = newest_intact(&snap_dir, &model.device)?;
     // The snapshot the divergence guard names: one that verified (the one resumed from) or one
     // this process wrote, never an unchecked file.
     let mut last_good: Option<PathBuf> = resumed.as_ref().map(|(_, p)| p.clone());
@@ -222,6 +225,13 @@ pub fn train(
     })
 }
 
+/// Where training resumes: the newest snapshot that verified and its file (none: step 0),
+/// and the snapshot files still listed.
+struct Resume {
+    from: Option<(Snapshot, PathBuf)>,
+    snapshots: Vec<(u64, PathBuf)>,
+}
+
 /// The newest snapshot in `snap_dir` that verifies, with its path, and the snapshot files left
 /// listed (those newer than it are damaged and set aside).
 ///
@@ -231,15 +241,17 @@ pub fn train(
 /// than a silent loss: training is bit-exact deterministic, so it reproduces the lost steps,
 /// and refusing would leave a study cell failed with nothing for the user to do but delete
 /// files by hand. Read errors (permissions, I/O) are not damage and stop the run.
-fn newest_intact(
-    snap_dir: &Path,
-    device: &burn::tensor::Device,
-) -> Result<(Option<(Snapshot, PathBuf)>, Vec<(u64, PathBuf)>)> {
+fn newest_intact(snap_dir: &Path, device: &burn::tensor::Device) -> Result<Resume> {
     let mut listed = snapshot::list(snap_dir);
     let mut set_aside = 0;
     while let Some((_, path)) = listed.last().cloned() {
         match Snapshot::load(&path, device) {
-            Ok(s) => return Ok((Some((s, path)), listed)),
+            Ok(s) => {
+                return Ok(Resume {
+                    from: Some((s, path)),
+                    snapshots: listed,
+                });
+            }
             Err(e) => {
                 let Some(d) = e.downcast_ref::<snapshot::Damaged>() else {
                     return Err(e);
@@ -266,7 +278,10 @@ fn newest_intact(
             snap_dir.display()
         );
     }
-    Ok((None, listed))
+    Ok(Resume {
+        from: None,
+        snapshots: listed,
+    })
 }
 
 fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
