@@ -14,8 +14,9 @@
 //!   whose bytes no longer match (zeroed or flipped bytes, truncation, a broken header) fails
 //!   to load with a [`Damaged`] error naming the file and what is wrong. SHA-256 rather than a
 //!   CRC: it is already a dependency, its cost is negligible next to a training step, and the
-//!   hex digest can be checked from Python with `hashlib`. Files from earlier memlab versions
-//!   have no checksum and load with an "unverified" warning.
+//!   byte stream it hashes (see [`CHECKSUM_KEY`]) is easy to reproduce with Python's
+//!   `hashlib`. Files from earlier memlab versions have no checksum and load with an
+//!   "unverified" warning.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,10 @@ use crate::engine::rank::to_dispatch;
 use crate::optim::AdamState;
 use crate::output::write_atomic;
 
-/// Metadata key of the content checksum (lower-case hex SHA-256, see the module docs).
+/// Metadata key of the content checksum: lower-case hex SHA-256 of a stream of fields, each
+/// written as its byte length (u64 little-endian) then its bytes. First, for every other
+/// metadata entry in key order: `meta`, key, value; then for every tensor in name order:
+/// `tensor`, name, dtype (`F32`), shape (each dimension as u64 little-endian), data.
 pub const CHECKSUM_KEY: &str = "memlab_sha256";
 
 /// Everything needed to continue training exactly.
