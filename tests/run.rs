@@ -57,8 +57,8 @@ fn snapshot_path(run: &Path, step: u64) -> std::path::PathBuf {
         .join(format!("snapshot-{step:08}.safetensors"))
 }
 
-/// Every tensor of a snapshot (parameters, EMA, Adam moments) and its step, by name. The file
-/// bytes themselves are not comparable: safetensors writes its metadata map in hash order.
+/// Every tensor of a snapshot (parameters, EMA, Adam moments) and its step, by name (to say
+/// which tensor differs when two snapshot files do).
 fn snapshot_tensors(
     run: &Path,
     step: u64,
@@ -169,6 +169,12 @@ fn same_seed_same_result() {
     let b = std::fs::read(tmp.path().join("b/det/samples.npy")).unwrap();
     assert!(a == b, "same seed, same backend: identical samples");
     assert_same_snapshot(&tmp.path().join("a/det"), &tmp.path().join("b/det"), 5);
+    // ARCHITECTURE.md: same seed ⇒ same bytes, snapshot files included.
+    assert!(
+        snapshot_bytes(&tmp.path().join("a/det"), 5)
+            == snapshot_bytes(&tmp.path().join("b/det"), 5),
+        "identical runs wrote byte-different snapshot files"
+    );
 }
 
 /// A run killed (SIGKILL) after a snapshot and restarted ends with exactly the parameters,
@@ -246,6 +252,11 @@ fn resume_after_kill_matches_uninterrupted_run() {
     assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
     // Final parameters, EMA and Adam state are bit-for-bit those of the uninterrupted run.
     assert_same_snapshot(&full.join("resume"), &killed.join("resume"), steps);
+    assert!(
+        snapshot_bytes(&full.join("resume"), steps)
+            == snapshot_bytes(&killed.join("resume"), steps),
+        "final snapshot files differ in bytes"
+    );
     let m = std::fs::read_to_string(killed.join("resume/metrics.jsonl")).unwrap();
     let steps_logged: Vec<u64> = m
         .lines()
@@ -406,4 +417,112 @@ fn samples_can_come_from_a_chosen_snapshot() {
     );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("sample.snapshot = 4"), "{}", r.stderr);
+}
+
+/// Fault injection: bytes zeroed in the middle of the newest snapshot. Resuming must not
+/// train on (or sample from) the damaged weights: the file is named, set aside (not deleted)
+/// and training redoes the steps from the previous snapshot, ending with the same samples and
+/// the same snapshot bytes. An explicitly chosen damaged snapshot is an error naming it.
+#[test]
+fn a_damaged_snapshot_is_named_set_aside_and_never_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "dmg", 6, 3);
+    let out = tmp.path().join("o");
+    let args = ["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let r = memlab(&args, None, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("dmg");
+    let samples = std::fs::read(run.join("samples.npy")).unwrap();
+    let good6 = snapshot_bytes(&run, 6);
+
+    let mut bad = good6.clone();
+    let mid = bad.len() / 2;
+    bad[mid..mid + 64].fill(0);
+    std::fs::write(snapshot_path(&run, 6), &bad).unwrap();
+    let r = memlab(&args, None, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("snapshot-00000006.safetensors is damaged"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("resuming from") && r.stderr.contains("snapshot-00000003"),
+        "{}",
+        r.stderr
+    );
+    let aside = run.join("snapshots/snapshot-00000006.safetensors.damaged");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        bad,
+        "damaged file kept as is"
+    );
+    assert!(
+        snapshot_bytes(&run, 6) == good6,
+        "retrained snapshot differs"
+    );
+    assert!(
+        std::fs::read(run.join("samples.npy")).unwrap() == samples,
+        "samples changed"
+    );
+
+    // Sampling from a chosen damaged snapshot: an error naming it, no fallback.
+    let mut bad3 = snapshot_bytes(&run, 3);
+    let mid = bad3.len() / 2;
+    bad3[mid..mid + 64].fill(0);
+    std::fs::write(snapshot_path(&run, 3), &bad3).unwrap();
+    let mut a = args.to_vec();
+    a.extend(["--set", "sample.snapshot=3"]);
+    let r = memlab(&a, None, None);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("snapshot-00000003.safetensors is damaged"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("snapshots that verify: 6"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::fs::read(run.join("samples.npy")).unwrap() == samples,
+        "samples were overwritten"
+    );
+}
+
+/// Output files get the mode the umask allows (`0o666 & !umask`), like any file a program
+/// creates, not the owner-only 0o600 of a temporary file: under umask 022 the run directory's
+/// files are 0644, under 077 they are 0600.
+#[cfg(unix)]
+#[test]
+fn outputs_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "perm", 3, 3);
+    for (umask, want) in [("022", 0o644), ("077", 0o600)] {
+        let out = tmp.path().join(format!("u{umask}"));
+        let r: Run = Command::new("sh")
+            .args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+            .arg(memlab_bin())
+            .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env_remove("MEMLAB_PLUGIN_PATH")
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let run = out.join("perm");
+        for f in [
+            run.join("config.toml"),
+            run.join("samples.npy"),
+            run.join("replication.json"),
+            run.join("metrics.jsonl"),
+            snapshot_path(&run, 3),
+        ] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "umask {umask}: {} is {mode:o}", f.display());
+        }
+    }
 }

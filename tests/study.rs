@@ -212,6 +212,42 @@ fn sweep_runs_reports_and_resumes_after_a_kill() {
         std::fs::read_to_string(study.join("results.csv")).unwrap(),
         csv
     );
+
+    // Fault injection: a finished cell's replication.json cut short. The report names the cell
+    // `corrupt` with the file and the parse error (not `missing`); the next study run redoes it.
+    let victim = &before[0].0;
+    let rep_path = victim.join("replication.json");
+    let good: serde_json::Value = serde_json::from_slice(&before[0].2).unwrap();
+    std::fs::write(&rep_path, &before[0].2[..before[0].2.len() / 2]).unwrap();
+    let r = memlab(&["report", study.to_str().unwrap()], None, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("3 of 4 cells finished"), "{}", r.stdout);
+    let shown = rep_path.display().to_string();
+    assert!(
+        r.stderr.contains("is corrupt") && r.stderr.contains(&shown),
+        "{}",
+        r.stderr
+    );
+    let md = std::fs::read_to_string(study.join("report.md")).unwrap();
+    assert!(md.contains("is corrupt") && md.contains(&shown), "{md}");
+    assert!(md.contains("EOF while parsing"), "{md}");
+    assert_eq!(
+        csv_rows(&study.join("results.csv"))
+            .iter()
+            .filter(|r| r[status] == "corrupt")
+            .count(),
+        1
+    );
+    let r = memlab(&["study", cfg.to_str().unwrap()], None, Some(tmp.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("4 cells, 3 already finished, 1 to run"),
+        "{}",
+        r.stderr
+    );
+    let redone: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rep_path).unwrap()).unwrap();
+    assert_eq!(redone["evaluation"], good["evaluation"]);
 }
 
 #[test]

@@ -53,7 +53,7 @@ pub enum Command {
     Eval {
         /// The run directory.
         run_dir: PathBuf,
-        /// Evaluate these images (`.npy`, float32 NCHW in [-1, 1]) instead of the run's samples.
+        /// Evaluate these images (`.npy`, float32 or float64 NCHW in [-1, 1]) instead of the run's samples.
         #[arg(long)]
         samples: Option<PathBuf>,
         /// Override config values, e.g. `--set 'criteria=[{name="l2", params={threshold=2.0}}]'`.
@@ -361,6 +361,13 @@ fn run(cli: Cli) -> Result<i32> {
             let dir = crate::study::report::resolve_dir(&study)?;
             let r = crate::study::report::report(&dir)?;
             let finished = r.rows.iter().filter(|r| r.status == "finished").count();
+            for c in r.rows.iter().filter(|r| r.status == "corrupt") {
+                log::warn!(
+                    "cell {} is corrupt: {}",
+                    c.cell,
+                    c.error.as_deref().unwrap_or_default()
+                );
+            }
             println!(
                 "{}: {finished} of {} cells finished; wrote results.csv, results.json, report.md, report.html, {}",
                 dir.display(),

@@ -194,7 +194,8 @@ fn fetch_file(
             target.display()
         );
     }
-    let mut tmp = tempfile::Builder::new()
+    // Downloaded files get the umask's mode, like any created file (not tempfile's 0o600).
+    let mut tmp = crate::output::temp_builder()
         .prefix(&format!(".{name}."))
         .suffix(".part")
         .tempfile_in(dest)

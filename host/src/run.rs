@@ -380,7 +380,31 @@ fn run_in(
                         path.display()
                     ));
                 }
-                let s = crate::snapshot::Snapshot::load(&path, &dev)?;
+                // A chosen snapshot is never replaced by another one behind the user's back:
+                // damage is an error that names the file and the snapshots that do verify.
+                let s = crate::snapshot::Snapshot::load(&path, &dev).map_err(|e| {
+                    if e.downcast_ref::<crate::snapshot::Damaged>().is_none() {
+                        return e;
+                    }
+                    let intact: Vec<String> = crate::snapshot::list(&snaps_dir)
+                        .into_iter()
+                        .filter(|(s, p)| *s != step && crate::snapshot::verify(p).is_ok())
+                        .map(|(s, _)| s.to_string())
+                        .collect();
+                    let what = if cfg.sample.every_snapshot {
+                        "sample.every_snapshot".to_string()
+                    } else {
+                        format!("sample.snapshot = {step}")
+                    };
+                    let offer = if intact.is_empty() {
+                        "no other snapshot verifies".to_string()
+                    } else {
+                        format!("snapshots that verify: {}", intact.join(", "))
+                    };
+                    e.context(format!(
+                        "{what}: cannot sample from a damaged snapshot ({offer})"
+                    ))
+                })?;
                 (s.params, s.ema)
             }
             None => (params.clone(), ema.clone()),

@@ -95,11 +95,15 @@ pub fn train(
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let existing = snapshot::list(&snap_dir);
-
-    let (mut params, mut ema, mut adam, start) = match existing.last() {
-        Some((step, path)) => {
-            let s = Snapshot::load(path, &model.device)?;
+    let Resume {
+        from: resumed,
+        mut snapshots,
+    } = newest_intact(&snap_dir, &model.device)?;
+    // The snapshot the divergence guard names: one that verified (the one resumed from) or one
+    // this process wrote, never an unchecked file.
+    let mut last_good: Option<PathBuf> = resumed.as_ref().map(|(_, p)| p.clone());
+    let (mut params, mut ema, mut adam, start) = match resumed {
+        Some((s, path)) => {
             if s.config_hash != config_hash {
                 bail!(
                     "{} holds snapshots of a different configuration; use another run name (or \
@@ -107,7 +111,7 @@ pub fn train(
                     run_dir.display()
                 );
             }
-            log::info!("resuming from {} (step {step})", path.display());
+            log::info!("resuming from {} (step {})", path.display(), s.step);
             (s.params, s.ema, s.adam, s.step)
         }
         None => {
@@ -117,7 +121,6 @@ pub fn train(
             (p, e, AdamState::default(), 0)
         }
     };
-    let mut snapshots = existing.clone();
     // Metrics after the snapshot we resume from were produced by the lost tail of the run.
     let mut metrics = read_metrics(&metrics_path, start);
     write_atomic(
@@ -162,9 +165,9 @@ pub fn train(
         )?;
         let norm = global_norm(&grads)?;
         if !loss.is_finite() || !norm.is_finite() {
-            let last = snapshots
-                .last()
-                .map_or("none yet".to_string(), |(_, p)| p.display().to_string());
+            let last = last_good
+                .as_ref()
+                .map_or("none yet".to_string(), |p| p.display().to_string());
             bail!(
                 "training diverged at step {}: loss = {loss}, gradient norm = {norm}. The last good \
                  snapshot is {last}; lower train.lr or set train.grad_clip",
@@ -205,6 +208,7 @@ pub fn train(
                 config_hash: config_hash.to_string(),
             }
             .save(&path)?;
+            last_good = Some(path.clone());
             snapshots.push((done, path));
         }
     }
@@ -218,6 +222,65 @@ pub fn train(
         steps: total.max(start),
         resumed_from: start,
         snapshots,
+    })
+}
+
+/// Where training resumes: the newest snapshot that verified and its file (none: step 0),
+/// and the snapshot files still listed.
+struct Resume {
+    from: Option<(Snapshot, PathBuf)>,
+    snapshots: Vec<(u64, PathBuf)>,
+}
+
+/// The newest snapshot in `snap_dir` that verifies, with its path, and the snapshot files left
+/// listed (those newer than it are damaged and set aside).
+///
+/// A damaged newest snapshot is not an error: it is renamed to `*.damaged` (kept, never
+/// deleted), a warning names it and the reason, and the previous one is tried. When none
+/// verifies, training starts from step 0 after a warning saying so. Restarting is safe rather
+/// than a silent loss: training is bit-exact deterministic, so it reproduces the lost steps,
+/// and refusing would leave a study cell failed with nothing for the user to do but delete
+/// files by hand. Read errors (permissions, I/O) are not damage and stop the run.
+fn newest_intact(snap_dir: &Path, device: &burn::tensor::Device) -> Result<Resume> {
+    let mut listed = snapshot::list(snap_dir);
+    let mut set_aside = 0;
+    while let Some((_, path)) = listed.last().cloned() {
+        match Snapshot::load(&path, device) {
+            Ok(s) => {
+                return Ok(Resume {
+                    from: Some((s, path)),
+                    snapshots: listed,
+                });
+            }
+            Err(e) => {
+                let Some(d) = e.downcast_ref::<snapshot::Damaged>() else {
+                    return Err(e);
+                };
+                let aside = snapshot::set_aside(&path)?;
+                set_aside += 1;
+                listed.pop();
+                let next = listed
+                    .last()
+                    .map_or("no earlier snapshot".to_string(), |(_, p)| {
+                        format!("trying the previous one, {}", p.display())
+                    });
+                log::warn!(
+                    "{d}. Moved it to {} (kept for inspection); {next}",
+                    aside.display()
+                );
+            }
+        }
+    }
+    if set_aside > 0 {
+        log::warn!(
+            "no snapshot in {} verified ({set_aside} damaged, set aside): training starts again \
+             from step 0 (deterministic, so it reproduces the lost steps)",
+            snap_dir.display()
+        );
+    }
+    Ok(Resume {
+        from: None,
+        snapshots: listed,
     })
 }
 

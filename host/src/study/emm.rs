@@ -319,7 +319,8 @@ fn search(
 /// The ratio of `criterion` in a finished cell.
 pub fn cell_ratio(dir: &Path, cell: &Cell, criterion: &str) -> Result<f64> {
     let p = exec::cell_dir(dir, cell).join("replication.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+    let v = super::results::read_replication(&p)?
+        .ok_or_else(|| anyhow!("{} does not exist", p.display()))?;
     v["evaluation"]["criteria"]
         .as_array()
         .into_iter()

@@ -93,14 +93,20 @@ pub fn cell_dir(study_dir: &Path, cell: &Cell) -> PathBuf {
     study_dir.join("cells").join(&cell.name)
 }
 
-/// Whether a cell has finished with exactly this config.
+/// Whether a cell has finished with exactly this config and its `replication.json` parses
+/// (a corrupt one is redone: training resumes from the final snapshot, so only sampling and
+/// evaluation run again).
 pub fn is_done(study_dir: &Path, cell: &Cell) -> bool {
     let dir = cell_dir(study_dir, cell);
     std::fs::read_to_string(dir.join("cell.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<CellDone>(&t).ok())
         .is_some_and(|d| {
-            d.config_sha256 == config_sha(cell) && dir.join("replication.json").exists()
+            d.config_sha256 == config_sha(cell)
+                && matches!(
+                    super::results::read_replication(&dir.join("replication.json")),
+                    Ok(Some(_))
+                )
         })
 }
 

@@ -412,6 +412,14 @@ fn markdown(m: &Manifest, rows: &[Row], figures: &[String]) -> String {
             r.error.clone().unwrap_or_default().trim()
         );
     }
+    for r in rows.iter().filter(|r| r.status == "corrupt") {
+        let _ = writeln!(
+            s,
+            "**{}** is corrupt: {}. Running the study again redoes this cell.\n",
+            r.cell,
+            r.error.clone().unwrap_or_default().trim()
+        );
+    }
     s
 }
 
@@ -452,7 +460,7 @@ th{{background:#f3f3f3}}img{{max-width:100%;image-rendering:pixelated}}.figs img
         let _ = write!(
             s,
             "<tr{}>",
-            if r.status == "failed" {
+            if r.status == "failed" || r.status == "corrupt" {
                 " class=\"failed\""
             } else {
                 ""
@@ -463,7 +471,20 @@ th{{background:#f3f3f3}}img{{max-width:100%;image-rendering:pixelated}}.figs img
         }
         let _ = writeln!(s, "</tr>");
     }
-    let _ = writeln!(s, "</table>\n<div class=\"figs\">");
+    let _ = writeln!(s, "</table>");
+    for r in rows
+        .iter()
+        .filter(|r| r.status == "failed" || r.status == "corrupt")
+    {
+        let _ = writeln!(
+            s,
+            "<p class=\"failed\"><b>{}</b> {}: {}</p>",
+            esc(&r.cell),
+            esc(&r.status),
+            esc(r.error.as_deref().unwrap_or_default().trim())
+        );
+    }
+    let _ = writeln!(s, "<div class=\"figs\">");
     for f in figures {
         let _ = writeln!(
             s,

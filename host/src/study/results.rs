@@ -33,7 +33,8 @@ pub struct Row {
     pub index: usize,
     /// Cell directory name.
     pub cell: String,
-    /// `finished`, `failed` or `missing`.
+    /// `finished`, `failed`, `corrupt` (its `replication.json` exists but cannot be read or
+    /// parsed; `error` names the file and the parse error) or `missing` (not run yet).
     pub status: String,
     /// Swept key → short label.
     pub labels: BTreeMap<String, String>,
@@ -59,7 +60,7 @@ pub struct Row {
     pub train_seconds: Option<f64>,
     /// Sampling + evaluation seconds.
     pub sample_seconds: Option<f64>,
-    /// The error of a failed cell.
+    /// The error of a failed cell, or what is wrong with a corrupt one.
     pub error: Option<String>,
 }
 
@@ -120,9 +121,16 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
                 row.status = "failed".into();
             }
             let done = cdir.join("cell.json").exists();
-            let rep = std::fs::read_to_string(cdir.join("replication.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            let rep_path = cdir.join("replication.json");
+            let rep = match read_replication(&rep_path) {
+                Ok(r) => r,
+                Err(e) => {
+                    row.status = "corrupt".into();
+                    let earlier = row.error.take().map(|f| format!(" (earlier failure: {f})"));
+                    row.error = Some(format!("{e:#}{}", earlier.unwrap_or_default()));
+                    None
+                }
+            };
             if let (true, Some(r)) = (done, rep) {
                 row.status = "finished".into();
                 let e = &r["evaluation"];
@@ -170,6 +178,20 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             row
         })
         .collect()
+}
+
+/// A cell's `replication.json`: `None` when it does not exist (the cell has not finished),
+/// an error naming the file when it cannot be read or is not JSON (a damaged file is not
+/// reported as a cell that never ran).
+pub fn read_replication(path: &Path) -> Result<Option<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 /// Total training wall time from `metrics.jsonl`: `elapsed_s` restarts at each resume, so the
@@ -309,4 +331,66 @@ pub fn write(dir: &Path, manifest: &Manifest, rows: &[Row]) -> Result<()> {
         &dir.join("results.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::exec::{ManifestCell, SweptValue};
+    use super::*;
+
+    /// A finished cell with a damaged `replication.json` is `corrupt`, with the file and the
+    /// parse error; it is not shown as `missing`, and its neighbours are unaffected.
+    #[test]
+    fn a_corrupt_replication_json_is_reported_with_its_path_and_error() {
+        let d = tempfile::tempdir().unwrap();
+        let cells: Vec<ManifestCell> = ["good", "corrupt", "notrun"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ManifestCell {
+                index: i,
+                name: n.to_string(),
+                values: vec![SweptValue {
+                    key: "train.lr".into(),
+                    value: serde_json::json!(i),
+                    label: i.to_string(),
+                }],
+            })
+            .collect();
+        let m = Manifest {
+            name: "s".into(),
+            description: String::new(),
+            file: "s.toml".into(),
+            keys: vec!["train.lr".into()],
+            x: None,
+            x_label: None,
+            zip: Vec::new(),
+            criteria: vec!["ratio".into()],
+            cells,
+        };
+        let rep = r#"{"evaluation": {"criteria": [{"name": "ratio", "ratio": 0.25,
+            "replicates": 2, "distinct_replicated": 1, "distinct_fraction": 0.5}]},
+            "steps": 6, "snapshot": 6}"#;
+        for (cell, text) in [("good", rep), ("corrupt", &rep[..40])] {
+            let c = d.path().join("cells").join(cell);
+            std::fs::create_dir_all(&c).unwrap();
+            std::fs::write(c.join("cell.json"), "{}").unwrap();
+            std::fs::write(c.join("replication.json"), text).unwrap();
+        }
+        let rows = collect(d.path(), &m);
+        let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(status, ["finished", "corrupt", "missing"]);
+        assert_eq!(rows[0].ratio("ratio"), Some(0.25));
+        let e = rows[1].error.as_deref().unwrap();
+        let file = d.path().join("cells/corrupt/replication.json");
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains("EOF while parsing"), "{e}");
+        assert!(rows[2].error.is_none());
+        assert!(to_csv(&m, &rows).contains(",corrupt,"));
+        assert!(read_replication(&file).is_err());
+        assert!(
+            read_replication(&d.path().join("nope.json"))
+                .unwrap()
+                .is_none()
+        );
+    }
 }
