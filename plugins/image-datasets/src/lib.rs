@@ -7,6 +7,7 @@
 //! Each loads its images into memory at construction as 8-bit values; `fill` maps them to
 //! [−1, 1] with y = x / 127.5 − 1. Labels are class indices into the reported class names.
 
+mod cache;
 mod cifar;
 mod folder;
 mod mnist;
