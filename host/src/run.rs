@@ -147,7 +147,9 @@ pub fn generate(
     let [c, h, w] = model.image_shape;
     let count = labels.len();
     let per = c * h * w;
-    let mut out = Vec::with_capacity(count * per);
+    let mut out = crate::budget::try_with_capacity(count.saturating_mul(per), || {
+        format!("sample.count = {count}: the samples")
+    })?;
     let total_evals = (count.div_ceil(batch) * sampler.evaluations(sigmas.len() - 1)) as u64;
     let bar = if show_progress {
         crate::progress::bar(
@@ -195,6 +197,8 @@ pub fn generate(
 
 /// Runs a whole configuration. `root` overrides `run.out_dir` when given.
 pub fn run(cfg: &Config, reg: &Registry, root: Option<&Path>) -> Result<RunReport> {
+    // Refuse what cannot fit before the run directory or any buffer exists.
+    crate::budget::preflight(cfg, reg)?;
     let dev = device::select(cfg.run.device)?;
     log::info!("device: {}", device::describe(&dev));
     let dir = root
