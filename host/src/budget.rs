@@ -430,15 +430,17 @@ pub fn estimate(cfg: &Config, reg: &Registry) -> Result<Estimate> {
         );
         return Ok(e);
     }
-    let s = match arch.inspect([1, c, h, w], cond_classes) {
-        Ok(s) => s,
-        Err(err) => {
-            // The shape-only host cannot run every architecture (one that reads tensor values
-            // gets empty data); the run itself reports real errors.
-            log::debug!("no size estimate for {}: {err:#}", arch.label());
-            return Ok(e);
-        }
-    };
+    // The shape-only pass applies the host's own shape rules (`memlab_plugin_api::shape`),
+    // so its failure is the one the first real pass would report, only before anything is
+    // allocated. (An architecture that reads tensor values would get empty data here; none of
+    // the bundled ones does.)
+    let s = arch.inspect([1, c, h, w], cond_classes).map_err(|err| {
+        anyhow!(
+            "architecture.params: {err:#} (in a shape-only forward pass on one {} image, run \
+             to estimate the model's size before allocating it)",
+            shape_text(shape)
+        )
+    })?;
     let params = s
         .params
         .iter()

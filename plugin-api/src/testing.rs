@@ -176,8 +176,9 @@ impl ShapeOps {
             .fold(0u128, |acc, (_, s)| acc.saturating_add(elements(s)))
     }
 
-    /// Elements of every tensor the ops produced so far (inputs included): what a training
-    /// pass that keeps every intermediate for backward would hold, a rough upper bound.
+    /// Elements of every tensor the ops produced so far (inputs and the parameters used
+    /// included): what a training pass that keeps every intermediate for backward would hold,
+    /// a rough upper bound.
     pub fn activation_elements(&self) -> u128 {
         self.state.borrow().created
     }
@@ -250,9 +251,12 @@ impl ShapeOps {
         match res {
             Ok(m) => {
                 let mut st = self.state.borrow_mut();
-                let n = elements(&m.shape);
-                st.created = st.created.saturating_add(n);
-                st.largest = st.largest.max(n);
+                // A retained handle aliases its tensor: no new memory.
+                if op != "retain" {
+                    let n = elements(&m.shape);
+                    st.created = st.created.saturating_add(n);
+                    st.largest = st.largest.max(n);
+                }
                 st.insert(m)
             }
             Err(e) => {
@@ -1044,6 +1048,18 @@ mod tests {
     }
 
     #[test]
+    fn overflowing_shape_arithmetic_is_an_op_error_not_a_panic() {
+        let s = ShapeOps::new();
+        let x = s.input(&[usize::MAX / 2, 4], false);
+        let ops = s.ops();
+        let y = ops.reshape(x, RSlice::from_slice(&[-1]));
+        assert_eq!(y, TensorId::INVALID);
+        assert!(s.error().unwrap().contains("overflow"), "{:?}", s.error());
+        assert_eq!(elements(&[usize::MAX, usize::MAX, 2]), u128::MAX);
+        assert_eq!(s.activation_elements(), (usize::MAX / 2) as u128 * 4);
+    }
+
+    #[test]
     fn inspect_ffi_matches_inspect() {
         use crate::adapter::ArchitectureAdapter;
         use crate::ffi::FfiArchitecture_TO;
@@ -1055,6 +1071,10 @@ mod tests {
             TD_Opaque,
         );
         let a = inspect_ffi(&boxed, [2, 3, 8, 8], 4).unwrap();
+        assert!(
+            a.activations > 2 * 3 * 8 * 8 && a.largest >= 2 * 8 * 8 * 8,
+            "{a:?}"
+        );
         let b = inspect(&Net { ch: 8, blocks: 1 }, [2, 3, 8, 8], 4).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.total, net_count(3, 8, 1, 4));
