@@ -233,7 +233,7 @@ impl TrainSection {
     /// over the data, or `duration_kimg` thousand images.
     pub fn total_steps(&self, n: usize) -> u64 {
         if self.epochs > 0 {
-            (self.epochs * n as u64).div_ceil(self.batch_size.max(1) as u64)
+            (self.epochs.saturating_mul(n as u64)).div_ceil(self.batch_size.max(1) as u64)
         } else if self.duration_kimg > 0.0 {
             (self.duration_kimg * 1000.0 / self.batch_size.max(1) as f64).ceil() as u64
         } else {
@@ -893,7 +893,7 @@ impl Config {
         if self.dataset.resolution == Some(0) {
             return Err(err("dataset.resolution", "must be at least 1".into()));
         }
-        Ok(())
+        crate::budget::check_limits(self).map_err(|(key, m)| err(key, m))
     }
 
     /// Every component reference with its config key.

@@ -1,10 +1,13 @@
 //! The training set in host memory: drawn from a dataset component, subset, labelled by the
 //! conditioning scheme, and served in seeded batches.
 
+use std::collections::HashMap;
+
 use anyhow::{Result, bail};
 use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::ffi::DataSummary;
 
+use crate::budget;
 use crate::config::{DatasetSection, SubsetMode};
 use crate::plugins::{ConditioningHandle, DatasetHandle, Registry};
 
@@ -72,16 +75,14 @@ impl TrainingSet {
         let mut indices: Vec<u64> = if n == info.len {
             (0..n).collect()
         } else {
-            choose(
-                (0..info.len).collect(),
-                n as usize,
-                derive_seed(seed, stream::SUBSET),
-            )
+            choose_range(info.len, n as usize, derive_seed(seed, stream::SUBSET))?
         };
         indices.sort_unstable();
-        let mut images = Vec::with_capacity(n as usize * info.channels * info.height * info.width);
-        let mut labels = Vec::with_capacity(n as usize);
-        for chunk in indices.chunks(256) {
+        let per = info.channels * info.height * info.width;
+        let what = || format!("{}: {n} training images", dataset.label());
+        let mut images = budget::try_with_capacity(budget::mul(n as usize, per, what)?, what)?;
+        let mut labels = budget::try_with_capacity(n as usize, what)?;
+        for chunk in indices.chunks(budget::fill_chunk(per)) {
             let (im, lb) = dataset.fill(chunk)?;
             images.extend_from_slice(&im);
             labels.extend_from_slice(&lb);
@@ -180,16 +181,52 @@ impl TrainingSet {
     }
 }
 
-/// The first `k` of a seeded shuffle of `pool` (partial Fisher–Yates).
-fn choose(mut pool: Vec<u64>, k: usize, seed: u64) -> Vec<u64> {
+/// The first `k` of a seeded shuffle (partial Fisher–Yates) of the virtual pool
+/// `at(0), …, at(n − 1)`, in O(k) time and memory: only displaced positions are stored, so
+/// drawing 8 images of a dataset of 10¹² allocates 8 entries, not 10¹². Draws exactly what a
+/// Fisher–Yates over the materialised pool draws (same random calls, same swaps).
+fn choose_virtual(n: u64, k: usize, seed: u64, at: impl Fn(u64) -> u64) -> Result<Vec<u64>> {
     let mut g = SplitMix64(seed);
-    let n = pool.len();
-    for i in 0..k.min(n) {
-        let j = i + g.below((n - i) as u64) as usize;
-        pool.swap(i, j);
+    let k = (k as u64).min(n);
+    let mut out = budget::try_with_capacity(k as usize, || format!("a subset of {k} images"))?;
+    // Position → value, for positions whose value is no longer `at(position)`.
+    let mut moved: HashMap<u64, u64> = HashMap::new();
+    for i in 0..k {
+        let j = i + g.below(n - i);
+        let vi = moved.remove(&i).unwrap_or_else(|| at(i));
+        let vj = if j == i {
+            vi
+        } else {
+            moved.get(&j).copied().unwrap_or_else(|| at(j))
+        };
+        // Swap: position i (never visited again) holds vj, position j holds vi.
+        if j != i {
+            moved.insert(j, vi);
+        }
+        out.push(vj);
     }
-    pool.truncate(k.min(n));
-    pool
+    Ok(out)
+}
+
+/// The first `k` of a seeded shuffle of `0..n` (see [`choose_virtual`]).
+fn choose_range(n: u64, k: usize, seed: u64) -> Result<Vec<u64>> {
+    choose_virtual(n, k, seed, |i| i)
+}
+
+/// The `j`-th (0-based) integer of `0..` not in `taken` (sorted, distinct), in O(log |taken|).
+fn nth_free(taken: &[u64], j: u64) -> u64 {
+    // Before taken[q] lie taken[q] − q free integers, nondecreasing in q: the answer is j plus
+    // the number of taken integers with taken[q] − q ≤ j.
+    let (mut lo, mut hi) = (0usize, taken.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if taken[mid] - mid as u64 <= j {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    j + lo as u64
 }
 
 /// Box-average downsampling of NCHW images by an integer `factor`.
@@ -330,41 +367,47 @@ pub fn load(
         let part_seed = derive_seed(seed, stream::SUBSET) ^ pi as u64;
         let idx: Vec<u64> = match section.subset {
             SubsetMode::Random => {
-                let mut v = choose((0..info.len).collect(), n as usize, part_seed);
+                let mut v = choose_range(info.len, n as usize, part_seed)?;
                 v.sort_unstable();
                 v
             }
             SubsetMode::First => (0..n).collect(),
             SubsetMode::PerClass => per_class(&mut h, n, info.class_names.len().max(1))?,
         };
+        let per = native.iter().product::<usize>();
+        let what = || format!("{}: {} training images", h.label(), idx.len());
         let (mut im, mut lb) = (
-            Vec::with_capacity(idx.len() * native.iter().product::<usize>()),
-            Vec::with_capacity(idx.len()),
+            budget::try_with_capacity(budget::mul(idx.len(), per, what)?, what)?,
+            budget::try_with_capacity(idx.len(), what)?,
         );
-        for chunk in idx.chunks(256) {
+        for chunk in idx.chunks(budget::fill_chunk(per)) {
             let (a, b) = h.fill(chunk)?;
             im.extend_from_slice(&a);
             lb.extend_from_slice(&b);
         }
         if section.heldout > 0 {
-            let taken: std::collections::HashSet<u64> = idx.iter().copied().collect();
-            let pool: Vec<u64> = (0..info.len).filter(|i| !taken.contains(i)).collect();
-            if (pool.len() as u64) < section.heldout {
+            // The pool is every index outside the training set, in ascending order; it is
+            // addressed, not materialised (O(held-out) memory whatever the dataset's length).
+            let mut taken = idx.clone();
+            taken.sort_unstable();
+            taken.dedup();
+            let free = info.len - taken.len() as u64;
+            if free < section.heldout {
                 bail!(
-                    "dataset.heldout = {} but only {} images of {} are outside the training set",
+                    "dataset.heldout = {} but only {free} images of {} are outside the training set",
                     section.heldout,
-                    pool.len(),
                     h.label()
                 );
             }
-            let mut hi = choose(
-                pool,
+            let mut hi = choose_virtual(
+                free,
                 section.heldout as usize,
                 derive_seed(seed, stream::HELDOUT),
-            );
+                |j| nth_free(&taken, j),
+            )?;
             hi.sort_unstable();
             let mut buf = Vec::new();
-            for chunk in hi.chunks(256) {
+            for chunk in hi.chunks(budget::fill_chunk(per)) {
                 buf.extend_from_slice(&h.fill(chunk)?.0);
             }
             heldout_native = Some(buf);
@@ -454,8 +497,9 @@ fn per_class(h: &mut DatasetHandle, n: u64, classes: usize) -> Result<Vec<u64>> 
         .collect();
     let mut out = Vec::with_capacity(n as usize);
     let mut start = 0u64;
+    let chunk_len = budget::fill_chunk(elements_per_image(h)?) as u64;
     while out.len() < n as usize && start < len {
-        let end = (start + 1024).min(len);
+        let end = (start + chunk_len).min(len);
         let chunk: Vec<u64> = (start..end).collect();
         let (_, lb) = h.fill(&chunk)?;
         for (i, l) in chunk.iter().zip(lb) {
@@ -477,6 +521,12 @@ fn per_class(h: &mut DatasetHandle, n: u64, classes: usize) -> Result<Vec<u64>> 
     Ok(out)
 }
 
+/// Values per image of a dataset.
+fn elements_per_image(h: &mut DatasetHandle) -> Result<usize> {
+    let i = h.info()?;
+    Ok(i.channels.saturating_mul(i.height).saturating_mul(i.width))
+}
+
 /// A seeded permutation of `0..n`.
 pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut g = SplitMix64(seed);
@@ -491,6 +541,46 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The materialised partial Fisher–Yates the virtual draw must reproduce exactly.
+    fn choose_dense(mut pool: Vec<u64>, k: usize, seed: u64) -> Vec<u64> {
+        let mut g = SplitMix64(seed);
+        let n = pool.len();
+        for i in 0..k.min(n) {
+            let j = i + g.below((n - i) as u64) as usize;
+            pool.swap(i, j);
+        }
+        pool.truncate(k.min(n));
+        pool
+    }
+
+    #[test]
+    fn virtual_draws_match_the_materialised_shuffle() {
+        for (n, k, seed) in [
+            (10u64, 10usize, 1u64),
+            (100, 7, 2),
+            (1000, 999, 3),
+            (5, 9, 4),
+        ] {
+            let dense = choose_dense((0..n).collect(), k, seed);
+            assert_eq!(choose_range(n, k, seed).unwrap(), dense, "n={n} k={k}");
+        }
+        // A pool with holes (the held-out draw) addressed through `nth_free`.
+        let taken = vec![0u64, 3, 4, 9, 15];
+        let pool: Vec<u64> = (0..20).filter(|i| !taken.contains(i)).collect();
+        for (j, &p) in pool.iter().enumerate() {
+            assert_eq!(nth_free(&taken, j as u64), p);
+        }
+        let virt = choose_virtual(pool.len() as u64, 6, 9, |j| nth_free(&taken, j)).unwrap();
+        assert_eq!(virt, choose_dense(pool, 6, 9));
+    }
+
+    #[test]
+    fn drawing_from_a_huge_range_is_o_drawn() {
+        let v = choose_range(1_000_000_000_000, 8, 5).unwrap();
+        assert_eq!(v.len(), 8);
+        assert!(v.iter().all(|&i| i < 1_000_000_000_000));
+    }
 
     #[test]
     fn permutation_is_a_permutation() {

@@ -7,6 +7,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the five-minute tour.
 
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -126,7 +126,9 @@ pub fn generate(
     let [c, h, w] = model.image_shape;
     let count = labels.len();
     let per = c * h * w;
-    let mut out = Vec::with_capacity(count * per);
+    let mut out = crate::budget::try_with_capacity(count.saturating_mul(per), || {
+        format!("sample.count = {count}: the samples")
+    })?;
     let mut clamped = 0;
     let total_evals = (count.div_ceil(batch) * sampler.kind.evaluations(sigmas.len() - 1)) as u64;
     let bar = if show_progress {
@@ -253,6 +255,8 @@ fn run_in(
     root: Option<&Path>,
     held: Option<&DirLock>,
 ) -> Result<RunReport> {
+    // Refuse what cannot fit before the run directory or any buffer exists.
+    crate::budget::preflight(cfg, reg)?;
     let dev = device::select(cfg.run.device)?;
     log::info!("device: {}", device::describe(&dev));
     let dir = run_dir(cfg, root);

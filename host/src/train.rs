@@ -122,7 +122,7 @@ pub fn train(
         }
     };
     // Metrics after the snapshot we resume from were produced by the lost tail of the run.
-    let mut metrics = read_metrics(&metrics_path, start);
+    let metrics = read_metrics(&metrics_path, start);
     write_atomic(
         &metrics_path,
         metrics
@@ -195,7 +195,6 @@ pub fn train(
             elapsed_s: t0.elapsed().as_secs_f64(),
         })?;
         writeln!(metrics_file, "{line}")?;
-        metrics.push(line);
         report(&bar, done, total, loss, start, &t0);
         let due = cfg.snapshot_every > 0 && done.is_multiple_of(cfg.snapshot_every);
         if due || done == total {

@@ -6,7 +6,7 @@
 //! initialisations follow PyTorch's defaults unless a layer says otherwise, so parameter counts
 //! and init statistics match reference PyTorch code.
 
-use crate::ffi::{Conv2dOptions, Init};
+use crate::ffi::{Conv2dOptions, Init, TensorId};
 use crate::tensor::{Ctx, Tensor};
 
 /// Fully connected layer `y = x·W + b` over the last dimension.
@@ -371,6 +371,10 @@ impl ResBlock {
     }
 }
 
+/// Most frequencies [`timestep_embedding`] builds (2²⁴, a 64 MB table); wider embeddings
+/// fail the pass with an error.
+pub const MAX_EMBEDDING_HALF: usize = 1 << 24;
+
 /// Sinusoidal embedding of a `[N]` noise-level tensor into `[N, dim]`
 /// (improved-diffusion's `timestep_embedding`: `[cos(t·f), sin(t·f)]`,
 /// `f_i = max_period^(−i/half)`).
@@ -381,6 +385,14 @@ pub fn timestep_embedding<'a>(
     max_period: f64,
 ) -> Tensor<'a> {
     let half = dim / 2;
+    // The frequency table is plugin-side data: bound it rather than abort on its allocation.
+    if half > MAX_EMBEDDING_HALF {
+        ctx.fail(&format!(
+            "timestep_embedding of dim {dim}: at most {} channels are supported",
+            2 * MAX_EMBEDDING_HALF + 1
+        ));
+        return ctx.wrap(TensorId::INVALID);
+    }
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(max_period.ln()) * i as f64 / half as f64).exp() as f32)
         .collect();

@@ -28,7 +28,9 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 
 /// Resolves a reshape target with at most one `-1` against `input`'s element count.
 pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String> {
-    let n: usize = input.iter().product();
+    let too_large = || format!("reshape {input:?} to {spec:?}: the element count overflows");
+    let product = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let n = product(input).ok_or_else(too_large)?;
     let mut unknown = None;
     let mut known = 1usize;
     let mut out = Vec::with_capacity(spec.len());
@@ -41,7 +43,7 @@ pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String
         } else if d <= 0 {
             return Err(format!("reshape {spec:?}: sizes must be positive or -1"));
         } else {
-            known *= d as usize;
+            known = known.checked_mul(d as usize).ok_or_else(too_large)?;
             out.push(d as usize);
         }
     }
@@ -51,7 +53,7 @@ pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String
         }
         out[i] = n / known;
     }
-    let n_out: usize = out.iter().product();
+    let n_out = product(&out).ok_or_else(too_large)?;
     if n != n_out {
         return Err(format!(
             "cannot reshape {input:?} ({n} elements) to {out:?} ({n_out} elements)"

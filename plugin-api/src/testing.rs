@@ -25,6 +25,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RNone, ROption, RSlice, RSome, RStr, RVec};
@@ -67,6 +68,19 @@ struct State {
     index: HashMap<String, usize>,
     error: Option<String>,
     ops_run: u64,
+    /// Elements of every tensor an op produced (u128: huge models must not overflow).
+    created: u128,
+    /// Elements of the largest tensor an op produced.
+    largest: u128,
+}
+
+/// Number of elements of `shape` in `u128`, saturating (a product of three or more 64-bit
+/// dimensions can exceed even `u128`).
+pub fn elements(shape: &[usize]) -> u128 {
+    shape
+        .iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+        .unwrap_or(u128::MAX)
 }
 
 impl State {
@@ -147,14 +161,31 @@ impl ShapeOps {
         self.state.borrow().params.clone()
     }
 
-    /// Number of scalar parameters requested so far.
+    /// Number of scalar parameters requested so far (saturating at `usize::MAX`; see
+    /// [`ShapeOps::param_elements`] for the exact count).
     pub fn num_params(&self) -> usize {
+        usize::try_from(self.param_elements()).unwrap_or(usize::MAX)
+    }
+
+    /// Number of scalar parameters requested so far, exactly (saturating at `u128::MAX`).
+    pub fn param_elements(&self) -> u128 {
         self.state
             .borrow()
             .params
             .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+            .fold(0u128, |acc, (_, s)| acc.saturating_add(elements(s)))
+    }
+
+    /// Elements of every tensor the ops produced so far (inputs and the parameters used
+    /// included): what a training pass that keeps every intermediate for backward would hold,
+    /// a rough upper bound.
+    pub fn activation_elements(&self) -> u128 {
+        self.state.borrow().created
+    }
+
+    /// Elements of the largest tensor an op produced so far.
+    pub fn largest_tensor(&self) -> u128 {
+        self.state.borrow().largest
     }
 
     /// Number of live tensor handles (for leak checks).
@@ -203,18 +234,31 @@ impl ShapeOps {
             self.state.borrow_mut().record(msg);
             return TensorId::INVALID;
         };
-        let res = f(&metas).and_then(|m| {
-            if m.rank() == 0 || m.rank() > MAX_RANK {
-                Err(format!(
-                    "tensors of rank {} are not supported (ranks 1..={MAX_RANK})",
-                    m.rank()
-                ))
-            } else {
-                Ok(m)
-            }
-        });
+        // Shape arithmetic on absurd sizes may overflow; a panic must not unwind into the
+        // plugin's `extern "C"` frames (that aborts), so it becomes this op's error.
+        let res = catch_unwind(AssertUnwindSafe(|| f(&metas)))
+            .unwrap_or_else(|_| Err("shape arithmetic overflowed".to_string()))
+            .and_then(|m| {
+                if m.rank() == 0 || m.rank() > MAX_RANK {
+                    Err(format!(
+                        "tensors of rank {} are not supported (ranks 1..={MAX_RANK})",
+                        m.rank()
+                    ))
+                } else {
+                    Ok(m)
+                }
+            });
         match res {
-            Ok(m) => self.state.borrow_mut().insert(m),
+            Ok(m) => {
+                let mut st = self.state.borrow_mut();
+                // A retained handle aliases its tensor: no new memory.
+                if op != "retain" {
+                    let n = elements(&m.shape);
+                    st.created = st.created.saturating_add(n);
+                    st.largest = st.largest.max(n);
+                }
+                st.insert(m)
+            }
             Err(e) => {
                 let msg = format!("op `{op}` on [{}]: {e}", self.shapes(inputs));
                 self.state.borrow_mut().record(msg);
@@ -650,10 +694,14 @@ impl HostOps for ShapeOps {
 pub struct ModelSummary {
     /// Every parameter with its shape, in creation order.
     pub params: Vec<(String, Vec<usize>)>,
-    /// Total number of scalar parameters.
+    /// Total number of scalar parameters (saturating at `usize::MAX`).
     pub total: usize,
     /// Shape of the forward pass's output.
     pub output: Vec<usize>,
+    /// Elements of every tensor the pass produced (see [`ShapeOps::activation_elements`]).
+    pub activations: u128,
+    /// Elements of the largest tensor the pass produced.
+    pub largest: u128,
 }
 
 impl ModelSummary {
@@ -705,6 +753,8 @@ fn summarize(ops: &ShapeOps, out: PResult<TensorId>) -> PResult<ModelSummary> {
         params: ops.params(),
         total: ops.num_params(),
         output,
+        activations: ops.activation_elements(),
+        largest: ops.largest_tensor(),
     })
 }
 
@@ -998,6 +1048,18 @@ mod tests {
     }
 
     #[test]
+    fn overflowing_shape_arithmetic_is_an_op_error_not_a_panic() {
+        let s = ShapeOps::new();
+        let x = s.input(&[usize::MAX / 2, 4], false);
+        let ops = s.ops();
+        let y = ops.reshape(x, RSlice::from_slice(&[-1]));
+        assert_eq!(y, TensorId::INVALID);
+        assert!(s.error().unwrap().contains("overflow"), "{:?}", s.error());
+        assert_eq!(elements(&[usize::MAX, usize::MAX, 2]), u128::MAX);
+        assert_eq!(s.activation_elements(), (usize::MAX / 2) as u128 * 4);
+    }
+
+    #[test]
     fn inspect_ffi_matches_inspect() {
         use crate::adapter::ArchitectureAdapter;
         use crate::ffi::FfiArchitecture_TO;
@@ -1009,6 +1071,10 @@ mod tests {
             TD_Opaque,
         );
         let a = inspect_ffi(&boxed, [2, 3, 8, 8], 4).unwrap();
+        assert!(
+            a.activations > 2 * 3 * 8 * 8 && a.largest >= 2 * 8 * 8 * 8,
+            "{a:?}"
+        );
         let b = inspect(&Net { ch: 8, blocks: 1 }, [2, 3, 8, 8], 4).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.total, net_count(3, 8, 1, 4));

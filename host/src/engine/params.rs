@@ -38,18 +38,19 @@ fn name_hash(name: &str) -> u64 {
     h
 }
 
-/// Samples `n` values of `init` from the stream `(seed, name)`.
-pub fn init_values(init: Init, n: usize, seed: u64, name: &str) -> Vec<f32> {
+/// Samples `n` values of `init` from the stream `(seed, name)`; an error (not an abort) when
+/// `n` values cannot be allocated.
+pub fn init_values(init: Init, n: usize, seed: u64, name: &str) -> Result<Vec<f32>> {
     let mut rng = SplitMix64::for_index(seed, name_hash(name));
+    let mut v = crate::budget::try_with_capacity(n, || format!("parameter `{name}`"))?;
     match init.kind {
-        InitKind::Constant => vec![init.a as f32; n],
-        InitKind::Uniform => (0..n)
-            .map(|_| (init.a + (init.b - init.a) * rng.next_f64()) as f32)
-            .collect(),
-        InitKind::Normal => (0..n)
-            .map(|_| (init.a + init.b * rng.normal()) as f32)
-            .collect(),
+        InitKind::Constant => v.resize(n, init.a as f32),
+        InitKind::Uniform => {
+            v.extend((0..n).map(|_| (init.a + (init.b - init.a) * rng.next_f64()) as f32))
+        }
+        InitKind::Normal => v.extend((0..n).map(|_| (init.a + init.b * rng.normal()) as f32)),
     }
+    Ok(v)
 }
 
 impl ParamStore {
@@ -97,8 +98,11 @@ impl ParamStore {
         if shape.is_empty() || shape.contains(&0) {
             bail!("parameter `{name}` has invalid shape {shape:?}");
         }
-        let n: usize = shape.iter().product();
-        let data = TensorData::new(init_values(init, n, self.seed, name), shape.to_vec());
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| anyhow::anyhow!("parameter `{name}` of shape {shape:?} is too large"))?;
+        let data = TensorData::new(init_values(init, n, self.seed, name)?, shape.to_vec());
         let value = to_dispatch(data, device)?;
         self.params.insert(
             name.to_string(),

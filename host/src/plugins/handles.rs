@@ -63,9 +63,15 @@ impl DatasetHandle {
                 info.len
             );
         }
-        let per = info.channels * info.height * info.width;
-        let mut images = vec![f32::NAN; indices.len() * per];
-        let mut labels = vec![0i64; indices.len()];
+        let what = || format!("{}: {} images", self.label, indices.len());
+        let per = crate::budget::mul(info.channels, info.height, what)?;
+        let per = crate::budget::mul(per, info.width, what)?;
+        let mut images = crate::budget::try_zeroed(
+            crate::budget::mul(indices.len(), per, what)?,
+            f32::NAN,
+            what,
+        )?;
+        let mut labels = crate::budget::try_zeroed(indices.len(), 0i64, what)?;
         ok(
             &self.label,
             self.inner.fill(
@@ -253,6 +259,16 @@ impl ArchitectureHandle {
     /// Declarations.
     pub fn info(&self) -> Result<ArchInfo> {
         ok(&self.label, self.inner.info())
+    }
+    /// One shape-only forward pass on an input of `x_shape` (no tensor data, nothing
+    /// allocated by size): parameter shapes and activation sizes, for the size budget.
+    pub fn inspect(
+        &self,
+        x_shape: [usize; 4],
+        classes: u32,
+    ) -> Result<memlab_plugin_api::testing::ModelSummary> {
+        memlab_plugin_api::testing::inspect_ffi(&self.inner, x_shape, classes)
+            .map_err(|e| anyhow!("{}: {e}", self.label))
     }
     /// Raw forward call (see [`crate::engine::forward`] for the checked one).
     pub fn forward(&self, ops: HostOpsDyn<'_>, args: ForwardArgs) -> Result<TensorId> {

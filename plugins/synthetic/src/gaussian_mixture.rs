@@ -70,6 +70,9 @@ struct ModeStats {
     bound_var: f64,
 }
 
+/// Most values (`modes × channels × resolution²`) the mode images may hold: 2³⁰ f32, 4 GiB.
+const MAX_MODE_VALUES: usize = 1 << 30;
+
 /// Salt separating the modes' random stream from the samples' streams.
 const MODE_SALT: u64 = 0x6D6F_6465_735F_676D;
 
@@ -104,9 +107,27 @@ impl GaussianMixture {
         if !(p.std.is_finite() && p.std > 0.0) {
             return Err(format!("std must be a positive number, got {}", p.std));
         }
-        let per = p.channels * p.resolution * p.resolution;
+        // The modes are held in memory (and their statistics computed) at construction: refuse
+        // sizes that cannot be, instead of aborting on the allocation.
+        let values = p
+            .channels
+            .checked_mul(p.resolution)
+            .and_then(|v| v.checked_mul(p.resolution))
+            .and_then(|per| Some((per, per.checked_mul(p.modes)?)))
+            .filter(|&(_, all)| all <= MAX_MODE_VALUES);
+        let Some((per, all)) = values else {
+            return Err(format!(
+                "modes = {} of {}×{}×{} values is more than the {} values (4 GiB) the mode \
+                 images may take; lower modes, channels or resolution",
+                p.modes, p.channels, p.resolution, p.resolution, MAX_MODE_VALUES
+            ));
+        };
         let mode_seed = SplitMix64(seed ^ MODE_SALT).next_u64();
-        let mut modes = vec![0f32; p.modes * per];
+        let mut modes = Vec::new();
+        modes
+            .try_reserve_exact(all)
+            .map_err(|e| format!("modes = {}: cannot allocate the mode images: {e}", p.modes))?;
+        modes.resize(all, 0f32);
         let mut stats = Vec::with_capacity(p.modes);
         for (m, mode) in modes.chunks_exact_mut(per).enumerate() {
             let mut g = SplitMix64::for_index(mode_seed, m as u64);
