@@ -144,7 +144,8 @@ fn missing_and_non_plugin_files_are_reported_with_their_path() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("cannot open"), "{}", r.stderr);
+    // Refused by the structural check before the dynamic loader sees it.
+    assert!(r.stderr.contains("not an ELF"), "{}", r.stderr);
     assert!(
         rows(&r.stdout).iter().any(|r| r["name"] == "mondrian"),
         "others still load"

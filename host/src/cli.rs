@@ -34,9 +34,17 @@ pub enum Command {
         /// Also list each component's parameters.
         #[arg(long)]
         params: bool,
-        /// Load only this library file and report on it.
+        /// Load only this library file and report on it (a bare name is a file in the
+        /// current directory).
         #[arg(long, value_name = "PATH")]
         check: Option<PathBuf>,
+    },
+    /// Internal: load plugin libraries and print a verdict line for each (the crash-isolating
+    /// probe, see `plugins::probe`).
+    #[command(name = "__probe-plugins", hide = true)]
+    ProbePlugins {
+        /// Library files.
+        files: Vec<PathBuf>,
     },
     /// Train, sample and evaluate one configuration (resumes an interrupted run).
     Run {
@@ -238,6 +246,10 @@ pub fn main() -> i32 {
         eprintln!("error: --plugin-dir {}: not a directory", d.display());
         return EXIT_USAGE;
     }
+    // Every command loads plugins behind a probe process running this executable.
+    if let Ok(exe) = std::env::current_exe() {
+        crate::plugins::probe::enable(exe);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -254,6 +266,7 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::ProbePlugins { files } => Ok(crate::plugins::probe::serve(&files)),
         Command::Plugins {
             json,
             params,
@@ -654,9 +667,9 @@ fn report_failures(reg: &Registry) {
 }
 
 fn check_library(path: &std::path::Path, json: bool, params: bool) -> Result<i32> {
-    match crate::plugins::check_file(path) {
-        Ok(lib) => {
-            let reg = Registry::from_files(std::slice::from_ref(&lib.path))?;
+    match crate::plugins::check_file(path)? {
+        Ok(reg) => {
+            let lib = &reg.libraries()[0];
             if !json {
                 println!(
                     "{}: ok — {} {} (plugin-api {}), {} component(s), sha256 {}",

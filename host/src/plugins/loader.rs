@@ -5,6 +5,10 @@
 //! return the first plugin for every later one). abi_stable checks the plugin-api version and
 //! the layout of every type reachable from the root module; a mismatch is refused with its
 //! reason. Libraries are never unloaded.
+//!
+//! Before any of that, the file is checked structurally ([`super::validate`]) and, from the
+//! `memlab` command, loaded once in a child process ([`super::probe`]), so that a damaged library
+//! is reported with its path and reason instead of crashing the host.
 
 use std::path::{Path, PathBuf};
 
@@ -120,16 +124,32 @@ fn explain(e: &LibraryError) -> String {
 }
 
 /// Loads one library, checking its ABI, and reads its manifest.
+///
+/// The file is read and checked by [`super::validate::check_library_image`] before it is
+/// mapped, so a truncated or damaged file is a [`LoadFailure`], not a crash. It is opened by its
+/// absolute path: a bare file name (`libfoo.so`) means that file in the current directory, never
+/// a search of the system library path (`dlopen` searches only names without a `/`).
 pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
     let fail = |reason: String| LoadFailure {
         path: path.to_path_buf(),
         reason,
     };
-    if !path.exists() {
-        return Err(fail("file not found".into()));
+    let abs =
+        std::path::absolute(path).map_err(|e| fail(format!("cannot resolve the path: {e}")))?;
+    if !abs.exists() {
+        return Err(fail(format!(
+            "file not found (no such file: {})",
+            abs.display()
+        )));
     }
-    let sha256 = sha256_file(path).map_err(|e| fail(e.to_string()))?;
-    let header = lib_header_from_path(path).map_err(|e| fail(explain(&e)))?;
+    if !abs.is_file() {
+        return Err(fail(format!("not a regular file: {}", abs.display())));
+    }
+    let bytes = std::fs::read(&abs).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    super::validate::check_library_image(&bytes).map_err(fail)?;
+    let sha256 = format!("{:x}", Sha256::digest(&bytes));
+    drop(bytes);
+    let header = lib_header_from_path(&abs).map_err(|e| fail(explain(&e)))?;
     let module = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| fail(explain(&e)))?;

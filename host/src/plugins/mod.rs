@@ -2,6 +2,8 @@
 
 pub mod handles;
 pub mod loader;
+pub mod probe;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,14 +78,21 @@ impl Registry {
         Registry::from_files(&loader::discover(&dirs))
     }
 
-    /// Loads exactly these files.
+    /// Loads exactly these files. When [`probe`] is enabled (the `memlab` command), they are
+    /// first loaded in a child process and only those that loaded cleanly there are loaded here;
+    /// the others, crashes included, become [`Registry::failures`].
     pub fn from_files(files: &[PathBuf]) -> Result<Registry> {
         let mut reg = Registry {
             libraries: Vec::new(),
             failures: Vec::new(),
             index: BTreeMap::new(),
         };
-        for f in files {
+        let verdicts = probe::probe(files);
+        for (i, f) in files.iter().enumerate() {
+            if let Some(fail) = verdicts.as_ref().and_then(|v| v[i].clone()) {
+                reg.failures.push(fail);
+                continue;
+            }
             match loader::load(f) {
                 Ok(lib) => reg.add(lib)?,
                 Err(fail) => reg.failures.push(fail),
@@ -264,7 +273,12 @@ impl Registry {
     }
 }
 
-/// Loads a single library file and reports it (for `memlab plugins --check`).
-pub fn check_file(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
-    loader::load(path)
+/// Loads a single library file (through the probe when enabled) and returns the registry of
+/// its components, or why it did not load (for `memlab plugins --check`).
+pub fn check_file(path: &Path) -> Result<std::result::Result<Registry, LoadFailure>> {
+    let reg = Registry::from_files(&[path.to_path_buf()])?;
+    Ok(match reg.failures.first() {
+        Some(f) => Err(f.clone()),
+        None => Ok(reg),
+    })
 }
