@@ -133,7 +133,9 @@ pub mod prelude {
     pub use crate::ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
     pub use crate::nn::{
         Conv2d, GroupNorm, LayerNorm, Linear, ResBlock, SpatialAttention, timestep_embedding,
+        timestep_embedding_with_period,
     };
+    pub use crate::params;
     pub use crate::params::{Param, Params, param};
     pub use crate::plugin::Plugin;
     pub use crate::tensor::{Ctx, Tensor};
