@@ -521,7 +521,13 @@ fn run(cli: Cli) -> Result<i32> {
             let mut code = 0;
             for file in files {
                 match check_config(&file, &cli.plugin_dirs) {
-                    Ok(()) => println!("{}: ok", file.display()),
+                    Ok(errors) if errors.is_empty() => println!("{}: ok", file.display()),
+                    Ok(errors) => {
+                        for ce in errors {
+                            eprintln!("error: {ce}");
+                        }
+                        code = EXIT_USAGE;
+                    }
                     Err(e) => {
                         if let Some(ce) = e.downcast_ref::<ConfigError>() {
                             eprintln!("error: {ce}");
@@ -643,7 +649,9 @@ fn study_command(
     Ok(if failed.is_empty() { 0 } else { EXIT_FAILURE })
 }
 
-fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
+/// Checks one config file; returns every component problem of a run config (not loaded, bad
+/// parameters) at once. Other mistakes, and a study's, are the error.
+fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<Vec<ConfigError>> {
     let text = crate::config::read_text(file)?;
     if crate::study::Study::is_study(&text) {
         let study = crate::study::Study::parse(&text, file)?;
@@ -663,15 +671,15 @@ fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
         }
         let reg = load_for(&cells, dirs)?;
         study.validate(&cells, &reg)?;
-        return Ok(());
+        return Ok(Vec::new());
     }
     let cfg = Config::load(file)?;
     let mut all = dirs.to_vec();
     all.extend(cfg.plugins.dirs.iter().cloned());
     let reg = Registry::load(&all)?;
     report_failures(&reg);
-    cfg.validate(file, &reg)?;
-    Ok(())
+    cfg.check_values(file)?;
+    Ok(cfg.component_errors(file, &reg))
 }
 
 /// `memlab new`: usage mistakes are reported with exit code 2, I/O failures as errors.

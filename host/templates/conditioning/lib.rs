@@ -83,14 +83,18 @@ export_plugin!(register);
 mod tests {
     use super::*;
 
-    const DATA: DataSummary = DataSummary { len: 10, classes: 1 };
+    const DATA: DataSummary = DataSummary {
+        len: 10,
+        classes: 1,
+    };
 
     #[test]
     fn labels_follow_the_index_and_the_seed() {
         let m = Modulo::from_params(&Params::from_toml("classes = 3").unwrap(), 0).unwrap();
         assert_eq!(m.classes(DATA), 3);
         let mut out = [0i64; 4];
-        m.train_labels(DATA, &[0; 4], &[0, 1, 5, 9], &mut out).unwrap();
+        m.train_labels(DATA, &[0; 4], &[0, 1, 5, 9], &mut out)
+            .unwrap();
         assert_eq!(out, [0, 1, 2, 0]);
         let (mut a, mut b) = ([0i64; 32], [0i64; 32]);
         m.sample_labels(DATA, 7, &mut a).unwrap();

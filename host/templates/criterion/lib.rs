@@ -11,7 +11,12 @@ use memlab_plugin_api::prelude::*;
 /// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
 const PARAMS: &[Param] = &[
     param("k", "int", "3", "neighbours in the mean (at least 2)"),
-    param("threshold", "float", "0.5", "largest d1 / mean(d1..dk) counted as a replicate"),
+    param(
+        "threshold",
+        "float",
+        "0.5",
+        "largest d1 / mean(d1..dk) counted as a replicate",
+    ),
 ];
 
 params! {

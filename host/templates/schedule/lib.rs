@@ -11,7 +11,12 @@ use memlab_plugin_api::prelude::*;
 const PARAMS: &[Param] = &[
     param("sigma_min", "float", "0.002", "smallest σ"),
     param("sigma_max", "float", "80", "largest σ"),
-    param("sigma_data", "float", "0.5", "σ_data, the data standard deviation"),
+    param(
+        "sigma_data",
+        "float",
+        "0.5",
+        "σ_data, the data standard deviation",
+    ),
 ];
 
 params! {
@@ -143,6 +148,10 @@ mod tests {
     fn bad_parameters_are_refused() {
         assert!(schedule("sigma_min = 5.0\nsigma_max = 1.0").is_err());
         assert!(schedule("sigma_data = 0.0").is_err());
-        assert!(schedule("rho = 7.0").unwrap_err().contains("unknown field `rho`"));
+        assert!(
+            schedule("rho = 7.0")
+                .unwrap_err()
+                .contains("unknown field `rho`")
+        );
     }
 }
