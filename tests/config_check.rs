@@ -84,6 +84,21 @@ fn a_missing_plugin_is_named() {
 }
 
 #[test]
+fn every_missing_component_is_reported_in_one_run() {
+    let text = GOOD
+        .replace("name = \"convnet\"", "name = \"unet9\"")
+        .replace("name = \"edm\"", "name = \"edm2\"")
+        .replace("name = \"ratio\"", "name = \"ratoi\"")
+        .replace("resolution = 16", "resolutoin = 16");
+    let (r, f, _d) = check(&text);
+    assert_error(&r, &f, "dataset.params", "unknown field `resolutoin`");
+    assert_error(&r, &f, "architecture.name", "no architecture named `unet9`");
+    assert_error(&r, &f, "schedule.name", "no schedule named `edm2`");
+    assert_error(&r, &f, "criteria[0].name", "no criterion named `ratoi`");
+    assert_eq!(r.stderr.matches("error: ").count(), 4, "{}", r.stderr);
+}
+
+#[test]
 fn bad_plugin_params_are_reported_by_the_plugin() {
     let (r, f, _d) = check(&GOOD.replace("resolution = 16", "resolutoin = 16"));
     assert_error(&r, &f, "dataset.params", "unknown field `resolutoin`");

@@ -131,6 +131,24 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Scaffold a plugin crate that builds, loads and runs: Cargo.toml, src/lib.rs (with a
+    /// unit test), example.toml and a README with the commands to build, check and run it.
+    New {
+        /// architecture, schedule, conditioning, dataset or criterion.
+        kind: String,
+        /// Component and crate name (ASCII letters, digits, `-`, `_`).
+        name: String,
+        /// Directory to create (default: ./NAME); refused if it exists and is not empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on this published memlab-plugin-api version instead of a checkout by path.
+        #[arg(long, value_name = "VERSION", conflicts_with = "api_path")]
+        api_version: Option<String>,
+        /// Depend on the memlab-plugin-api crate in this directory (default: the plugin-api of
+        /// the checkout this memlab was built from).
+        #[arg(long, value_name = "DIR")]
+        api_path: Option<PathBuf>,
+    },
 }
 
 /// `memlab bench` targets.
@@ -497,13 +515,32 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::New {
+            kind,
+            name,
+            dir,
+            api_version,
+            api_path,
+        } => new_plugin(
+            &kind,
+            &name,
+            dir,
+            api_version.as_deref(),
+            api_path.as_deref(),
+        ),
         Command::Config {
             action: ConfigAction::Check { files },
         } => {
             let mut code = 0;
             for file in files {
                 match check_config(&file, &cli.plugin_dirs) {
-                    Ok(()) => println!("{}: ok", file.display()),
+                    Ok(errors) if errors.is_empty() => println!("{}: ok", file.display()),
+                    Ok(errors) => {
+                        for ce in errors {
+                            eprintln!("error: {ce}");
+                        }
+                        code = EXIT_USAGE;
+                    }
                     Err(e) => {
                         if let Some(ce) = e.downcast_ref::<ConfigError>() {
                             eprintln!("error: {ce}");
@@ -625,7 +662,9 @@ fn study_command(
     Ok(if failed.is_empty() { 0 } else { EXIT_FAILURE })
 }
 
-fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
+/// Checks one config file; returns every component problem of a run config (not loaded, bad
+/// parameters) at once. Other mistakes, and a study's, are the error.
+fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<Vec<ConfigError>> {
     let text = crate::config::read_text(file)?;
     if crate::study::Study::is_study(&text) {
         let study = crate::study::Study::parse(&text, file)?;
@@ -645,15 +684,66 @@ fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<()> {
         }
         let reg = load_for(&cells, dirs)?;
         study.validate(&cells, &reg)?;
-        return Ok(());
+        return Ok(Vec::new());
     }
     let cfg = Config::load(file)?;
     let mut all = dirs.to_vec();
     all.extend(cfg.plugins.dirs.iter().cloned());
     let reg = Registry::load(&all)?;
     report_failures(&reg);
-    cfg.validate(file, &reg)?;
-    Ok(())
+    cfg.check_values(file)?;
+    Ok(cfg.component_errors(file, &reg))
+}
+
+/// `memlab new`: usage mistakes are reported with exit code 2, I/O failures as errors.
+fn new_plugin(
+    kind: &str,
+    name: &str,
+    dir: Option<PathBuf>,
+    api_version: Option<&str>,
+    api_path: Option<&std::path::Path>,
+) -> Result<i32> {
+    use crate::scaffold::{self, ApiDependency, ScaffoldError};
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        Ok(EXIT_USAGE)
+    };
+    let kind = match scaffold::parse_kind(kind) {
+        Ok(k) => k,
+        Err(e) => return usage(e),
+    };
+    if let Err(e) = scaffold::check_name(name) {
+        return usage(e);
+    }
+    let api = match (api_version, api_path) {
+        (Some(v), _) => ApiDependency::version(v),
+        (None, Some(p)) => ApiDependency::path(p),
+        (None, None) => ApiDependency::this_checkout(),
+    };
+    let api = match api {
+        Ok(a) => a,
+        Err(e) => return usage(e),
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match scaffold::scaffold(kind, name, &dir, &api) {
+        Ok(files) => {
+            println!("created the {kind} plugin `{name}` in {}:", dir.display());
+            for f in &files {
+                println!("  {}", f.display());
+            }
+            let lib = scaffold::library_file(name);
+            println!(
+                "next:\n  cd {}\n  cargo build\n  memlab plugins --check target/debug/{lib}\n  \
+                 memlab run example.toml --plugin-dir target/debug",
+                dir.display()
+            );
+            Ok(0)
+        }
+        Err(e) => match e.downcast_ref::<ScaffoldError>() {
+            Some(se) => usage(se.to_string()),
+            None => Err(e),
+        },
+    }
 }
 
 fn report_failures(reg: &Registry) {

@@ -930,26 +930,36 @@ impl Config {
     }
 
     /// Full validation against the loaded plugins: every component exists and accepts its
-    /// parameters (each is constructed once).
+    /// parameters (each is constructed once). Returns the first problem; see
+    /// [`Config::component_errors`] for all of them.
     pub fn validate(&self, file: &Path, registry: &Registry) -> Result<(), ConfigError> {
         self.check_values(file)?;
+        match self.component_errors(file, registry).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every component that is not loaded (`KEY.name`) or refuses its parameters
+    /// (`KEY.params`), in config order, so one check reports them all.
+    pub fn component_errors(&self, file: &Path, registry: &Registry) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         for (key, kind, c) in self.components() {
             if registry.info(kind, &c.name).is_none() {
-                return Err(ConfigError {
+                errors.push(ConfigError {
                     file: file.to_path_buf(),
                     key: format!("{key}.name"),
                     message: registry.unknown(kind, &c.name).to_string(),
                 });
-            }
-            if let Err(e) = registry.create(kind, &c.name, &c.params_toml(), self.run.seed) {
-                return Err(ConfigError {
+            } else if let Err(e) = registry.create(kind, &c.name, &c.params_toml(), self.run.seed) {
+                errors.push(ConfigError {
                     file: file.to_path_buf(),
                     key: format!("{key}.params"),
                     message: format!("{e:#}"),
                 });
             }
         }
-        Ok(())
+        errors
     }
 }
 

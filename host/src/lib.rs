@@ -24,6 +24,7 @@ pub mod plugins;
 pub mod progress;
 pub mod run;
 pub mod sampler;
+pub mod scaffold;
 pub mod snapshot;
 pub mod study;
 pub mod train;

@@ -1,7 +1,7 @@
 //! Adapters from the plain component traits to the FFI traits.
 //!
 //! Every call is wrapped in `catch_unwind`: a panic inside plugin code becomes an error
-//! `"<kind> `<name>` panicked: <message>"` instead of unwinding across the FFI boundary
+//! ``"<kind> `<name>` panicked: <message>"`` instead of unwinding across the FFI boundary
 //! (which would abort the host).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

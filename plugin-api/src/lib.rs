@@ -8,7 +8,9 @@
 //!
 //! ## Writing a plugin
 //!
-//! `Cargo.toml`:
+//! `memlab new <kind> <name>` scaffolds a plugin crate of any kind that builds, loads and runs
+//! as it is, and `PLUGINS.md` in the memlab repository walks through one example per kind and
+//! the rules (typed layer, determinism, ABI, shipping). By hand, `Cargo.toml`:
 //!
 //! ```toml
 //! [package]
@@ -28,11 +30,12 @@
 //! ```
 //! use memlab_plugin_api::prelude::*;
 //!
-//! #[derive(Deserialize)]
-//! #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
-//! struct TinyParams {
-//!     #[serde(default = "default_width")]
-//!     width: usize,
+//! // Derives serde's `Deserialize` (through this crate) and refuses unknown keys.
+//! params! {
+//!     struct TinyParams {
+//!         #[serde(default = "default_width")]
+//!         width: usize,
+//!     }
 //! }
 //! fn default_width() -> usize { 32 }
 //!
@@ -94,7 +97,8 @@
 //!   opaque handles; every FLOP runs in the host's backend (CPU or CUDA), with autodiff when
 //!   training. Parameters are created by name on first use.
 //! - [`Plugin`] and [`export_plugin!`]: declare components with their parameter docs.
-//! - [`Params`]: parse your component's TOML table with serde; use `deny_unknown_fields`.
+//! - [`Params`] and [`params!`]: parse your component's TOML table into a struct (serde,
+//!   unknown keys refused).
 //! - [`ffi`]: the stable ABI itself (host side). Errors and panics in your code are caught at
 //!   the boundary and reported by the host with your plugin's and component's name.
 
@@ -133,7 +137,9 @@ pub mod prelude {
     pub use crate::ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
     pub use crate::nn::{
         Conv2d, GroupNorm, LayerNorm, Linear, ResBlock, SpatialAttention, timestep_embedding,
+        timestep_embedding_with_period,
     };
+    pub use crate::params;
     pub use crate::params::{Param, Params, param};
     pub use crate::plugin::Plugin;
     pub use crate::tensor::{Ctx, Tensor};
@@ -146,7 +152,17 @@ pub mod prelude {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    /// A generator for stream `(seed, index)`: independent streams per index.
+    /// A generator for stream `(seed, index)`: independent streams per index, so item
+    /// `index` (an image, a label) gets the same random numbers in any batch or order.
+    ///
+    /// ```
+    /// use memlab_plugin_api::SplitMix64;
+    ///
+    /// let image_7 = |seed| SplitMix64::for_index(seed, 7).next_f64();
+    /// assert_eq!(image_7(42), image_7(42));
+    /// assert_ne!(image_7(42), SplitMix64::for_index(42, 8).next_f64());
+    /// assert_ne!(image_7(42), image_7(43));
+    /// ```
     pub fn for_index(seed: u64, index: u64) -> SplitMix64 {
         let mut g = SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15);
         let a = g.next_u64();

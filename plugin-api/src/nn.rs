@@ -371,14 +371,38 @@ impl ResBlock {
     }
 }
 
-/// Most frequencies [`timestep_embedding`] builds (2²⁴, a 64 MB table); wider embeddings
-/// fail the pass with an error.
+/// Most frequencies [`timestep_embedding_with_period`] builds (2²⁴, a 64 MB table); wider
+/// embeddings fail the pass with an error.
 pub const MAX_EMBEDDING_HALF: usize = 1 << 24;
+
+/// Sinusoidal embedding of a `[N]` noise-level tensor into `[N, dim]` with the usual maximum
+/// period of 10,000 (improved-diffusion's and EDM's default); see
+/// [`timestep_embedding_with_period`] for another period.
+///
+/// ```
+/// use memlab_plugin_api::prelude::*;
+/// use memlab_plugin_api::testing::inspect;
+///
+/// struct Embed;
+/// impl Architecture for Embed {
+///     fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+///         let [n, c, h, w] = inp.x.dims::<4>();
+///         let emb = timestep_embedding(ctx, &inp.noise, 16); // [n, 16]
+///         let bias = Linear::new(16, c).forward(&ctx.scope("emb"), &emb.silu());
+///         Ok(&inp.x + &bias.reshape_to(&[n, c, 1, 1]))
+///     }
+/// }
+/// let s = inspect(&Embed, [2, 3, 8, 8], 0).unwrap();
+/// assert_eq!(s.total, 16 * 3 + 3);
+/// ```
+pub fn timestep_embedding<'a>(ctx: &Ctx<'a>, t: &Tensor<'a>, dim: usize) -> Tensor<'a> {
+    timestep_embedding_with_period(ctx, t, dim, 10_000.0)
+}
 
 /// Sinusoidal embedding of a `[N]` noise-level tensor into `[N, dim]`
 /// (improved-diffusion's `timestep_embedding`: `[cos(t·f), sin(t·f)]`,
-/// `f_i = max_period^(−i/half)`).
-pub fn timestep_embedding<'a>(
+/// `f_i = max_period^(−i/half)`, `half = dim / 2`; an odd `dim` gets a trailing zero column).
+pub fn timestep_embedding_with_period<'a>(
     ctx: &Ctx<'a>,
     t: &Tensor<'a>,
     dim: usize,

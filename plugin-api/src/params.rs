@@ -1,13 +1,19 @@
 //! Component parameters: the component's TOML table, parsed into a typed struct.
 //!
-//! ```
-//! use memlab_plugin_api::{Params, serde::Deserialize};
+//! Declare the struct with [`params!`](crate::params!), which derives serde's `Deserialize`
+//! through this crate's re-export (plugins need no serde dependency of their own) and refuses
+//! unknown keys, so a misspelled key is an error listing the valid ones:
 //!
-//! #[derive(Deserialize, Debug)]
-//! #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
-//! struct MyParams {
-//!     #[serde(default = "default_size")]
-//!     size: usize,
+//! ```
+//! use memlab_plugin_api::prelude::*;
+//!
+//! params! {
+//!     /// Parameters of my component.
+//!     #[derive(Debug)]
+//!     struct MyParams {
+//!         #[serde(default = "default_size")]
+//!         size: usize,
+//!     }
 //! }
 //! fn default_size() -> usize { 16 }
 //!
@@ -16,8 +22,45 @@
 //! let err = Params::from_toml("sise = 32").unwrap().parse::<MyParams>().unwrap_err();
 //! assert!(err.contains("unknown field `sise`"), "{err}");
 //! ```
+//!
+//! Without the macro, write what it writes:
+//! `#[derive(Deserialize)] #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]`.
 
 use serde::de::DeserializeOwned;
+
+/// Declares a component's parameter struct: adds `#[derive(Deserialize)]` (serde, through
+/// this crate's re-export) and `#[serde(deny_unknown_fields)]`.
+///
+/// Field and container attributes (`#[serde(default)]`, `#[serde(rename = ..)]`, other
+/// derives, doc comments) are written as usual inside the macro; only `deny_unknown_fields`
+/// must not be repeated. The expansion names the crate `memlab_plugin_api`, so the dependency
+/// must not be renamed in `Cargo.toml`.
+///
+/// ```
+/// memlab_plugin_api::params! {
+///     /// Width of the network.
+///     #[derive(Debug, Clone)]
+///     #[serde(default)]
+///     pub struct Width {
+///         /// Hidden channels.
+///         pub channels: usize,
+///     }
+/// }
+/// impl Default for Width {
+///     fn default() -> Self { Width { channels: 32 } }
+/// }
+/// let p = memlab_plugin_api::Params::from_toml("").unwrap();
+/// assert_eq!(p.parse::<Width>().unwrap().channels, 32);
+/// ```
+#[macro_export]
+macro_rules! params {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident $($body:tt)*) => {
+        #[derive($crate::serde::Deserialize)]
+        #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
+        $(#[$meta])*
+        $vis struct $name $($body)*
+    };
+}
 
 use crate::ffi::ParamDoc;
 

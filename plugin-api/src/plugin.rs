@@ -243,11 +243,52 @@ pub fn __create(
 
 /// Exports a plugin library. Pass a function `fn(&mut Plugin)` that registers components.
 ///
-/// ```ignore
+/// ```
+/// use memlab_plugin_api::ffi::ComponentKind;
+/// use memlab_plugin_api::prelude::*;
+///
+/// /// Every image constant at `value`.
+/// struct Flat {
+///     value: f32,
+/// }
+/// impl Dataset for Flat {
+///     fn shape(&self) -> PResult<DatasetShape> {
+///         Ok(DatasetShape { channels: 1, height: 4, width: 4, len: 10, class_names: vec![] })
+///     }
+///     fn fill(&self, indices: &[u64], images: &mut [f32], labels: &mut [i64]) -> PResult<()> {
+///         images.fill(self.value);
+///         labels.fill(0);
+///         Ok(())
+///     }
+/// }
+///
+/// params! {
+///     struct FlatParams {
+///         value: f32,
+///     }
+/// }
+///
 /// fn register(p: &mut Plugin) {
-///     p.dataset("mondrian", "Mondrian images", &MONDRIAN_PARAMS, Mondrian::from_params);
+///     p.dataset(
+///         "flat",
+///         "Constant images",
+///         &[param("value", "float", "", "the value, in [-1, 1]")],
+///         |params, _seed| {
+///             let p: FlatParams = params.parse()?;
+///             Ok(Flat { value: p.value })
+///         },
+///     );
 /// }
 /// memlab_plugin_api::export_plugin!(register);
+///
+/// // What the host sees (it calls the same through the exported root module):
+/// let mut plugin = Plugin::new("flat-plugin", "0.1.0");
+/// register(&mut plugin);
+/// assert_eq!(plugin.manifest().components[0].name.as_str(), "flat");
+/// assert!(plugin.create(ComponentKind::Dataset, "flat", "value = 0.5", 0).is_ok());
+/// let err = plugin.create(ComponentKind::Dataset, "flat", "valeu = 0.5", 0).err().unwrap();
+/// assert!(err.contains("dataset `flat` (plugin flat-plugin)"), "{err}");
+/// assert!(err.contains("unknown field `valeu`"), "{err}");
 /// ```
 ///
 /// The crate must be a `cdylib`. The plugin's name and version are its crate's.

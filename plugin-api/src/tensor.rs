@@ -1,12 +1,27 @@
 //! The typed layer over [`HostOps`]: a [`Ctx`] with a parameter-name scope and a [`Tensor`]
 //! handle with methods and operators, so a plugin's `forward` reads like ordinary model code.
 //!
-//! ```ignore
-//! fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
-//!     let h = Conv2d::new(3, 32, 3).padding(1).forward(&ctx.scope("conv_in"), &inp.x);
-//!     let h = (h.silu() * 2.0 + 1.0).reshape(&[0, -1]);
-//!     Ok(h)
+//! ```
+//! use memlab_plugin_api::prelude::*;
+//! use memlab_plugin_api::testing::inspect;
+//!
+//! struct Net;
+//! impl Architecture for Net {
+//!     fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+//!         let [n, c, h, w] = inp.x.dims::<4>();
+//!         // Parameters are named by scope: `conv_in.weight`, `conv_in.bias`.
+//!         let y = Conv2d::new(c, 8, 3).padding(1).forward(&ctx.scope("conv_in"), &inp.x);
+//!         let y = (y.silu() * 2.0 + 1.0).mean_dim(1, true); // [n, 1, h, w]
+//!         let gain = ctx.scope("out").param("gain", &[1], Init::ONES);
+//!         Ok(&inp.x + &(y * gain).reshape_to(&[n, 1, h, w]))
+//!     }
 //! }
+//!
+//! // The shape-only host runs `forward` without data: shapes and parameters.
+//! let s = inspect(&Net, [2, 3, 8, 8], 0).unwrap();
+//! assert_eq!(s.output, vec![2, 3, 8, 8]);
+//! assert_eq!(s.param("conv_in.weight"), Some(&[8, 3, 3, 3][..]));
+//! assert_eq!(s.param("out.gain"), Some(&[1][..]));
 //! ```
 //!
 //! Handles release their host tensor on drop and `clone()` is cheap (shared storage).

@@ -836,7 +836,7 @@ mod tests {
         fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
             let [_, c, _, _] = inp.x.dims::<4>();
             let ch = self.ch;
-            let t = timestep_embedding(ctx, &inp.noise, ch, 10_000.0);
+            let t = timestep_embedding(ctx, &inp.noise, ch);
             let mut emb = Linear::new(ch, 4 * ch)
                 .forward(&ctx.scope("time"), &t)
                 .silu();

@@ -64,7 +64,7 @@ impl Architecture for ConvNet {
         let [_, c, _, _] = inp.x.dims::<4>();
         let ch = self.channels;
         let emb_dim = 4 * ch;
-        let t = timestep_embedding(ctx, &inp.noise, ch, 10_000.0);
+        let t = timestep_embedding(ctx, &inp.noise, ch);
         let t = Linear::new(ch, emb_dim)
             .forward(&ctx.scope("time.0"), &t)
             .silu();
@@ -177,7 +177,7 @@ impl Architecture for Mlp {
         let [n, c, height, width] = inp.x.dims::<4>();
         let d = c * height * width;
         let h_dim = self.hidden;
-        let t = timestep_embedding(ctx, &inp.noise, h_dim, 10_000.0);
+        let t = timestep_embedding(ctx, &inp.noise, h_dim);
         let t = Linear::new(h_dim, h_dim)
             .forward(&ctx.scope("time.0"), &t)
             .silu();

@@ -273,7 +273,7 @@ impl Architecture for UNet {
         let emb_dim = 4 * base;
 
         // Time (and class) embedding.
-        let t = timestep_embedding(ctx, &inp.noise, base, 10_000.0);
+        let t = timestep_embedding(ctx, &inp.noise, base);
         let t = Linear::new(base, emb_dim)
             .forward(&ctx.scope("time_embed.0"), &t)
             .silu();
