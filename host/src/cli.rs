@@ -391,8 +391,16 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Report { study } => {
             let dir = crate::study::report::resolve_dir(&study)?;
             let r = crate::study::report::report(&dir)?;
-            let finished = r.rows.iter().filter(|r| r.status == "finished").count();
-            for c in r.rows.iter().filter(|r| r.status == "corrupt") {
+            let finished = r
+                .rows
+                .iter()
+                .filter(|r| r.status == crate::study::results::CellStatus::Finished)
+                .count();
+            for c in r
+                .rows
+                .iter()
+                .filter(|r| r.status == crate::study::results::CellStatus::Corrupt)
+            {
                 log::warn!(
                     "cell {} is corrupt: {}",
                     c.cell,

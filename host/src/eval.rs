@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::Result;
 use burn::tensor::Device;
 use memlab_plugin_api::ffi::Distance;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::knn::{Neighbours, knn};
 use crate::plugins::CriterionHandle;
 
 /// Results of one criterion.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CriterionResult {
     /// Criterion label (`criterion `ratio` (plugin …)`) and config name.
     pub name: String,
@@ -36,7 +36,7 @@ pub struct CriterionResult {
 }
 
 /// One class's share.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassResult {
     /// Samples generated for the class.
     pub samples: usize,
@@ -45,7 +45,7 @@ pub struct ClassResult {
 }
 
 /// Whole evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Samples evaluated.
     pub samples: usize,
@@ -209,7 +209,7 @@ pub fn evaluate(
 
 /// Generalization baseline: held-out images of the training distribution, treated like
 /// samples. A criterion that flags held-out images is flagging generalization, not copying.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldoutBaseline {
     /// Held-out images.
     pub images: usize,
@@ -222,7 +222,7 @@ pub struct HeldoutBaseline {
 }
 
 /// Rule-validity of samples and training images (synthetic datasets).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Validity {
     /// Mean score of the samples.
     pub samples_mean: f64,

@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Tensor, TensorData};
 use memlab_plugin_api::SplitMix64;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 use crate::data::{TrainingSet, derive_seed, stream};
@@ -39,8 +39,9 @@ use crate::plugins::Registry;
 use crate::sampler::{SamplerSettings, sample};
 use crate::train;
 
-/// What a finished run reports.
-#[derive(Debug, Serialize)]
+/// What a finished run reports: `replication.json`, written and read back (by studies and the
+/// EMM search) through this one type.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunReport {
     /// The run directory.
     pub dir: PathBuf,
@@ -62,7 +63,7 @@ pub struct RunReport {
 }
 
 /// The ratios of one sampled snapshot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotResult {
     /// Training step.
     pub step: u64,
@@ -71,7 +72,9 @@ pub struct SnapshotResult {
     /// Mean nearest-neighbour L2 distance.
     pub mean_nn_l2: f64,
     /// Fraction of sampled values outside [−1, 1] before clamping (far from 0 means the model
-    /// is off the data range and the clamped images say little).
+    /// is off the data range and the clamped images say little). Absent in records written
+    /// before it existed.
+    #[serde(default)]
     pub clamped_fraction: f64,
 }
 

@@ -321,12 +321,11 @@ pub fn cell_ratio(dir: &Path, cell: &Cell, criterion: &str) -> Result<f64> {
     let p = exec::cell_dir(dir, cell).join("replication.json");
     let v = super::results::read_replication(&p)?
         .ok_or_else(|| anyhow!("{} does not exist", p.display()))?;
-    v["evaluation"]["criteria"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"].as_str() == Some(criterion))
-        .and_then(|c| c["ratio"].as_f64())
+    v.evaluation
+        .criteria
+        .iter()
+        .find(|c| c.name == criterion)
+        .map(|c| c.ratio)
         .ok_or_else(|| anyhow!("{}: no criterion `{criterion}`", p.display()))
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 
 use super::exec::Manifest;
-use super::results::{self, Row};
+use super::results::{self, CellStatus, Row};
 use crate::output::write_atomic;
 use crate::plot::{Bar, BarChart, LineChart, Series, bar_chart, line_chart};
 
@@ -212,7 +212,7 @@ fn ratio_figure(
 pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
     let done: Vec<Row> = rows
         .iter()
-        .filter(|r| r.status == "finished")
+        .filter(|r| r.status == CellStatus::Finished)
         .cloned()
         .collect();
     let mut out = Vec::new();
@@ -355,7 +355,7 @@ fn table(m: &Manifest, rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
                     .unwrap_or_else(|| "–".into()),
             );
             f.push(num(r.train_seconds, 0));
-            f.push(r.status.clone());
+            f.push(r.status.to_string());
             f
         })
         .collect();
@@ -368,7 +368,10 @@ fn markdown(m: &Manifest, rows: &[Row], figures: &[String]) -> String {
     if !m.description.is_empty() {
         let _ = writeln!(s, "{}\n", m.description.trim());
     }
-    let finished = rows.iter().filter(|r| r.status == "finished").count();
+    let finished = rows
+        .iter()
+        .filter(|r| r.status == CellStatus::Finished)
+        .count();
     let _ = writeln!(
         s,
         "{} cells ({finished} finished) from `{}`; swept: {}. Full numbers: `results.csv`, `results.json`.\n",
@@ -395,7 +398,7 @@ fn markdown(m: &Manifest, rows: &[Row], figures: &[String]) -> String {
         let _ = writeln!(s, "![{f}]({f})\n");
     }
     let _ = writeln!(s, "## Samples and their nearest training images\n");
-    for r in rows.iter().filter(|r| r.status == "finished") {
+    for r in rows.iter().filter(|r| r.status == CellStatus::Finished) {
         let _ = writeln!(
             s,
             "**{}** — {}\n\n![nearest](cells/{}/nearest.png)\n",
@@ -404,7 +407,7 @@ fn markdown(m: &Manifest, rows: &[Row], figures: &[String]) -> String {
             r.cell
         );
     }
-    for r in rows.iter().filter(|r| r.status == "failed") {
+    for r in rows.iter().filter(|r| r.status == CellStatus::Failed) {
         let _ = writeln!(
             s,
             "**{}** failed: {}\n",
@@ -412,7 +415,7 @@ fn markdown(m: &Manifest, rows: &[Row], figures: &[String]) -> String {
             r.error.clone().unwrap_or_default().trim()
         );
     }
-    for r in rows.iter().filter(|r| r.status == "corrupt") {
+    for r in rows.iter().filter(|r| r.status == CellStatus::Corrupt) {
         let _ = writeln!(
             s,
             "**{}** is corrupt: {}. Running the study again redoes this cell.\n",
@@ -460,7 +463,7 @@ th{{background:#f3f3f3}}img{{max-width:100%;image-rendering:pixelated}}.figs img
         let _ = write!(
             s,
             "<tr{}>",
-            if r.status == "failed" || r.status == "corrupt" {
+            if r.status == CellStatus::Failed || r.status == CellStatus::Corrupt {
                 " class=\"failed\""
             } else {
                 ""
@@ -474,13 +477,13 @@ th{{background:#f3f3f3}}img{{max-width:100%;image-rendering:pixelated}}.figs img
     let _ = writeln!(s, "</table>");
     for r in rows
         .iter()
-        .filter(|r| r.status == "failed" || r.status == "corrupt")
+        .filter(|r| r.status == CellStatus::Failed || r.status == CellStatus::Corrupt)
     {
         let _ = writeln!(
             s,
             "<p class=\"failed\"><b>{}</b> {}: {}</p>",
             esc(&r.cell),
-            esc(&r.status),
+            esc(r.status.name()),
             esc(r.error.as_deref().unwrap_or_default().trim())
         );
     }
@@ -496,7 +499,7 @@ th{{background:#f3f3f3}}img{{max-width:100%;image-rendering:pixelated}}.figs img
         s,
         "</div>\n<h2>Samples (top) and their nearest training images (bottom)</h2>"
     );
-    for r in rows.iter().filter(|r| r.status == "finished") {
+    for r in rows.iter().filter(|r| r.status == CellStatus::Finished) {
         let _ = writeln!(
             s,
             "<div class=\"cell\"><b>{}</b><br><img src=\"cells/{1}/nearest.png\" alt=\"{1}\"></div>",

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::exec::Manifest;
 use crate::output::write_atomic;
+use crate::run::RunReport;
 
 /// One criterion's numbers in a row.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,39 @@ pub struct CriterionNumbers {
     pub per_class: BTreeMap<String, f64>,
 }
 
+/// Where a cell stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// Finished: `cell.json` and a readable `replication.json`.
+    Finished,
+    /// Its last attempt failed (`error.txt`).
+    Failed,
+    /// Its `replication.json` exists but cannot be read or parsed (`error` names the file and
+    /// the parse error).
+    Corrupt,
+    /// Not run yet (or interrupted before it finished).
+    Missing,
+}
+
+impl CellStatus {
+    /// `finished`, `failed`, `corrupt` or `missing`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellStatus::Finished => "finished",
+            CellStatus::Failed => "failed",
+            CellStatus::Corrupt => "corrupt",
+            CellStatus::Missing => "missing",
+        }
+    }
+}
+
+impl std::fmt::Display for CellStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One cell's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -33,9 +67,8 @@ pub struct Row {
     pub index: usize,
     /// Cell directory name.
     pub cell: String,
-    /// `finished`, `failed`, `corrupt` (its `replication.json` exists but cannot be read or
-    /// parsed; `error` names the file and the parse error) or `missing` (not run yet).
-    pub status: String,
+    /// Where the cell stands.
+    pub status: CellStatus,
     /// Swept key → short label.
     pub labels: BTreeMap<String, String>,
     /// Swept key → value.
@@ -76,14 +109,6 @@ impl Row {
     }
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_f64()
-}
-
 /// Reads every cell of `manifest` under `dir/cells`.
 pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
     manifest
@@ -94,7 +119,7 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             let mut row = Row {
                 index: c.index,
                 cell: c.name.clone(),
-                status: "missing".into(),
+                status: CellStatus::Missing,
                 labels: c
                     .values
                     .iter()
@@ -118,62 +143,57 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
                 error: std::fs::read_to_string(cdir.join("error.txt")).ok(),
             };
             if row.error.is_some() {
-                row.status = "failed".into();
+                row.status = CellStatus::Failed;
             }
             let done = cdir.join("cell.json").exists();
             let rep_path = cdir.join("replication.json");
             let rep = match read_replication(&rep_path) {
                 Ok(r) => r,
                 Err(e) => {
-                    row.status = "corrupt".into();
+                    row.status = CellStatus::Corrupt;
                     let earlier = row.error.take().map(|f| format!(" (earlier failure: {f})"));
                     row.error = Some(format!("{e:#}{}", earlier.unwrap_or_default()));
                     None
                 }
             };
             if let (true, Some(r)) = (done, rep) {
-                row.status = "finished".into();
-                let e = &r["evaluation"];
-                for cr in e["criteria"].as_array().into_iter().flatten() {
-                    let name = cr["name"].as_str().unwrap_or("?").to_string();
-                    let per_class = cr["per_class"]
-                        .as_object()
-                        .filter(|m| m.len() > 1)
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v["ratio"].as_f64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                row.status = CellStatus::Finished;
+                let e = &r.evaluation;
+                for cr in &e.criteria {
+                    let per_class = if cr.per_class.len() > 1 {
+                        cr.per_class
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.ratio))
+                            .collect()
+                    } else {
+                        BTreeMap::new()
+                    };
                     row.criteria.insert(
-                        name,
+                        cr.name.clone(),
                         CriterionNumbers {
-                            ratio: cr["ratio"].as_f64().unwrap_or(f64::NAN),
-                            replicates: cr["replicates"].as_u64().unwrap_or(0),
-                            distinct_replicated: cr["distinct_replicated"].as_u64().unwrap_or(0),
-                            distinct_fraction: cr["distinct_fraction"].as_f64().unwrap_or(f64::NAN),
+                            ratio: cr.ratio,
+                            replicates: cr.replicates as u64,
+                            distinct_replicated: cr.distinct_replicated as u64,
+                            distinct_fraction: cr.distinct_fraction,
                             per_class,
                         },
                     );
                 }
-                row.mean_nn_l2 = num(e, &["mean_nn_l2"]);
-                row.mean_nn_l2_u8 = num(e, &["mean_nn_l2_per_pixel_u8"]);
-                row.validity = num(e, &["validity", "samples_mean"]);
-                row.training_images = e["training_images"].as_u64();
-                row.steps = r["steps"].as_u64();
-                row.snapshot = r["snapshot"].as_u64();
-                row.snapshot_ratios = r["snapshots"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| {
-                        Some((s["step"].as_u64()?, s["ratios"].get(0)?.get(1)?.as_f64()?))
-                    })
+                row.mean_nn_l2 = Some(e.mean_nn_l2);
+                row.mean_nn_l2_u8 = Some(e.mean_nn_l2_per_pixel_u8);
+                row.validity = e.validity.as_ref().map(|v| v.samples_mean);
+                row.training_images = Some(e.training_images as u64);
+                row.steps = Some(r.steps);
+                row.snapshot = Some(r.snapshot);
+                row.snapshot_ratios = r
+                    .snapshots
+                    .iter()
+                    .filter_map(|s| Some((s.step, s.ratios.first()?.1)))
                     .collect();
                 // Wall time of all training, across resumes (a re-evaluation trains nothing).
-                row.train_seconds = training_seconds(&cdir.join("metrics.jsonl"))
-                    .or_else(|| num(&r, &["train_seconds"]));
-                row.sample_seconds = num(&r, &["sample_seconds"]);
+                row.train_seconds =
+                    training_seconds(&cdir.join("metrics.jsonl")).or(Some(r.train_seconds));
+                row.sample_seconds = Some(r.sample_seconds);
             }
             row
         })
@@ -181,9 +201,9 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
 }
 
 /// A cell's `replication.json`: `None` when it does not exist (the cell has not finished),
-/// an error naming the file when it cannot be read or is not JSON (a damaged file is not
-/// reported as a cell that never ran).
-pub fn read_replication(path: &Path) -> Result<Option<Value>> {
+/// an error naming the file when it cannot be read or does not hold a run record (a damaged
+/// file is not reported as a cell that never ran; a record missing a field says which).
+pub fn read_replication(path: &Path) -> Result<Option<RunReport>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -191,7 +211,7 @@ pub fn read_replication(path: &Path) -> Result<Option<Value>> {
     };
     serde_json::from_str(&text)
         .map(Some)
-        .with_context(|| format!("{} is not valid JSON", path.display()))
+        .with_context(|| format!("{} is not a memlab run record", path.display()))
 }
 
 /// Total training wall time from `metrics.jsonl`: `elapsed_s` restarts at each resume, so the
@@ -275,7 +295,7 @@ pub fn to_csv(manifest: &Manifest, rows: &[Row]) -> String {
         .join(",");
     out.push('\n');
     for r in rows {
-        let mut f: Vec<String> = vec![r.index.to_string(), r.cell.clone(), r.status.clone()];
+        let mut f: Vec<String> = vec![r.index.to_string(), r.cell.clone(), r.status.to_string()];
         for k in &manifest.keys {
             f.push(match r.values.get(k) {
                 Some(Value::Number(n)) => n.to_string(),
@@ -367,9 +387,12 @@ mod tests {
             criteria: vec!["ratio".into()],
             cells,
         };
-        let rep = r#"{"evaluation": {"criteria": [{"name": "ratio", "ratio": 0.25,
-            "replicates": 2, "distinct_replicated": 1, "distinct_fraction": 0.5}]},
-            "steps": 6, "snapshot": 6}"#;
+        let rep = r#"{"dir": "x", "steps": 6, "resumed_from": 0, "snapshot": 6,
+            "train_seconds": 1.0, "sample_seconds": 0.5, "snapshots": [],
+            "evaluation": {"samples": 8, "training_images": 4, "mean_nn_l2": 0.1,
+              "mean_nn_l2_per_pixel_u8": 1.0, "heldout": null, "validity": null,
+              "criteria": [{"name": "ratio", "ratio": 0.25, "replicates": 2,
+                "distinct_replicated": 1, "distinct_fraction": 0.5, "per_class": {}}]}}"#;
         for (cell, text) in [("good", rep), ("corrupt", &rep[..40])] {
             let c = d.path().join("cells").join(cell);
             std::fs::create_dir_all(&c).unwrap();
@@ -377,7 +400,7 @@ mod tests {
             std::fs::write(c.join("replication.json"), text).unwrap();
         }
         let rows = collect(d.path(), &m);
-        let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.status.name()).collect();
         assert_eq!(status, ["finished", "corrupt", "missing"]);
         assert_eq!(rows[0].ratio("ratio"), Some(0.25));
         let e = rows[1].error.as_deref().unwrap();
@@ -387,6 +410,12 @@ mod tests {
         assert!(rows[2].error.is_none());
         assert!(to_csv(&m, &rows).contains(",corrupt,"));
         assert!(read_replication(&file).is_err());
+        // A record whose field was renamed or lost is corrupt, naming the field (never an empty
+        // column).
+        let renamed = d.path().join("renamed.json");
+        std::fs::write(&renamed, rep.replace("\"snapshot\": 6", "\"snap\": 6")).unwrap();
+        let e = format!("{:#}", read_replication(&renamed).unwrap_err());
+        assert!(e.contains("missing field `snapshot`"), "{e}");
         assert!(
             read_replication(&d.path().join("nope.json"))
                 .unwrap()
