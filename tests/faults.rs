@@ -79,11 +79,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn run_ok(cfg: &Path, out: &Path, sets: &[&str]) -> Run {
-    let mut args = vec!["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let r = memlab(&args, None, None);
+    let r = memlab_run(cfg, out, sets);
     assert_eq!(r.code, 0, "{}", r.stderr);
     r
 }
@@ -182,18 +178,7 @@ fn non_finite_and_out_of_range_samples_are_never_scored() {
     let out = tmp.path().join("runs");
     // σ_max = 1e39 overflows float32 noise at once: the first step sees ±inf.
     let cfg = write_config(tmp.path(), "huge-sigma", "");
-    let r = memlab(
-        &[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "schedule.params={sigma_max = 1e39}",
-        ],
-        None,
-        None,
-    );
+    let r = memlab_run(&cfg, &out, &["schedule.params={sigma_max = 1e39}"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("sampling diverged") && r.stderr.contains("step 1 of 4"),
@@ -259,18 +244,7 @@ fn a_run_directory_has_one_owner_and_refusals_change_nothing() {
     let before = tree(&run);
 
     // Changed training settings on the same name: refused before any write.
-    let r = memlab(
-        &[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "train.lr=0.01",
-        ],
-        None,
-        None,
-    );
+    let r = memlab_run(&cfg, &out, &["train.lr=0.01"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("different training configuration") && r.stderr.contains("train"),
@@ -281,18 +255,7 @@ fn a_run_directory_has_one_owner_and_refusals_change_nothing() {
 
     // Another process holds the directory: refused, nothing written.
     let held = memlab::lock::DirLock::acquire(&run).unwrap();
-    let r = memlab(
-        &[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "sample.count=4",
-        ],
-        None,
-        None,
-    );
+    let r = memlab_run(&cfg, &out, &["sample.count=4"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("in use by another memlab process"),
@@ -309,18 +272,7 @@ fn a_run_directory_has_one_owner_and_refusals_change_nothing() {
     run_ok(&cfg, &out, &["sample.count=4"]);
 
     for bad in ["../../escaped", "", "a/b", ".."] {
-        let r = memlab(
-            &[
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--set",
-                &format!("run.name=\"{bad}\""),
-            ],
-            None,
-            None,
-        );
+        let r = memlab_run(&cfg, &out, &[&format!("run.name=\"{bad}\"")]);
         assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
         assert!(r.stderr.contains("run.name"), "{}", r.stderr);
     }

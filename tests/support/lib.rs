@@ -109,3 +109,12 @@ pub fn memlab(args: &[&str], plugin_path: Option<&Path>, cwd: Option<&Path>) -> 
     }
     cmd.output().expect("running memlab").into()
 }
+
+/// Runs `memlab run CONFIG --out OUT [--set S]...` with no extra plugin path.
+pub fn memlab_run(cfg: &Path, out: &Path, sets: &[&str]) -> Run {
+    let mut args = vec!["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    memlab(&args, None, None)
+}
