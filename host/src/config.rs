@@ -566,6 +566,15 @@ fn key_lines(text: &str, key: &str) -> Vec<usize> {
     out
 }
 
+/// Whether a config text has a `[sweep]`, `[study]` or `[emm]` table: a study, run by
+/// `memlab study`/`memlab emm`, not `memlab run`. (Here, not in `study`, so that `run` does not
+/// depend on `study`: config → run → study is the one direction.)
+pub fn is_study(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .map(|t| t.contains_key("sweep") || t.contains_key("emm") || t.contains_key("study"))
+        .unwrap_or(false)
+}
+
 /// Parses TOML text into a document; a syntax error names the file, the line and the column.
 pub fn parse_doc(text: &str, file: &Path) -> Result<toml::Table, ConfigError> {
     toml::from_str(text).map_err(|e| located(text, file, &e))

@@ -81,7 +81,7 @@ pub struct SnapshotResult {
 /// Loads, overrides and validates a config and loads the plugins it needs.
 pub fn prepare(file: &Path, sets: &[String], extra_dirs: &[PathBuf]) -> Result<(Config, Registry)> {
     let text = crate::config::read_text(file)?;
-    if crate::study::Study::is_study(&text) {
+    if crate::config::is_study(&text) {
         return Err(ConfigError {
             file: file.to_path_buf(),
             key: String::new(),

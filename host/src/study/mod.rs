@@ -157,11 +157,9 @@ fn flatten(
 }
 
 impl Study {
-    /// Whether a config text has a `[sweep]` or `[emm]` table (i.e. is a study).
+    /// Whether a config text has a `[sweep]`, `[study]` or `[emm]` table (i.e. is a study).
     pub fn is_study(text: &str) -> bool {
-        toml::from_str::<toml::Table>(text)
-            .map(|t| t.contains_key("sweep") || t.contains_key("emm") || t.contains_key("study"))
-            .unwrap_or(false)
+        crate::config::is_study(text)
     }
 
     /// Reads a study file and applies `--set` overrides (to any key, `study.*` and
