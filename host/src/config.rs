@@ -931,8 +931,8 @@ impl Config {
 
     /// Full validation against the loaded plugins: every component exists and accepts its
     /// parameters (each is constructed once), and the config agrees with what the architecture
-    /// declares (a label-ignoring architecture is never class-conditional). Returns the first problem; see
-    /// [`Config::component_errors`] for all of them.
+    /// declares (a label-ignoring architecture is never class-conditional). Returns the first
+    /// problem; see [`Config::component_errors`] for all of them.
     pub fn validate(&self, file: &Path, registry: &Registry) -> Result<(), ConfigError> {
         self.check_values(file)?;
         match self.component_errors(file, registry).into_iter().next() {
