@@ -173,3 +173,60 @@ fn every_shipped_config_passes() {
     // quickstart, the examples, and both papers' experiments in cpu and paper sizes.
     assert!(n >= 8, "configs/ holds {n} configs");
 }
+
+#[test]
+fn an_architecture_that_ignores_labels_refuses_class_conditioning() {
+    let optimal = GOOD.replace(
+        "name = \"convnet\"\nparams = { channels = 16 }",
+        "name = \"optimal\"",
+    );
+    let (r, f, _d) = check(&format!("{optimal}\n[conditioning]\nname = \"class\"\n"));
+    assert_error(&r, &f, "conditioning.name", "ignores class labels");
+    for part in [
+        "conditioning `class` (plugin memlab-conditioning)",
+        "architecture `optimal` (plugin memlab-optimal)",
+        "`architecture.name`",
+    ] {
+        assert!(r.stderr.contains(part), "names {part}: {}", r.stderr);
+    }
+    // Unconditional, the same architecture is fine.
+    let (ok, _, _d) = check(&format!("{optimal}\n[conditioning]\nname = \"none\"\n"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    // A network that embeds labels accepts class conditioning.
+    let (ok, _, _d) = check(&format!("{GOOD}\n[conditioning]\nname = \"class\"\n"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+}
+
+#[test]
+fn every_problem_of_a_study_is_reported_in_one_run() {
+    let study = GOOD
+        .replace(
+            "[run]\nname = \"check-me\"",
+            "[study]\nname = \"check-me\"\n[run]",
+        )
+        .replace("name = \"edm\"", "name = \"edm2\"")
+        .replace("name = \"ratio\"", "name = \"ratoi\"")
+        + r#"
+[conditioning]
+name = "class"
+
+[sweep]
+"architecture" = [{ name = "convnet" }, { name = "optimal" }, { name = "unet9" }]
+"#;
+    let (r, f, _d) = check(&study);
+    // In every cell, reported once with the count of the others.
+    assert_error(&r, &f, "schedule.name", "no schedule named `edm2`");
+    assert_error(&r, &f, "criteria[0].name", "no criterion named `ratoi`");
+    assert!(
+        r.stderr
+            .contains("(in cell 0: architecture = { name = \"convnet\" }, and in 2 other cells)"),
+        "{}",
+        r.stderr
+    );
+    // Only in their cells.
+    assert_error(&r, &f, "conditioning.name", "ignores class labels");
+    assert!(r.stderr.contains("in cell 1: architecture"), "{}", r.stderr);
+    assert_error(&r, &f, "architecture.name", "no architecture named `unet9`");
+    assert!(r.stderr.contains("in cell 2: architecture"), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error: ").count(), 4, "{}", r.stderr);
+}

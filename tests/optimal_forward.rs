@@ -129,7 +129,21 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn optimal_declares_a_parameter_free_denoiser_needing_the_training_set() {
     let info = optimal("").info().unwrap();
     assert!(info.needs_training_set && info.outputs_denoised && info.parameter_free);
+    assert!(info.ignores_labels, "the optimum is unconditional");
     assert!(!info.learned_variance);
+}
+
+#[test]
+fn label_declarations_round_trip_through_the_abi() {
+    // Every shipped network embeds the labels of a conditional model; only the optimum ignores
+    // them. Read through the loaded libraries, as the host reads them.
+    let reg = registry();
+    for name in ["convnet", "mlp", "unet", "ddpmpp"] {
+        let info = reg.architecture(name, "", 0).unwrap().info().unwrap();
+        assert!(!info.ignores_labels, "{name} uses labels");
+        assert!(!info.parameter_free && !info.outputs_denoised, "{name}");
+    }
+    assert!(optimal("").info().unwrap().ignores_labels);
 }
 
 #[test]

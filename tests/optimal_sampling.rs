@@ -81,3 +81,39 @@ fn optimal_denoiser_with_heun_reproduces_training_images() {
     let ratio = rep["evaluation"]["criteria"][0]["ratio"].as_f64().unwrap();
     assert!(ratio >= 0.99, "ratio criterion flags {ratio}");
 }
+
+#[test]
+fn optimal_with_class_conditioning_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("optimal.toml");
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}\n[conditioning]\nname = \"random\"\nparams = {{ classes = 2 }}\n"),
+    )
+    .unwrap();
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 2, "a config error: {}", r.stderr);
+    for part in [
+        cfg.to_str().unwrap(),
+        "key `conditioning.name`",
+        "conditioning `random`",
+        "architecture `optimal`",
+        "ignores class labels",
+        "`architecture.name`",
+    ] {
+        assert!(r.stderr.contains(part), "names {part}: {}", r.stderr);
+    }
+    assert!(
+        !tmp.path().join("optimal").exists(),
+        "no run directory is created"
+    );
+}

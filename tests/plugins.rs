@@ -51,7 +51,7 @@ fn builtin_plugins_cover_all_five_kinds() {
     // Table form names the library and version of each.
     let t = memlab(&["plugins"], None, None);
     assert!(
-        t.stdout.contains("memlab-synthetic") && t.stdout.contains("0.1.0"),
+        t.stdout.contains("memlab-synthetic") && t.stdout.contains(env!("CARGO_PKG_VERSION")),
         "{}",
         t.stdout
     );
@@ -105,6 +105,40 @@ fn incompatible_plugin_is_refused_and_the_rest_load() {
     let c = memlab(&["plugins", "--check", bad.to_str().unwrap()], None, None);
     assert_eq!(c.code, 1);
     assert!(c.stderr.contains("does not match"), "{}", c.stderr);
+}
+
+#[test]
+fn a_plugin_built_against_an_older_api_is_refused_by_version() {
+    // plugin-api 0.2 changed `ArchInfo`; a library built against 0.1 must not be loaded.
+    let dir = fixture_dir();
+    let old = fixture_file("old_api");
+    let r = memlab(&["plugins", "--json"], Some(&dir), None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(&old.display().to_string()))
+        .unwrap_or_else(|| panic!("names the file: {}", r.stderr));
+    assert!(
+        line.contains("incompatible memlab-plugin-api version")
+            && line.contains(&format!("host uses {}", memlab_plugin_api::API_VERSION))
+            && line.contains("(0.1.0;")
+            && line.contains("rebuild it"),
+        "says which versions: {line}"
+    );
+    assert!(
+        rows(&r.stdout)
+            .iter()
+            .any(|r| r["name"] == "external-checker")
+    );
+
+    let c = memlab(&["plugins", "--check", old.to_str().unwrap()], None, None);
+    assert_eq!(c.code, 1);
+    assert!(
+        c.stderr.contains("incompatible memlab-plugin-api version"),
+        "{}",
+        c.stderr
+    );
 }
 
 #[test]

@@ -526,3 +526,35 @@ fn outputs_follow_the_umask() {
         }
     }
 }
+
+#[test]
+fn a_label_using_architecture_with_class_conditioning_reports_per_class_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "labelled", 4, 0);
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "\n[conditioning]\nname = \"random\"\nparams = { classes = 2 }\n";
+    std::fs::write(&cfg, text).unwrap();
+    let check = memlab(&["config", "check", cfg.to_str().unwrap()], None, None);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let r = memlab(
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = tmp.path().join("labelled");
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(summary.contains("Per class (ratio)"), "{summary}");
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("replication.json")).unwrap()).unwrap();
+    let per_class = rep["evaluation"]["criteria"][0]["per_class"]
+        .as_object()
+        .unwrap();
+    let labels: Vec<&str> = per_class.keys().map(|k| k.as_str()).collect();
+    assert_eq!(labels, ["label 0", "label 1"], "{per_class:?}");
+}

@@ -670,8 +670,10 @@ fn study_command(
     Ok(if failed.is_empty() { 0 } else { EXIT_FAILURE })
 }
 
-/// Checks one config file; returns every component problem of a run config (not loaded, bad
-/// parameters) at once. Other mistakes, and a study's, are the error.
+/// Checks one config file; returns every component problem (not loaded, bad parameters,
+/// contradicted declarations) of a run config, and every problem of every cell of a study, at
+/// once. Other mistakes (unreadable file, bad TOML, a bad host value of a run config) are the
+/// error.
 fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<Vec<ConfigError>> {
     let text = crate::config::read_text(file)?;
     if crate::study::Study::is_study(&text) {
@@ -691,8 +693,7 @@ fn check_config(file: &std::path::Path, dirs: &[PathBuf]) -> Result<Vec<ConfigEr
             }
         }
         let reg = load_for(&cells, dirs)?;
-        study.validate(&cells, &reg)?;
-        return Ok(Vec::new());
+        return Ok(study.errors(&cells, &reg));
     }
     let cfg = Config::load(file)?;
     let mut all = dirs.to_vec();

@@ -7,11 +7,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use memlab_plugin_api::ffi::ComponentKind;
+use memlab_plugin_api::ffi::{ArchInfo, Component, ComponentKind, DataSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::device::DeviceChoice;
-use crate::plugins::Registry;
+use crate::plugins::{ArchitectureHandle, ConditioningHandle, Registry};
 use crate::sampler::{Churn, Sampler, SamplerSettings};
 
 /// A configuration error: file, key and cause. `memlab` exits with code 2 on these.
@@ -939,8 +939,9 @@ impl Config {
     }
 
     /// Full validation against the loaded plugins: every component exists and accepts its
-    /// parameters (each is constructed once). Returns the first problem; see
-    /// [`Config::component_errors`] for all of them.
+    /// parameters (each is constructed once), and the config agrees with what the architecture
+    /// declares (a label-ignoring architecture is never class-conditional). Returns the first
+    /// problem; see [`Config::component_errors`] for all of them.
     pub fn validate(&self, file: &Path, registry: &Registry) -> Result<(), ConfigError> {
         self.check_values(file)?;
         match self.component_errors(file, registry).into_iter().next() {
@@ -950,26 +951,77 @@ impl Config {
     }
 
     /// Every component that is not loaded (`KEY.name`) or refuses its parameters
-    /// (`KEY.params`), in config order, so one check reports them all.
+    /// (`KEY.params`), in config order, then every declaration of the architecture the rest of
+    /// the config contradicts ([`labels_contradiction`]), so one check reports them all.
     pub fn component_errors(&self, file: &Path, registry: &Registry) -> Vec<ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
         let mut errors = Vec::new();
+        let mut arch = None;
+        let mut cond = None;
         for (key, kind, c) in self.components() {
             if registry.info(kind, &c.name).is_none() {
-                errors.push(ConfigError {
-                    file: file.to_path_buf(),
-                    key: format!("{key}.name"),
-                    message: registry.unknown(kind, &c.name).to_string(),
-                });
-            } else if let Err(e) = registry.create(kind, &c.name, &c.params_toml(), self.run.seed) {
-                errors.push(ConfigError {
-                    file: file.to_path_buf(),
-                    key: format!("{key}.params"),
-                    message: format!("{e:#}"),
-                });
+                errors.push(err(
+                    format!("{key}.name"),
+                    registry.unknown(kind, &c.name).to_string(),
+                ));
+                continue;
             }
+            match registry.create(kind, &c.name, &c.params_toml(), self.run.seed) {
+                Err(e) => errors.push(err(format!("{key}.params"), format!("{e:#}"))),
+                Ok((Component::Architecture(a), label)) => {
+                    arch = Some(ArchitectureHandle::new(a, label));
+                }
+                Ok((Component::Conditioning(c), label)) => {
+                    cond = Some(ConditioningHandle::new(c, label));
+                }
+                Ok(_) => {}
+            }
+        }
+        let (Some(arch), Some(cond)) = (arch, cond) else {
+            return errors;
+        };
+        let info = match arch.info() {
+            Ok(info) => info,
+            Err(e) => {
+                errors.push(err("architecture.name".into(), format!("{e:#}")));
+                return errors;
+            }
+        };
+        // Whether the conditioning gives classes at all, asked for a nominal labelled training
+        // set (the real one is only read at run start, which checks again with it).
+        let nominal = DataSummary { len: 2, classes: 2 };
+        if let Ok(classes) = cond.classes(nominal)
+            && let Some(m) = labels_contradiction(&arch, &info, &cond, classes)
+        {
+            errors.push(err("conditioning.name".into(), m));
         }
         errors
     }
+}
+
+/// Why a class-conditional model (`classes` > 0 from `cond`) contradicts an architecture that
+/// declares [`ArchInfo::ignores_labels`]: its samples would be the unconditional run's and
+/// per-class results would mean nothing. `None` when they agree.
+pub fn labels_contradiction(
+    arch: &ArchitectureHandle,
+    info: &ArchInfo,
+    cond: &ConditioningHandle,
+    classes: u32,
+) -> Option<String> {
+    (info.ignores_labels && classes > 0).then(|| {
+        format!(
+            "{} makes the model class-conditional, but {} declares that it \
+             ignores class labels: its samples would be identical to the unconditional run's \
+             and per-class results would mean nothing. Set `conditioning.name = \"none\"`, or \
+             choose an `architecture.name` that uses labels",
+            cond.label(),
+            arch.label()
+        )
+    })
 }
 
 #[cfg(test)]

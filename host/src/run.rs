@@ -316,6 +316,10 @@ fn run_in(
     write_lock(&dir, cfg, reg)?;
 
     let info = arch.info()?;
+    // `Config::validate` refuses this already; checked again with the real class count.
+    if let Some(m) = crate::config::labels_contradiction(&arch, &info, &cond, data.cond_classes) {
+        bail!("conditioning.name: {m}");
+    }
     let training_set = if info.needs_training_set {
         let [c, h, w] = data.shape;
         Some(to_dispatch(

@@ -102,8 +102,9 @@ pub struct Inputs<'a> {
 /// Parameters are created by name on first use (`ctx.param(..)` or the [`crate::nn`] layers),
 /// so `forward` is the whole model definition.
 pub trait Architecture: Send + Sync + 'static {
-    /// Declarations (closed-form, needs the training set, ...). Default: a trainable network
-    /// F whose output the host preconditions as D = c_skip·x + c_out·F(c_in·x, c_noise).
+    /// Declarations (closed-form, needs the training set, ignores labels, ...). Default: a
+    /// trainable network F, free to use the labels of a conditional model, whose output the
+    /// host preconditions as D = c_skip·x + c_out·F(c_in·x, c_noise).
     fn info(&self) -> ArchInfo {
         ArchInfo::default()
     }

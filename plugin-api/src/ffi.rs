@@ -544,6 +544,11 @@ pub struct ArchInfo {
     /// (log Σ = v'·log β + (1 − v')·log β̃ with v' = (v + 1)/2). Only meaningful with discrete
     /// DDPM schedules; the host ignores the extra channels when sampling with ODE samplers.
     pub learned_variance: bool,
+    /// `forward` ignores `labels` and `classes`: its output is the same whatever the labels.
+    /// The host then refuses a class-conditional config (`[conditioning]` giving classes), whose
+    /// samples would be identical to the unconditional run's, and reports no per-class results.
+    /// Default `false`: the architecture may use labels when the model is conditional.
+    pub ignores_labels: bool,
 }
 
 /// Inputs of one forward pass.

@@ -101,8 +101,10 @@ fn explain(e: &LibraryError) -> String {
              memlab_plugin_api::export_plugin!?)"
                 .to_string()
         }
-        LibraryError::IncompatibleVersionNumber { .. } => format!(
-            "built against an incompatible memlab-plugin-api version (host uses {}): {e}",
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
+            "built against an incompatible memlab-plugin-api version ({actual_version}; host \
+             uses {}): rebuild it against plugin-api {}",
+            memlab_plugin_api::API_VERSION,
             memlab_plugin_api::API_VERSION
         ),
         LibraryError::AbiInstability(_) => {

@@ -411,24 +411,60 @@ impl Study {
     }
 
     /// Checks every cell against the loaded plugins (each component is constructed with its
-    /// parameters); errors name the study file, the key and the cell.
+    /// parameters); returns the first of [`Study::errors`].
     pub fn validate(
         &self,
         cells: &[Cell],
         reg: &crate::plugins::Registry,
     ) -> Result<(), ConfigError> {
+        match self.errors(cells, reg).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of every cell, so one `memlab config check` reports them all: its first
+    /// bad host value ([`Config::check_values`]) and every component that is not loaded, refuses
+    /// its parameters or contradicts a declaration ([`Config::component_errors`]). Each error
+    /// names the study file, the key and the cell; one that recurs in several cells (a missing
+    /// plugin of the base config) is reported once, with its first cell and how many others.
+    pub fn errors(&self, cells: &[Cell], reg: &crate::plugins::Registry) -> Vec<ConfigError> {
+        let mut found: Vec<(ConfigError, &Cell, usize)> = Vec::new();
         for c in cells {
-            c.config.validate(&self.file, reg).map_err(|mut e| {
+            let mut errors: Vec<ConfigError> = c
+                .config
+                .check_values(&self.file)
+                .err()
+                .into_iter()
+                .collect();
+            errors.extend(c.config.component_errors(&self.file, reg));
+            for e in errors {
+                match found
+                    .iter_mut()
+                    .find(|(f, _, _)| f.key == e.key && f.message == e.message)
+                {
+                    Some((_, _, others)) => *others += 1,
+                    None => found.push((e, c, 0)),
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|(mut e, c, others)| {
+                let more = match others {
+                    0 => String::new(),
+                    1 => ", and in 1 other cell".to_string(),
+                    n => format!(", and in {n} other cells"),
+                };
                 e.message = format!(
-                    "{} (in cell {}: {})",
+                    "{} (in cell {}: {}{more})",
                     e.message,
                     c.index,
                     describe(&c.values)
                 );
                 e
-            })?;
-        }
-        Ok(())
+            })
+            .collect()
     }
 }
 

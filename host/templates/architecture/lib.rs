@@ -42,6 +42,18 @@ impl Model {
 }
 
 impl Architecture for Model {
+    /// What the host may rely on (`ArchInfo`). This network embeds the labels of a conditional
+    /// model (below), so it does not declare `ignores_labels`, and it is a trained network F that
+    /// the host preconditions, so the other declarations keep their defaults too. A closed-form
+    /// denoiser would set `outputs_denoised`, `parameter_free` or `needs_training_set`; one that
+    /// never reads `inp.labels` sets `ignores_labels`, and the host then refuses class conditioning.
+    fn info(&self) -> ArchInfo {
+        ArchInfo {
+            ignores_labels: false,
+            ..ArchInfo::default()
+        }
+    }
+
     fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
         let [n, c, _, _] = inp.x.dims::<4>();
         let ch = self.channels;

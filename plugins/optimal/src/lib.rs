@@ -70,6 +70,7 @@ impl Architecture for Optimal {
             outputs_denoised: true,
             parameter_free: true,
             learned_variance: false,
+            ignores_labels: true,
         }
     }
 
@@ -165,7 +166,7 @@ mod tests {
         let o = Optimal::from_params(&Params::default(), 0).unwrap();
         assert_eq!(o.chunk, 1024);
         let i = o.info();
-        assert!(i.needs_training_set && i.outputs_denoised && i.parameter_free);
+        assert!(i.needs_training_set && i.outputs_denoised && i.parameter_free && i.ignores_labels);
         assert!(!i.learned_variance);
     }
 
