@@ -1025,6 +1025,44 @@ name = "edm"
     }
 
     #[test]
+    fn init_from_is_resolved_hashed_and_architecture_only() {
+        let plain = Config::parse(OK, Path::new("x.toml")).unwrap();
+        assert!(
+            !plain.to_toml().contains("init_from"),
+            "absent: not serialised"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.safetensors"), b"").unwrap();
+        let file = dir.path().join("x.toml");
+        let text = OK.replace(
+            "name = \"convnet\"",
+            "name = \"convnet\"\ninit_from = \"w.safetensors\"",
+        );
+        let mut c = Config::parse(&text, &file).unwrap();
+        c.resolve_plugin_dirs(&file).unwrap();
+        assert_eq!(
+            c.architecture.init_from.as_deref(),
+            Some(dir.path().join("w.safetensors").as_path())
+        );
+        assert_ne!(c.training_hash(), plain.training_hash());
+        c.check_values(&file).unwrap();
+        // A missing file is named with its key.
+        let mut c = Config::parse(&text.replace("w.safetensors", "no.safetensors"), &file).unwrap();
+        let e = c.resolve_plugin_dirs(&file).unwrap_err();
+        assert_eq!(e.key, "architecture.init_from", "{e}");
+        // Other sections do not take it.
+        let text = OK.replace(
+            "name = \"edm\"",
+            "name = \"edm\"\ninit_from = \"w.safetensors\"",
+        );
+        let e = Config::parse(&text, Path::new("x.toml"))
+            .unwrap()
+            .check_values(Path::new("x.toml"))
+            .unwrap_err();
+        assert_eq!(e.key, "schedule.init_from", "{e}");
+    }
+
+    #[test]
     fn misspelled_key_names_file_key_and_line() {
         let text = OK.replace("[schedule]", "[train]\nstpes = 3\n[schedule]");
         let e = Config::parse(&text, Path::new("cfg/x.toml")).unwrap_err();

@@ -9,7 +9,7 @@
 //! non-trainable `*.resample_filter` buffers are skipped when they hold the `[1, 1]` filter
 //! (the only one the `ddpmpp` plugin implements) and refused otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -31,7 +31,9 @@ pub fn load_into(params: &mut ParamStore, path: &Path, device: &Device) -> Resul
     let strip = !names.is_empty() && names.iter().all(|n| n.starts_with("model."));
     let mut file: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut problems: Vec<String> = Vec::new();
+    let mut unreadable: BTreeSet<&str> = BTreeSet::new();
     for full in names {
+        let name = if strip { &full["model.".len()..] } else { full };
         let view = st
             .tensor(full)
             .map_err(|e| anyhow::anyhow!("init_from: tensor `{full}`: {e}"))?;
@@ -55,10 +57,10 @@ pub fn load_into(params: &mut ParamStore, path: &Path, device: &Device) -> Resul
                 problems.push(format!(
                     "`{full}` has dtype {d:?} (F32, F64 and BF16 are read; save it with .float())"
                 ));
+                unreadable.insert(name);
                 continue;
             }
         };
-        let name = if strip { &full["model.".len()..] } else { full };
         if name.ends_with(".resample_filter") && params.get(name).is_none() {
             let box_filter = view.shape() == [1, 1, 2, 2] && vals.iter().all(|&v| v == 0.25);
             if !box_filter {
@@ -75,6 +77,9 @@ pub fn load_into(params: &mut ParamStore, path: &Path, device: &Device) -> Resul
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     for (name, p) in params.iter() {
+        if unreadable.contains(name.as_str()) {
+            continue;
+        }
         match file.get(name) {
             None => missing.push(format!("`{name}` {:?}", p.shape)),
             Some((shape, _)) if *shape != p.shape => misshaped.push(format!(

@@ -597,7 +597,7 @@ mod tests {
         );
         assert_eq!(
             shape("enc.16x16_block0.affine.weight"),
-            Some(vec![512, 256])
+            Some(vec![256, 512])
         );
         assert_eq!(
             shape("dec.8x8_block0.conv0.weight"),
