@@ -210,3 +210,68 @@ fn ddpmpp_matches_edm_songunet_and_preconditioners() {
 fn ddpmpp_with_class_labels_matches_edm() {
     check_ddpmpp("ddpmpp_class", 4);
 }
+
+/// The production path: `architecture.init_from` in a run config starts from the reference
+/// weights (with `steps = 0` the run samples from them directly), and a file that does not fit
+/// the model fails the run naming the offending tensors.
+#[test]
+fn init_from_in_a_run_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Io::load("ddpmpp");
+    let config = |name: &str, weights: &str| {
+        let text = format!(
+            r#"
+[run]
+name = "{name}"
+device = "cpu"
+[dataset]
+name = "mondrian"
+params = {{ resolution = 8, size = 8 }}
+[architecture]
+name = "ddpmpp"
+params = {{ {} }}
+init_from = "{}"
+[schedule]
+name = "edm"
+[train]
+steps = 0
+batch_size = 4
+[sample]
+count = 4
+steps = 3
+"#,
+            io.params.replace('\n', ", "),
+            fixture(weights).display()
+        );
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ok = config("ref", "ddpmpp.weights.safetensors");
+    let r = memlab_e2e::memlab(&["run", ok.to_str().unwrap()], None, Some(dir.path()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("starting from the weights in"),
+        "{}",
+        r.stderr
+    );
+    let resolved = std::fs::read_to_string(dir.path().join("runs/ref/config.toml")).unwrap();
+    assert!(resolved.contains("init_from = "), "{resolved}");
+
+    let wrong = config("wrong", "ddpmpp_class.weights.safetensors");
+    let r = memlab_e2e::memlab(&["run", wrong.to_str().unwrap()], None, Some(dir.path()));
+    assert_ne!(r.code, 0);
+    for needle in [
+        "does not match the model's",
+        "unexpected (not parameters of the model)",
+        "`map_label.weight` [16, 4]",
+        "mis-shaped",
+        "`enc.4x4_block0.conv0.weight`: the file has [16, 16, 3, 3], the model needs [32, 16, 3, 3]",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "{needle:?} not in:\n{}",
+            r.stderr
+        );
+    }
+}
