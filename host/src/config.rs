@@ -712,8 +712,8 @@ impl Config {
 
     /// Makes relative `[plugins] dirs` relative to the config file's directory; a directory
     /// that does not exist is an error (a typo would otherwise load fewer plugins silently).
-    /// Also resolves a relative `architecture.init_from` from the same folder and checks that
-    /// the file exists.
+    /// Also resolves a relative `architecture.init_from` from the same folder, checks that the
+    /// file exists and makes the path absolute.
     pub fn resolve_plugin_dirs(&mut self, file: &Path) -> Result<(), ConfigError> {
         let base = file.parent().unwrap_or(Path::new("."));
         if let Some(p) = &mut self.architecture.init_from {
@@ -730,6 +730,11 @@ impl Config {
                         p.display()
                     ),
                 });
+            }
+            // Absolute, so the run's recorded config (and its training hash) does not depend
+            // on the directory memlab was started from.
+            if let Ok(abs) = p.canonicalize() {
+                *p = abs;
             }
         }
         for d in &mut self.plugins.dirs {
@@ -1042,7 +1047,13 @@ name = "edm"
         c.resolve_plugin_dirs(&file).unwrap();
         assert_eq!(
             c.architecture.init_from.as_deref(),
-            Some(dir.path().join("w.safetensors").as_path())
+            Some(
+                dir.path()
+                    .join("w.safetensors")
+                    .canonicalize()
+                    .unwrap()
+                    .as_path()
+            )
         );
         assert_ne!(c.training_hash(), plain.training_hash());
         c.check_values(&file).unwrap();
