@@ -30,10 +30,11 @@
 //! for narrow layers, where the reference would fail), and the output conv takes the actual
 //! width of the last decoder level (the reference assumes `channel_mult[0] = 1`).
 //!
-//! Parameter names and layouts are the reference `state_dict`'s (`input_blocks.1.0.in_layers.2.weight`,
-//! `time_embed.0.weight` `[4C, C]`, attention `qkv.weight` `[3C, C, 1]`, ...), so a `UNetModel`
-//! checkpoint loads through `architecture.init_from`; `tests/networks.rs` compares the output
-//! with the reference's own on shared weights.
+//! Parameter names and layouts are the reference `state_dict`'s
+//! (`input_blocks.1.0.in_layers.2.weight`, `time_embed.0.weight` `[4C, C]`, attention
+//! `qkv.weight` `[3C, C, 1]`, ...), so a `UNetModel` checkpoint loads through
+//! `architecture.init_from`; `tests/networks.rs` compares the output with the reference's own
+//! on shared weights.
 //!
 //! Parameter counts equal the reference's: at 32×32×3 with `learn_sigma`, 13,161,926 /
 //! 52,546,438 / 209,983,238 for C = 64 / 128 / 256 (the papers' 13.16M / 52.55M / 209.98M).
