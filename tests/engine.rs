@@ -52,7 +52,11 @@ fn gradients_match_finite_differences() {
     let mut store = ParamStore::new(3);
     eval_loss(&mut store); // creates the parameters
     // Re-draw every parameter (zero-initialised layers would make many gradients trivially 0).
-    let mut g = SplitMix64(7);
+    // The seed picks a point where the loss is smooth enough for f32 central differences at
+    // eps = 3e-3: at some points (seed 7 since linear weights became [out, in], seed 13 before)
+    // `gn.weight` sits in a high-curvature region where the difference quotient drifts with eps
+    // (0.21 / 0.096 / agreeing at eps = 1e-2 / 3e-3 / 1e-3) while autodiff stays put.
+    let mut g = SplitMix64(8);
     let names: Vec<String> = store.iter().map(|(n, _)| n.clone()).collect();
     for n in &names {
         let len = store.read(n).unwrap().len();
@@ -108,12 +112,9 @@ fn gradients_match_finite_differences() {
 fn store_rank(_names: &[String], name: &str) -> usize {
     // Gradients have the parameter's shape; ranks follow the layer conventions.
     match name {
-        n if n.ends_with("conv.weight")
-            || n.contains("qkv.weight")
-            || n.contains("proj_out.weight") =>
-        {
-            4
-        }
+        n if n.ends_with("conv.weight") => 4,
+        // Attention's 1×1 projections are stored in PyTorch's Conv1d layout [out, in, 1].
+        n if n.contains("qkv.weight") || n.contains("proj_out.weight") => 3,
         "emb" | "fc.weight" => 2,
         _ => 1,
     }

@@ -52,6 +52,12 @@ pub struct ComponentRef {
     /// The component's parameters, passed to the plugin as a TOML table.
     #[serde(default)]
     pub params: toml::Table,
+    /// `[architecture]` only: a safetensors file of weights (a PyTorch `state_dict` with the
+    /// architecture's parameter names) that training starts from instead of the seeded
+    /// initialisation. Relative paths are resolved from the config file's folder. Left out of
+    /// the serialised config when absent, so existing run directories keep their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl ComponentRef {
@@ -60,6 +66,7 @@ impl ComponentRef {
         ComponentRef {
             name: name.to_string(),
             params: toml::Table::new(),
+            init_from: None,
         }
     }
     /// The parameters as TOML text.
@@ -170,6 +177,7 @@ impl DatasetSection {
                 ComponentRef {
                     name: n.clone(),
                     params: self.params.clone(),
+                    init_from: None,
                 },
             )],
             None => self
@@ -182,6 +190,7 @@ impl DatasetSection {
                         ComponentRef {
                             name: p.name.clone(),
                             params: p.params.clone(),
+                            init_from: None,
                         },
                     )
                 })
@@ -712,8 +721,31 @@ impl Config {
 
     /// Makes relative `[plugins] dirs` relative to the config file's directory; a directory
     /// that does not exist is an error (a typo would otherwise load fewer plugins silently).
+    /// Also resolves a relative `architecture.init_from` from the same folder, checks that the
+    /// file exists and makes the path absolute.
     pub fn resolve_plugin_dirs(&mut self, file: &Path) -> Result<(), ConfigError> {
         let base = file.parent().unwrap_or(Path::new("."));
+        if let Some(p) = &mut self.architecture.init_from {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+            if !p.is_file() {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    key: "architecture.init_from".into(),
+                    message: format!(
+                        "{} is not a file (relative paths are resolved from the config file's \
+                         folder)",
+                        p.display()
+                    ),
+                });
+            }
+            // Absolute, so the run's recorded config (and its training hash) does not depend
+            // on the directory memlab was started from.
+            if let Ok(abs) = p.canonicalize() {
+                *p = abs;
+            }
+        }
         for d in &mut self.plugins.dirs {
             if d.is_relative() {
                 *d = base.join(&*d);
@@ -773,6 +805,14 @@ impl Config {
             key: key.into(),
             message,
         };
+        for (key, _, c) in self.components() {
+            if key != "architecture" && c.init_from.is_some() {
+                return Err(err(
+                    &format!("{key}.init_from"),
+                    "init_from is only read in [architecture] (weights to start from)".into(),
+                ));
+            }
+        }
         // The run directory is `out_dir/name`: the name must stay one folder inside it.
         let name = &self.run.name;
         if name.trim().is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0'])
@@ -1048,6 +1088,50 @@ name = "edm"
         assert_eq!(c.dataset.params["resolution"].as_integer(), Some(16));
         assert_eq!(c.dataset.subset, SubsetMode::Random);
         c.check_values(Path::new("x.toml")).unwrap();
+    }
+
+    #[test]
+    fn init_from_is_resolved_hashed_and_architecture_only() {
+        let plain = Config::parse(OK, Path::new("x.toml")).unwrap();
+        assert!(
+            !plain.to_toml().contains("init_from"),
+            "absent: not serialised"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.safetensors"), b"").unwrap();
+        let file = dir.path().join("x.toml");
+        let text = OK.replace(
+            "name = \"convnet\"",
+            "name = \"convnet\"\ninit_from = \"w.safetensors\"",
+        );
+        let mut c = Config::parse(&text, &file).unwrap();
+        c.resolve_plugin_dirs(&file).unwrap();
+        assert_eq!(
+            c.architecture.init_from.as_deref(),
+            Some(
+                dir.path()
+                    .join("w.safetensors")
+                    .canonicalize()
+                    .unwrap()
+                    .as_path()
+            )
+        );
+        assert_ne!(c.training_hash(), plain.training_hash());
+        c.check_values(&file).unwrap();
+        // A missing file is named with its key.
+        let mut c = Config::parse(&text.replace("w.safetensors", "no.safetensors"), &file).unwrap();
+        let e = c.resolve_plugin_dirs(&file).unwrap_err();
+        assert_eq!(e.key, "architecture.init_from", "{e}");
+        // Other sections do not take it.
+        let text = OK.replace(
+            "name = \"edm\"",
+            "name = \"edm\"\ninit_from = \"w.safetensors\"",
+        );
+        let e = Config::parse(&text, Path::new("x.toml"))
+            .unwrap()
+            .check_values(Path::new("x.toml"))
+            .unwrap_err();
+        assert_eq!(e.key, "schedule.init_from", "{e}");
     }
 
     #[test]

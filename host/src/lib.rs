@@ -28,6 +28,7 @@ pub mod scaffold;
 pub mod snapshot;
 pub mod study;
 pub mod train;
+pub mod weights;
 
 /// Exit code for bad user input (config errors, unknown plugins, bad parameters).
 pub const EXIT_USAGE: i32 = 2;

@@ -343,6 +343,13 @@ fn run_in(
     // Train.
     let t0 = Instant::now();
     let (params, ema, steps, resumed_from) = if model.info.parameter_free {
+        if let Some(f) = &cfg.architecture.init_from {
+            bail!(
+                "architecture.init_from = {}: {} has no parameters to load",
+                f.display(),
+                model.arch.label()
+            );
+        }
         log::info!(
             "{} has no parameters: skipping training",
             model.arch.label()
@@ -351,7 +358,15 @@ fn run_in(
         train::materialize(&model, &mut p)?;
         (p, None, 0, 0)
     } else {
-        let t = train::train(&model, data, &cfg.train, seed, &dir, &config_hash)?;
+        let t = train::train(
+            &model,
+            data,
+            &cfg.train,
+            seed,
+            &dir,
+            &config_hash,
+            cfg.architecture.init_from.as_deref(),
+        )?;
         (t.params, t.ema, t.steps, t.resumed_from)
     };
     let train_seconds = t0.elapsed().as_secs_f64();

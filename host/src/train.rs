@@ -83,6 +83,7 @@ fn read_metrics(path: &Path, upto: u64) -> Vec<String> {
 
 /// Trains `model` on `data` in `run_dir` (snapshots under `run_dir/snapshots`, metrics in
 /// `run_dir/metrics.jsonl`), resuming from the newest snapshot written with the same config.
+/// A fresh run starts from the weights in `init_from` when given (see [`crate::weights`]).
 pub fn train(
     model: &Model,
     data: &TrainingSet,
@@ -90,6 +91,7 @@ pub fn train(
     seed: u64,
     run_dir: &Path,
     config_hash: &str,
+    init_from: Option<&Path>,
 ) -> Result<Trained> {
     let snap_dir = run_dir.join("snapshots");
     std::fs::create_dir_all(&snap_dir)
@@ -117,6 +119,10 @@ pub fn train(
         None => {
             let mut p = ParamStore::new(derive_seed(seed, stream::INIT));
             materialize(model, &mut p)?;
+            if let Some(file) = init_from {
+                crate::weights::load_into(&mut p, file, &model.device)?;
+                log::info!("starting from the weights in {}", file.display());
+            }
             let e = (cfg.ema_beta() > 0.0).then(|| p.clone());
             (p, e, AdamState::default(), 0)
         }

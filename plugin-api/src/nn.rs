@@ -2,14 +2,16 @@
 //!
 //! Each layer is a small config value (`Conv2d::new(3, 64, 3).padding(1)`) whose `forward`
 //! takes the [`Ctx`] scope its parameters live in. Parameter shapes follow the usual
-//! conventions (conv weights `[out, in/groups, kh, kw]`, linear weights `[in, out]`), and
+//! conventions of PyTorch (conv weights `[out, in/groups, kh, kw]`, linear weights `[out, in]`), so
+//! a PyTorch `state_dict` loads by name and shape, and
 //! initialisations follow PyTorch's defaults unless a layer says otherwise, so parameter counts
 //! and init statistics match reference PyTorch code.
 
 use crate::ffi::{Conv2dOptions, Init, TensorId};
 use crate::tensor::{Ctx, Tensor};
 
-/// Fully connected layer `y = x·W + b` over the last dimension.
+/// Fully connected layer `y = x·Wᵀ + b` over the last dimension (`W` is `[d_out, d_in]`, as
+/// PyTorch's `nn.Linear`).
 #[derive(Debug, Clone, Copy)]
 pub struct Linear {
     /// Input features.
@@ -52,7 +54,7 @@ impl Linear {
         let default = Init::torch_default(self.d_in);
         let w = ctx.param(
             "weight",
-            &[self.d_in, self.d_out],
+            &[self.d_out, self.d_in],
             self.init.unwrap_or(default),
         );
         let b = self.bias.then(|| {
@@ -63,7 +65,7 @@ impl Linear {
             };
             ctx.param("bias", &[self.d_out], bi)
         });
-        let y = x.linear(&w, b.as_ref());
+        let y = x.linear(&w.transpose(0, 1), b.as_ref());
         ctx.wrap(y.into_id())
     }
     /// Number of parameters.
@@ -237,7 +239,9 @@ impl LayerNorm {
 
 /// Multi-head self-attention over the spatial positions of an NCHW tensor, with a residual
 /// connection: `x + proj(attn(norm(x)))`, as in improved-diffusion's `AttentionBlock`
-/// (`norm`, `qkv` 1×1, `proj_out` 1×1 zero-initialised).
+/// (`norm`, `qkv` 1×1, `proj_out` 1×1 zero-initialised; `qkv` and `proj_out` are 1-D
+/// convolutions there, so their weights are `[out, in, 1]`). Channels of `qkv` are split per
+/// head into `[q, k, v]`, and `q·k` is scaled by `1/√(C/heads)`, as in the reference.
 #[derive(Debug, Clone, Copy)]
 pub struct SpatialAttention {
     /// Channels.
@@ -263,7 +267,7 @@ impl SpatialAttention {
         }
         let dh = c / heads;
         let hn = GroupNorm::gn32(c).forward(&ctx.scope("norm"), x);
-        let qkv = Conv2d::new(c, 3 * c, 1).forward(&ctx.scope("qkv"), &hn);
+        let qkv = conv1x1(&ctx.scope("qkv"), &hn, c, 3 * c, false);
         // [n, 3c, h, w] → [n, heads, 3·dh, hw]
         let qkv = qkv.reshape_to(&[n, heads, 3 * dh, h * w]);
         let q = qkv.slice(2, 0, dh);
@@ -274,17 +278,34 @@ impl SpatialAttention {
         let weights = (q.transpose(2, 3) * scale).matmul(&k).softmax(3);
         // out [n, heads, dh, hw] = v · weightsᵀ
         let out = v.matmul(&weights.transpose(2, 3)).reshape_to(&[n, c, h, w]);
-        let out = Conv2d::new(c, c, 1)
-            .zero_init()
-            .forward(&ctx.scope("proj_out"), &out);
+        let out = conv1x1(&ctx.scope("proj_out"), &out, c, c, true);
         let y = x + &out;
         ctx.wrap(y.into_id())
     }
 }
 
+/// A 1×1 convolution whose weight is stored `[c_out, c_in, 1]` (PyTorch's `Conv1d` layout)
+/// with PyTorch's default init (or zeros).
+fn conv1x1<'a>(ctx: &Ctx<'a>, x: &Tensor<'a>, c_in: usize, c_out: usize, zero: bool) -> Tensor<'a> {
+    let (wi, bi) = if zero {
+        (Init::ZEROS, Init::ZEROS)
+    } else {
+        (Init::torch_default(c_in), Init::torch_default(c_in))
+    };
+    let w = ctx.param("weight", &[c_out, c_in, 1], wi);
+    let b = ctx.param("bias", &[c_out], bi);
+    x.conv2d(
+        &w.reshape_to(&[c_out, c_in, 1, 1]),
+        Some(&b),
+        Conv2dOptions::default(),
+    )
+}
+
 /// improved-diffusion's residual block: GN → SiLU → conv3×3, plus a projection of the
 /// embedding (added, or as scale and shift of the second norm), GN → SiLU → dropout →
-/// conv3×3 (zero-initialised), and a 1×1 skip when the channel count changes.
+/// conv3×3 (zero-initialised), and a 1×1 skip when the channel count changes. Parameters carry
+/// the reference's module paths: `in_layers.0` (norm), `in_layers.2` (conv), `emb_layers.1`,
+/// `out_layers.0` (norm), `out_layers.3` (conv), `skip_connection`.
 #[derive(Debug, Clone, Copy)]
 pub struct ResBlock {
     /// Input channels.
@@ -329,11 +350,11 @@ impl ResBlock {
         emb: Option<&Tensor<'a>>,
     ) -> Tensor<'a> {
         let h = GroupNorm::gn32(self.c_in)
-            .forward(&ctx.scope("in_norm"), x)
+            .forward(&ctx.scope("in_layers.0"), x)
             .silu();
         let mut h = Conv2d::new(self.c_in, self.c_out, 3)
             .same()
-            .forward(&ctx.scope("in_conv"), &h);
+            .forward(&ctx.scope("in_layers.2"), &h);
         let out_norm = GroupNorm::gn32(self.c_out);
         let h2 = match emb {
             Some(e) if self.emb > 0 => {
@@ -342,30 +363,30 @@ impl ResBlock {
                 } else {
                     self.c_out
                 };
-                let e = Linear::new(self.emb, width).forward(&ctx.scope("emb"), &e.silu());
+                let e = Linear::new(self.emb, width).forward(&ctx.scope("emb_layers.1"), &e.silu());
                 let [n, _] = e.dims::<2>();
                 let e = e.reshape_to(&[n, width, 1, 1]);
                 if self.scale_shift {
                     let scale = e.slice(1, 0, self.c_out);
                     let shift = e.slice(1, self.c_out, 2 * self.c_out);
-                    let hn = out_norm.forward(&ctx.scope("out_norm"), &h);
+                    let hn = out_norm.forward(&ctx.scope("out_layers.0"), &h);
                     (hn * (scale + 1.0)) + shift
                 } else {
                     h = h + e;
-                    out_norm.forward(&ctx.scope("out_norm"), &h)
+                    out_norm.forward(&ctx.scope("out_layers.0"), &h)
                 }
             }
-            _ => out_norm.forward(&ctx.scope("out_norm"), &h),
+            _ => out_norm.forward(&ctx.scope("out_layers.0"), &h),
         };
         let h2 = h2.silu().dropout(self.dropout);
         let h2 = Conv2d::new(self.c_out, self.c_out, 3)
             .same()
             .zero_init()
-            .forward(&ctx.scope("out_conv"), &h2);
+            .forward(&ctx.scope("out_layers.3"), &h2);
         let y = if self.c_in == self.c_out {
             x + &h2
         } else {
-            Conv2d::new(self.c_in, self.c_out, 1).forward(&ctx.scope("skip"), x) + h2
+            Conv2d::new(self.c_in, self.c_out, 1).forward(&ctx.scope("skip_connection"), x) + h2
         };
         ctx.wrap(y.into_id())
     }
@@ -388,7 +409,7 @@ pub const MAX_EMBEDDING_HALF: usize = 1 << 24;
 ///     fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
 ///         let [n, c, h, w] = inp.x.dims::<4>();
 ///         let emb = timestep_embedding(ctx, &inp.noise, 16); // [n, 16]
-///         let bias = Linear::new(16, c).forward(&ctx.scope("emb"), &emb.silu());
+///         let bias = Linear::new(16, c).forward(&ctx.scope("emb_layers.1"), &emb.silu());
 ///         Ok(&inp.x + &bias.reshape_to(&[n, c, 1, 1]))
 ///     }
 /// }

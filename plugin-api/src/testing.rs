@@ -872,7 +872,8 @@ mod tests {
         let e = 4 * ch;
         let time = ch * e + e;
         let conv_in = c * ch * 9 + ch;
-        // in_norm, in_conv, emb (scale-shift: 2·ch outputs), out_norm, out_conv.
+        // in_layers.0 (norm), in_layers.2 (conv), emb_layers.1 (scale-shift: 2·ch outputs),
+        // out_layers.0 (norm), out_layers.3 (conv).
         let block = 2 * ch + (ch * ch * 9 + ch) + (e * 2 * ch + 2 * ch) + 2 * ch + ch * ch * 9 + ch;
         let attn = 2 * ch + (ch * 3 * ch + 3 * ch) + (ch * ch + ch);
         let out = 2 * ch + ch * c * 9 + c;
@@ -887,7 +888,7 @@ mod tests {
         assert_eq!(s.total, 16_691);
         assert_eq!(s.output, vec![4, 3, 8, 8]);
         assert_eq!(s.param("conv_in.weight"), Some(&[16, 3, 3, 3][..]));
-        assert_eq!(s.param("block1.emb.weight"), Some(&[64, 32][..]));
+        assert_eq!(s.param("block1.emb_layers.1.weight"), Some(&[32, 64][..]));
         assert_eq!(s.param("label_emb"), None);
         assert_eq!(
             s.count_with_prefix("attn."),

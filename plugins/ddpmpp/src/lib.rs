@@ -4,7 +4,8 @@
 //! trains it, plus switches that drop individual encoder → decoder skip connections.
 //!
 //! Parameter names follow the reference module paths (`enc.32x32_block0.conv0.weight`,
-//! `dec.8x8_in0.qkv.weight`, `map_layer0.weight`, ...); linear weights are stored `[in, out]`.
+//! `dec.8x8_in0.qkv.weight`, `map_layer0.weight`, ...) and weights have PyTorch's layouts
+//! (linear `[out, in]`, conv `[out, in, kh, kw]`), so a `SongUNet` `state_dict` loads by name.
 //! Initialisation follows the reference: Xavier-uniform weights, zero biases, output convs of
 //! each block (`conv1`, `proj`, `aux_conv`) scaled by 1e-5 and `qkv` by √0.2.
 
@@ -373,15 +374,15 @@ impl Block {
     }
 }
 
-/// Reference `Linear` with its zero bias.
+/// Reference `Linear` (weight `[d_out, d_in]`) with its zero bias.
 fn linear<'a>(ctx: &Ctx<'a>, x: &Tensor<'a>, d_in: usize, d_out: usize) -> Tensor<'a> {
     let w = ctx.param(
         "weight",
-        &[d_in, d_out],
+        &[d_out, d_in],
         Init::xavier_uniform(d_in, d_out, 1.0),
     );
     let b = ctx.param("bias", &[d_out], Init::ZEROS);
-    x.linear(&w, Some(&b))
+    x.linear(&w.transpose(0, 1), Some(&b))
 }
 
 impl Architecture for Ddpmpp {
@@ -408,15 +409,16 @@ impl Architecture for Ddpmpp {
         // Mapping network.
         let mut emb = self.noise_embedding(ctx, &inp.noise);
         if let (Some(labels), true) = (&inp.labels, inp.classes > 0) {
-            // map_label(one_hot · √classes): a row of the weight, scaled, plus the bias.
+            // map_label(one_hot · √classes): a column of the weight, scaled, plus the bias.
             let k = inp.classes as usize;
             let lc = ctx.scope("map_label");
-            let table = lc.param(
+            let weight = lc.param(
                 "weight",
-                &[k, noise_ch],
+                &[noise_ch, k],
                 Init::xavier_uniform(k, noise_ch, 1.0),
             );
             let bias = lc.param("bias", &[noise_ch], Init::ZEROS);
+            let table = weight.transpose(0, 1);
             emb = emb + table.embedding(labels) * (k as f64).sqrt() + bias;
         }
         let emb = linear(&ctx.scope("map_layer0"), &emb, noise_ch, emb_ch).silu();
@@ -581,7 +583,7 @@ mod tests {
     fn parameter_shapes_follow_the_reference_layout() {
         let s = summary("num_blocks = 2");
         let shape = |n: &str| s.param(n).map(|v| v.to_vec());
-        assert_eq!(shape("map_layer0.weight"), Some(vec![128, 512]));
+        assert_eq!(shape("map_layer0.weight"), Some(vec![512, 128]));
         assert_eq!(shape("map_layer1.weight"), Some(vec![512, 512]));
         assert_eq!(shape("enc.32x32_conv.weight"), Some(vec![128, 3, 3, 3]));
         assert_eq!(
@@ -595,7 +597,7 @@ mod tests {
         );
         assert_eq!(
             shape("enc.16x16_block0.affine.weight"),
-            Some(vec![512, 256])
+            Some(vec![256, 512])
         );
         assert_eq!(
             shape("dec.8x8_block0.conv0.weight"),
@@ -639,7 +641,7 @@ mod tests {
         let a = inspect(&net(""), [2, 3, 32, 32], 0).unwrap();
         let b = inspect(&net(""), [2, 3, 32, 32], 10).unwrap();
         assert_eq!(b.total, a.total + 10 * 128 + 128);
-        assert_eq!(b.param("map_label.weight"), Some(&[10, 128][..]));
+        assert_eq!(b.param("map_label.weight"), Some(&[128, 10][..]));
     }
 
     #[test]

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(expected, 58_496);
         assert_eq!(s.total, expected);
         assert_eq!(net.num_params(192, 0), expected);
-        assert_eq!(s.param("fc_in.weight"), Some(&[192, 64][..]));
+        assert_eq!(s.param("fc_in.weight"), Some(&[64, 192][..]));
         assert_eq!(s.param("block1.fc2.weight"), Some(&[64, 64][..]));
 
         let cond = inspect(&net, [5, 3, 8, 8], 10).unwrap();

@@ -30,6 +30,12 @@
 //! for narrow layers, where the reference would fail), and the output conv takes the actual
 //! width of the last decoder level (the reference assumes `channel_mult[0] = 1`).
 //!
+//! Parameter names and layouts are the reference `state_dict`'s
+//! (`input_blocks.1.0.in_layers.2.weight`, `time_embed.0.weight` `[4C, C]`, attention
+//! `qkv.weight` `[3C, C, 1]`, ...), so a `UNetModel` checkpoint loads through
+//! `architecture.init_from`; `tests/networks.rs` compares the output with the reference's own
+//! on shared weights.
+//!
 //! Parameter counts equal the reference's: at 32×32×3 with `learn_sigma`, 13,161,926 /
 //! 52,546,438 / 209,983,238 for C = 64 / 128 / 256 (the papers' 13.16M / 52.55M / 209.98M).
 
@@ -422,10 +428,10 @@ mod tests {
         let s = inspect(&net, [1, 3, 32, 32], 0).unwrap();
         // 1 input conv + 4 levels × 3 blocks + 3 downsamples = 16 input blocks (0..=15);
         // 4 levels × 4 = 16 output blocks.
-        assert!(s.param("input_blocks.15.0.in_conv.weight").is_some());
-        assert!(s.param("input_blocks.16.0.in_conv.weight").is_none());
-        assert!(s.param("output_blocks.15.0.in_conv.weight").is_some());
-        assert!(s.param("output_blocks.16.0.in_conv.weight").is_none());
+        assert!(s.param("input_blocks.15.0.in_layers.2.weight").is_some());
+        assert!(s.param("input_blocks.16.0.in_layers.2.weight").is_none());
+        assert!(s.param("output_blocks.15.0.in_layers.2.weight").is_some());
+        assert!(s.param("output_blocks.16.0.in_layers.2.weight").is_none());
         // Downsampling convs at input blocks 4, 8, 12; attention at 16×16 and 8×8 only.
         assert_eq!(
             s.param("input_blocks.4.0.op.weight"),
@@ -437,11 +443,11 @@ mod tests {
         assert!(s.param("input_blocks.13.1.qkv.weight").is_none());
         // The first decoder block sees 128 + 128 channels; the last one 64 + 64.
         assert_eq!(
-            s.param("output_blocks.0.0.in_conv.weight"),
+            s.param("output_blocks.0.0.in_layers.2.weight"),
             Some(&[128, 256, 3, 3][..])
         );
         assert_eq!(
-            s.param("output_blocks.15.0.skip.weight"),
+            s.param("output_blocks.15.0.skip_connection.weight"),
             Some(&[64, 128, 1, 1][..])
         );
         // Upsampling at the end of decoder levels 3, 2, 1, after the attention where present.
@@ -450,7 +456,10 @@ mod tests {
         assert!(s.param("output_blocks.11.2.conv.weight").is_some());
         assert!(s.param("output_blocks.15.1.conv.weight").is_none());
         // Scale-shift: the embedding projection is 2·C_out wide.
-        assert_eq!(s.param("middle_block.0.emb.weight"), Some(&[256, 256][..]));
+        assert_eq!(
+            s.param("middle_block.0.emb_layers.1.weight"),
+            Some(&[256, 256][..])
+        );
         assert_eq!(s.param("out.2.weight"), Some(&[6, 64, 3, 3][..]));
     }
 
@@ -470,7 +479,10 @@ mod tests {
         assert!(s.param("input_blocks.3.1.qkv.weight").is_some());
         assert!(s.param("input_blocks.1.1.qkv.weight").is_none());
         // Without scale-shift the embedding projection is C_out wide.
-        assert_eq!(s.param("input_blocks.1.0.emb.weight"), Some(&[128, 32][..]));
+        assert_eq!(
+            s.param("input_blocks.1.0.emb_layers.1.weight"),
+            Some(&[32, 128][..])
+        );
         // Hand count: time MLP, label table, then each block.
         let rb = |ci: usize, co: usize| {
             2 * ci
