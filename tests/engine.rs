@@ -52,11 +52,7 @@ fn gradients_match_finite_differences() {
     let mut store = ParamStore::new(3);
     eval_loss(&mut store); // creates the parameters
     // Re-draw every parameter (zero-initialised layers would make many gradients trivially 0).
-    // The seed picks a point where the loss is smooth enough for f32 central differences at
-    // eps = 3e-3: at some points (seed 7 since linear weights became [out, in], seed 13 before)
-    // `gn.weight` sits in a high-curvature region where the difference quotient drifts with eps
-    // (0.21 / 0.096 / agreeing at eps = 1e-2 / 3e-3 / 1e-3) while autodiff stays put.
-    let mut g = SplitMix64(8);
+    let mut g = SplitMix64(7);
     let names: Vec<String> = store.iter().map(|(n, _)| n.clone()).collect();
     for n in &names {
         let len = store.read(n).unwrap().len();
@@ -82,23 +78,32 @@ fn gradients_match_finite_differences() {
     };
     assert_eq!(grads.len(), names.len(), "every parameter gets a gradient");
 
-    // Central differences in f32: 3e-3 balances truncation (O(eps²)) against rounding (O(1e-7/eps)).
-    let eps = 3e-3f32;
+    // Central differences in f32 at two step sizes: 3e-3 balances truncation (O(eps²)) against
+    // rounding (O(1e-7/eps)) where the loss is smooth; where it curves sharply (GroupNorm's scale
+    // at some points) the quotient at 3e-3 is off while 1e-3 agrees. The closer of the two must
+    // match: a wrong gradient matches at neither.
     let mut checked = 0;
     for (name, grad) in &grads {
         let base = store.read(name).unwrap();
         let step = (base.len() / 6).max(1);
         for j in (0..base.len()).step_by(step) {
-            let mut v = base.clone();
-            v[j] = base[j] + eps;
-            store.write(name, v.clone(), &device).unwrap();
-            let up = eval_loss(&mut store);
-            v[j] = base[j] - eps;
-            store.write(name, v, &device).unwrap();
-            let down = eval_loss(&mut store);
-            store.write(name, base.clone(), &device).unwrap();
-            let fd = (up - down) / (2.0 * eps as f64);
             let ad = grad[j] as f64;
+            let mut fd_best = f64::NAN;
+            for eps in [3e-3f32, 1e-3] {
+                let mut v = base.clone();
+                v[j] = base[j] + eps;
+                store.write(name, v.clone(), &device).unwrap();
+                let up = eval_loss(&mut store);
+                v[j] = base[j] - eps;
+                store.write(name, v, &device).unwrap();
+                let down = eval_loss(&mut store);
+                store.write(name, base.clone(), &device).unwrap();
+                let fd = (up - down) / (2.0 * eps as f64);
+                if fd_best.is_nan() || (fd - ad).abs() < (fd_best - ad).abs() {
+                    fd_best = fd;
+                }
+            }
+            let fd = fd_best;
             assert!(
                 (fd - ad).abs() <= 2e-3 + 3e-2 * fd.abs().max(ad.abs()),
                 "{name}[{j}]: autodiff {ad} vs finite difference {fd}"

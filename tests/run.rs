@@ -558,3 +558,42 @@ fn a_label_using_architecture_with_class_conditioning_reports_per_class_results(
     let labels: Vec<&str> = per_class.keys().map(|k| k.as_str()).collect();
     assert_eq!(labels, ["label 0", "label 1"], "{per_class:?}");
 }
+
+/// A snapshot whose parameters are not the model's (as written by an earlier version of an
+/// architecture whose layers were renamed) is refused with the names, not resumed halfway.
+#[test]
+fn a_snapshot_from_another_parameter_layout_is_refused_with_the_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "layout", 2, 2);
+    let out = tmp.path().join("runs");
+    let r = memlab_run(&cfg, &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let path = snapshot_path(&out.join("layout"), 2);
+    let dev = memlab::engine::cpu();
+    let mut s = memlab::snapshot::Snapshot::load(&path, &dev).unwrap();
+    let rename = |store: &memlab::engine::params::ParamStore| {
+        let mut out = memlab::engine::params::ParamStore::new(0);
+        for (n, p) in store.iter() {
+            let n = n.replace("conv_out.weight", "out.conv.weight");
+            out.insert(&n, p.clone());
+        }
+        out
+    };
+    s.params = rename(&s.params);
+    s.ema = s.ema.as_ref().map(rename);
+    for moments in [&mut s.adam.m, &mut s.adam.v] {
+        *moments = moments
+            .drain(..)
+            .map(|(n, t)| (n.replace("conv_out.weight", "out.conv.weight"), t))
+            .collect();
+    }
+    s.save(&path).unwrap();
+    let r = memlab_run(&cfg, &out, &["sample.count=4"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not hold this model's parameters")
+            && r.stderr.contains("out.conv.weight"),
+        "{}",
+        r.stderr
+    );
+}

@@ -72,6 +72,66 @@ pub fn materialize(model: &Model, params: &mut ParamStore) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a snapshot whose parameters are not the ones `model` creates (names and shapes):
+/// one written by an earlier version of the architecture plugin (renamed layers, another
+/// weight layout), which would otherwise fail halfway through a forward pass.
+pub fn check_snapshot_params(model: &Model, loaded: &ParamStore, path: &Path) -> Result<()> {
+    let mut fresh = ParamStore::new(0);
+    materialize(model, &mut fresh)?;
+    let want: std::collections::BTreeMap<&String, &Vec<usize>> =
+        fresh.iter().map(|(n, p)| (n, &p.shape)).collect();
+    let have: std::collections::BTreeMap<&String, &Vec<usize>> =
+        loaded.iter().map(|(n, p)| (n, &p.shape)).collect();
+    if want == have {
+        return Ok(());
+    }
+    let list = |v: Vec<String>| {
+        let more = v.len().saturating_sub(4);
+        let mut s = v.into_iter().take(4).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        s
+    };
+    let missing: Vec<String> = want
+        .keys()
+        .filter(|k| !have.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
+    let unexpected: Vec<String> = have
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
+    let reshaped: Vec<String> = want
+        .iter()
+        .filter(|(k, s)| have.get(*k).is_some_and(|h| h != *s))
+        .map(|(k, s)| format!("{k} (model {s:?}, snapshot {:?})", have[k]))
+        .collect();
+    bail!(
+        "{} does not hold this model's parameters (written by an earlier version of {}?): \
+         missing {}; unexpected {}; other shape {}. It cannot be resumed or sampled: use another \
+         run name to train anew",
+        path.display(),
+        model.arch.label(),
+        if missing.is_empty() {
+            "none".into()
+        } else {
+            list(missing)
+        },
+        if unexpected.is_empty() {
+            "none".into()
+        } else {
+            list(unexpected)
+        },
+        if reshaped.is_empty() {
+            "none".into()
+        } else {
+            list(reshaped)
+        },
+    )
+}
+
 fn read_metrics(path: &Path, upto: u64) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -113,6 +173,7 @@ pub fn train(
                     run_dir.display()
                 );
             }
+            check_snapshot_params(model, &s.params, &path)?;
             log::info!("resuming from {} (step {})", path.display(), s.step);
             (s.params, s.ema, s.adam, s.step)
         }
