@@ -571,14 +571,14 @@ fn a_snapshot_from_another_parameter_layout_is_refused_with_the_names() {
     let path = snapshot_path(&out.join("layout"), 2);
     let dev = memlab::engine::cpu();
     let mut s = memlab::snapshot::Snapshot::load(&path, &dev).unwrap();
-    let rename = |store: &memlab::engine::params::ParamStore| {
+    fn rename(store: &memlab::engine::params::ParamStore) -> memlab::engine::params::ParamStore {
         let mut out = memlab::engine::params::ParamStore::new(0);
         for (n, p) in store.iter() {
             let n = n.replace("conv_out.weight", "out.conv.weight");
             out.insert(&n, p.clone());
         }
         out
-    };
+    }
     s.params = rename(&s.params);
     s.ema = s.ema.as_ref().map(rename);
     for moments in [&mut s.adam.m, &mut s.adam.v] {
