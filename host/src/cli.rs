@@ -113,7 +113,7 @@ pub enum Command {
         /// The study directory (or its config file).
         study: PathBuf,
     },
-    /// Datasets: download the official archives (needs internet).
+    /// Datasets: download the official archives (needs internet), or import local copies.
     Data {
         /// What to do.
         #[command(subcommand)]
@@ -219,13 +219,19 @@ pub enum BenchWhat {
 /// `memlab data` actions.
 #[derive(Subcommand, Debug)]
 pub enum DataAction {
-    /// Download and verify a dataset's official files: `cifar10` or `mnist`.
+    /// Download and verify a dataset's official files: `cifar10` or `mnist`; with `--from`,
+    /// import them (or, for CIFAR-10, a .tar / folder of class folders) from a local path.
     Fetch {
         /// Dataset name.
         name: String,
         /// Destination directory (default: data/<name>).
         #[arg(long)]
         dest: Option<PathBuf>,
+        /// Import from this local file or directory instead of downloading (no internet
+        /// needed): the official files (md5-verified), or for CIFAR-10 a .tar or directory of
+        /// the ten class folders (copied to DEST/cifar10-jpeg/ with a SHA256SUMS file).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
     },
 }
 
@@ -408,7 +414,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Data {
-            action: DataAction::Fetch { name, dest },
+            action: DataAction::Fetch { name, dest, from },
         } => {
             if !crate::fetch::datasets().iter().any(|(n, _)| *n == name) {
                 let known: Vec<&str> = crate::fetch::datasets().iter().map(|(n, _)| *n).collect();
@@ -419,6 +425,14 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(EXIT_USAGE);
             }
             let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
+            if let Some(from) = from {
+                let done = crate::import::import(&name, &from, &dest)?;
+                for f in &done.files {
+                    println!("{}", f.display());
+                }
+                println!("{}", done.note);
+                return Ok(0);
+            }
             let files = crate::fetch::fetch(&name, &dest)?;
             for f in &files {
                 println!("{}", f.display());

@@ -14,6 +14,7 @@ pub mod data;
 pub mod engine;
 pub mod eval;
 pub mod fetch;
+pub mod import;
 pub mod knn;
 pub mod lock;
 pub mod model;
