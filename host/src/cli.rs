@@ -71,6 +71,22 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// False-positive rate of the criteria: judge real held-out images (the config's dataset
+    /// with `--heldout` parameters, e.g. CIFAR-10's test split) against its training set.
+    Baseline {
+        /// The config: `[dataset]` is the training set, `[[criteria]]` the criteria.
+        config: PathBuf,
+        /// A `dataset.params` value that turns the training set into the held-out set, e.g.
+        /// `--heldout path=../shared/data/cifar10-jpeg/test.tar` (repeatable).
+        #[arg(long = "heldout", value_name = "KEY=VALUE", required = true)]
+        heldout: Vec<String>,
+        /// Override a config value: `--set dataset.resolution=16` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Where to write baseline.json and baseline.md (default: `<run.out_dir>/<run.name>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a study: every cell of its `[sweep]` grid (resuming), then results, figures and report.
     Study {
         /// The study config.
@@ -350,6 +366,22 @@ fn run(cli: Cli) -> Result<i32> {
                     c.distinct_replicated
                 );
             }
+            Ok(0)
+        }
+        Command::Baseline {
+            config,
+            heldout,
+            sets,
+            out,
+        } => {
+            let b =
+                crate::baseline::run(&config, &sets, &heldout, &cli.plugin_dirs, out.as_deref())?;
+            println!("{}", b.markdown);
+            println!(
+                "wrote {} and {}",
+                b.json.display(),
+                b.markdown_file.display()
+            );
             Ok(0)
         }
         Command::Study {

@@ -6,6 +6,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the five-minute tour.
 
+pub mod baseline;
 pub mod bench;
 pub mod budget;
 pub mod cli;
