@@ -173,7 +173,11 @@ fn every_shipped_config_passes() {
                     p.display()
                 );
             }
-            let cwd = if real { root() } else { tmp.path().to_path_buf() };
+            let cwd = if real {
+                root()
+            } else {
+                tmp.path().to_path_buf()
+            };
             let r = memlab(&["config", "check", p.to_str().unwrap()], None, Some(&cwd));
             assert_eq!(r.code, 0, "{}: {}", p.display(), r.stderr);
             n += 1;

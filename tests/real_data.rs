@@ -329,7 +329,11 @@ fn data_fetch_from_the_shared_copy() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["SHA256SUMS", "test.tar", "train.tar"], "no leftovers");
+    assert_eq!(
+        names,
+        ["SHA256SUMS", "test.tar", "train.tar"],
+        "no leftovers"
+    );
 
     let mdest = tmp.path().join("mnist");
     let r = memlab(

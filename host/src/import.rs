@@ -138,7 +138,7 @@ fn import_with(
             );
             for split in sums.keys() {
                 note.push_str(&format!(
-                    "\n\n[dataset]\nname = \"image-folder\"\nparams = {{ path = {:?}, resolution = 32 }}",
+                    "\n\n# the {split} split\n[dataset]\nname = \"image-folder\"\nparams = {{ path = {:?}, resolution = 32 }}",
                     dir.join(format!("{split}.tar")).display().to_string()
                 ));
             }
