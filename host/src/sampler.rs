@@ -281,9 +281,16 @@ mod tests {
                 clip_denoised: false,
                 ..SamplerSettings::plain(s)
             };
-            let e = sample(settings, &sigmas, t(1.0), &mut d, &mut nz, &mut |_| ())
-                .unwrap_err()
-                .to_string();
+            let e = sample(
+                settings,
+                &sigmas,
+                t(1.0),
+                &mut d,
+                &mut nz,
+                &mut |_| (),
+            )
+            .unwrap_err()
+            .to_string();
             // Heun's corrector evaluates D at σ = 1 inside step 2; the others on step 3.
             let step = if s == Sampler::Heun { 2 } else { 3 };
             assert!(e.contains(&format!("step {step} of 3")), "{s:?}: {e}");
