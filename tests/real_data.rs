@@ -285,3 +285,91 @@ steps = 2
     // The official test split holds 974 eights and 1,010 threes.
     assert_eq!(s.len, 974 + 1010);
 }
+
+/// `memlab data fetch cifar10 --from <shared>/cifar10-jpeg`: both tars are copied byte for byte
+/// into DEST/cifar10-jpeg/ with a SHA256SUMS matching the shared README; the MNIST test files
+/// are md5-verified copies. The source is left as it was.
+#[test]
+fn data_fetch_from_the_shared_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("cifar10");
+    let from = shared().join("cifar10-jpeg");
+    let r = memlab(
+        &[
+            "data",
+            "fetch",
+            "cifar10",
+            "--from",
+            from.to_str().unwrap(),
+            "--dest",
+            dest.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("name = \"image-folder\""), "{}", r.stdout);
+    let dir = dest.join("cifar10-jpeg");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(
+        sums,
+        "4d3f5584bfe0a58112f8208f07dc99f96810f1c7cbb1a3a01fbc8bcca879d27e  test.tar\n\
+         7a6ca90c4be3f975a4288cb27397b1b68dbb206b78705202043e0a7e610a0cf4  train.tar\n"
+    );
+    for split in ["train", "test"] {
+        use sha2::Digest;
+        let copy = std::fs::read(dir.join(format!("{split}.tar"))).unwrap();
+        let want = format!("{:x}", sha2::Sha256::digest(&copy));
+        assert!(sums.contains(&format!("{want}  {split}.tar")), "{split}");
+        let orig = std::fs::metadata(from.join(format!("{split}.tar"))).unwrap();
+        assert_eq!(orig.len(), copy.len() as u64, "{split}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["SHA256SUMS", "test.tar", "train.tar"],
+        "no leftovers"
+    );
+
+    let mdest = tmp.path().join("mnist");
+    let r = memlab(
+        &[
+            "data",
+            "fetch",
+            "mnist",
+            "--from",
+            shared().join("mnist").to_str().unwrap(),
+            "--dest",
+            mdest.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(mdest.join("t10k-images-idx3-ubyte.gz").is_file());
+    assert!(r.stdout.contains("split = \"test\""), "{}", r.stdout);
+    // A wrong source is refused with what was found and what is accepted.
+    let r = memlab(
+        &[
+            "data",
+            "fetch",
+            "mnist",
+            "--from",
+            from.to_str().unwrap(),
+            "--dest",
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("train.tar") && r.stderr.contains("accepted"),
+        "{}",
+        r.stderr
+    );
+}

@@ -71,6 +71,22 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// False-positive rate of the criteria: judge real held-out images (the config's dataset
+    /// with `--heldout` parameters, e.g. CIFAR-10's test split) against its training set.
+    Baseline {
+        /// The config: `[dataset]` is the training set, `[[criteria]]` the criteria.
+        config: PathBuf,
+        /// A `dataset.params` value that turns the training set into the held-out set, e.g.
+        /// `--heldout path=../shared/data/cifar10-jpeg/test.tar` (repeatable).
+        #[arg(long = "heldout", value_name = "KEY=VALUE", required = true)]
+        heldout: Vec<String>,
+        /// Override a config value: `--set dataset.resolution=16` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Where to write baseline.json and baseline.md (default: `<run.out_dir>/<run.name>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a study: every cell of its `[sweep]` grid (resuming), then results, figures and report.
     Study {
         /// The study config.
@@ -113,7 +129,7 @@ pub enum Command {
         /// The study directory (or its config file).
         study: PathBuf,
     },
-    /// Datasets: download the official archives (needs internet).
+    /// Datasets: download the official archives (needs internet), or import local copies.
     Data {
         /// What to do.
         #[command(subcommand)]
@@ -219,13 +235,19 @@ pub enum BenchWhat {
 /// `memlab data` actions.
 #[derive(Subcommand, Debug)]
 pub enum DataAction {
-    /// Download and verify a dataset's official files: `cifar10` or `mnist`.
+    /// Download and verify a dataset's official files: `cifar10` or `mnist`; with `--from`,
+    /// import them (or, for CIFAR-10, a .tar / folder of class folders) from a local path.
     Fetch {
         /// Dataset name.
         name: String,
         /// Destination directory (default: data/<name>).
         #[arg(long)]
         dest: Option<PathBuf>,
+        /// Import from this local file or directory instead of downloading (no internet
+        /// needed): the official files (md5-verified), or for CIFAR-10 a .tar or directory of
+        /// the ten class folders (copied to DEST/cifar10-jpeg/ with a SHA256SUMS file).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
     },
 }
 
@@ -346,6 +368,22 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Baseline {
+            config,
+            heldout,
+            sets,
+            out,
+        } => {
+            let b =
+                crate::baseline::run(&config, &sets, &heldout, &cli.plugin_dirs, out.as_deref())?;
+            println!("{}", b.markdown);
+            println!(
+                "wrote {} and {}",
+                b.json.display(),
+                b.markdown_file.display()
+            );
+            Ok(0)
+        }
         Command::Study {
             config,
             sets,
@@ -416,7 +454,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Data {
-            action: DataAction::Fetch { name, dest },
+            action: DataAction::Fetch { name, dest, from },
         } => {
             if !crate::fetch::datasets().iter().any(|(n, _)| *n == name) {
                 let known: Vec<&str> = crate::fetch::datasets().iter().map(|(n, _)| *n).collect();
@@ -427,6 +465,14 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(EXIT_USAGE);
             }
             let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
+            if let Some(from) = from {
+                let done = crate::import::import(&name, &from, &dest)?;
+                for f in &done.files {
+                    println!("{}", f.display());
+                }
+                println!("{}", done.note);
+                return Ok(0);
+            }
             let files = crate::fetch::fetch(&name, &dest)?;
             for f in &files {
                 println!("{}", f.display());

@@ -28,19 +28,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One published file of a dataset.
-struct RemoteFile {
+#[derive(Debug)]
+pub struct OfficialFile {
     /// File name, both on the server and on disk.
-    name: &'static str,
-    url: &'static str,
+    pub name: &'static str,
+    /// Where it is downloaded from.
+    pub url: &'static str,
     /// Lower-case hex md5 of the whole file.
-    md5: &'static str,
+    pub md5: &'static str,
 }
 
 /// A dataset that `fetch` knows how to download.
 struct Dataset {
     name: &'static str,
     about: &'static str,
-    files: &'static [RemoteFile],
+    files: &'static [OfficialFile],
     /// How the matching dataset plugin reads the files, for the by-hand instructions.
     plugin_note: &'static str,
 }
@@ -51,7 +53,7 @@ const DATASETS: &[Dataset] = &[
     Dataset {
         name: "cifar10",
         about: "CIFAR-10 python archive (cifar-10-python.tar.gz, ~163 MiB) from the University of Toronto",
-        files: &[RemoteFile {
+        files: &[OfficialFile {
             name: "cifar-10-python.tar.gz",
             url: "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
             md5: "c58f30108f718f92721af3b95e74349a",
@@ -64,22 +66,22 @@ const DATASETS: &[Dataset] = &[
         name: "mnist",
         about: "MNIST, the four gzipped IDX files (train/t10k images and labels, ~11 MiB)",
         files: &[
-            RemoteFile {
+            OfficialFile {
                 name: "train-images-idx3-ubyte.gz",
                 url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
                 md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             },
-            RemoteFile {
+            OfficialFile {
                 name: "train-labels-idx1-ubyte.gz",
                 url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-labels-idx1-ubyte.gz",
                 md5: "d53e105ee54ea40749a09fcbcd1e9432",
             },
-            RemoteFile {
+            OfficialFile {
                 name: "t10k-images-idx3-ubyte.gz",
                 url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz",
                 md5: "9fb629c4189551a2d022fa330f9573f3",
             },
-            RemoteFile {
+            OfficialFile {
                 name: "t10k-labels-idx1-ubyte.gz",
                 url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz",
                 md5: "ec29112dd5afa0611ce80d1b7f02629c",
@@ -121,6 +123,12 @@ pub fn fetch(dataset: &str, dest: &Path) -> Result<Vec<PathBuf>> {
         dest.display()
     );
     Ok(paths)
+}
+
+/// The official files of `dataset` with their md5 digests (an unknown name is an error
+/// listing the known ones).
+pub fn official_files(dataset: &str) -> Result<&'static [OfficialFile]> {
+    Ok(lookup(dataset)?.files)
 }
 
 fn lookup(dataset: &str) -> Result<&'static Dataset> {

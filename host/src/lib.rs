@@ -6,6 +6,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the five-minute tour.
 
+pub mod baseline;
 pub mod bench;
 pub mod budget;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod engine;
 pub mod eval;
 pub mod fetch;
+pub mod import;
 pub mod knn;
 pub mod lock;
 pub mod model;
