@@ -144,7 +144,10 @@ fn huge_network_width_is_refused_before_any_parameter_exists() {
         1,
         &[
             "architecture.params (architecture `convnet`",
-            "PB for 10752001152000003 parameters × 5 copies",
+            // Named in the breakdown (the headline is the largest buffer, which may be the
+            // activations: the shape-only pass also counts weight-sized intermediates).
+            "PB  architecture.params (architecture `convnet` (plugin memlab-simple-nets)): \
+             10752001152000003 parameters × 5 copies",
         ],
     );
 }
