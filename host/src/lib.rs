@@ -30,6 +30,7 @@ pub mod scaffold;
 pub mod snapshot;
 pub mod study;
 pub mod train;
+pub mod vlb;
 pub mod weights;
 
 /// Exit code for bad user input (config errors, unknown plugins, bad parameters).

@@ -11,6 +11,15 @@ use crate::engine::graph::{Graph, Mode, Slot};
 use crate::engine::params::ParamStore;
 use crate::engine::{self};
 use crate::plugins::{ArchitectureHandle, ScheduleHandle};
+use crate::vlb::Chain;
+
+/// A tensor's values as f64.
+fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
+    t.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
 
 /// An architecture under a noise formulation.
 pub struct Model {
@@ -30,6 +39,18 @@ pub struct Model {
     pub training_set: Option<DispatchTensor>,
     /// Number of training images in `training_set`.
     pub training_len: usize,
+}
+
+/// One forward pass: D, and the parts the hybrid loss and learned-variance sampling read.
+struct Forward {
+    /// D(x; σ).
+    d: Tensor<4>,
+    /// The network output F (its first C channels); `None` for `outputs_denoised`.
+    f: Option<Tensor<4>>,
+    /// The variance channels v (`learned_variance`).
+    v: Option<Tensor<4>>,
+    /// The preconditioning used.
+    k: Coeffs,
 }
 
 /// Per-sample preconditioning values as device tensors `[n, 1, 1, 1]`.
@@ -81,6 +102,18 @@ impl Model {
         sigma: &[f64],
         labels: Option<&[i64]>,
     ) -> Result<Tensor<4>> {
+        Ok(self.forward_on(graph, x, sigma, labels)?.d)
+    }
+
+    /// Runs the network on `graph`: D(x; σ), and the raw output F and the variance channels
+    /// when there are any.
+    fn forward_on(
+        &self,
+        graph: &mut Graph<'_>,
+        x: Tensor<4>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<Forward> {
         let [n, c, h, w] = x.dims();
         if sigma.len() != n {
             bail!("{} noise levels for {n} images", sigma.len());
@@ -143,13 +176,25 @@ impl Model {
             );
         }
         let mut f = Tensor::<4>::from_dispatch(out.t);
+        let mut v = None;
         if self.info.learned_variance {
+            v = Some(f.clone().narrow(1, c, c));
             f = f.narrow(1, 0, c);
         }
         if self.info.outputs_denoised {
-            return Ok(f);
+            return Ok(Forward {
+                d: f,
+                f: None,
+                v,
+                k,
+            });
         }
-        Ok(x * col(&k.c_skip) + f * col(&k.c_out))
+        Ok(Forward {
+            d: x * col(&k.c_skip) + f.clone() * col(&k.c_out),
+            f: Some(f),
+            v,
+            k,
+        })
     }
 
     /// D(x; σ) for sampling (inference mode, no autodiff). `x` lives on [`Model::device`].
@@ -207,6 +252,136 @@ impl Model {
             .convert::<f64>()
             .try_to_vec::<f64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let slot = Slot {
+            t: loss.into_dispatch(),
+            shape: vec![1],
+            int: false,
+        };
+        let grads = engine::gradients(&graph, &slot)?;
+        Ok((value, grads))
+    }
+
+    /// D(x; σ) and, for a `learned_variance` architecture, its variance channels v
+    /// `[n, c, h, w]` (inference mode), for learned-variance sampling.
+    pub fn denoise_with_variance(
+        &self,
+        params: &mut ParamStore,
+        x: Tensor<4>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<(Tensor<4>, Option<Tensor<4>>)> {
+        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let out = self.forward_on(&mut graph, x, sigma, labels)?;
+        Ok((out.d, out.v))
+    }
+
+    /// The hybrid objective's two terms per sample on `graph`: λ(σ)·mean (x̂₀ − y)² (for a
+    /// discrete schedule λ = 1/σ², so this is improved-diffusion's ε-MSE `mse`) and the VLB
+    /// term in bits per dimension ([`crate::vlb::vb_terms`] with x̂₀ detached).
+    fn hybrid_terms_on(
+        &self,
+        graph: &mut Graph<'_>,
+        chain: &Chain,
+        y: Vec<f32>,
+        noise: Vec<f32>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<(Tensor<1>, Tensor<1>)> {
+        let n = sigma.len();
+        let [c, h, w] = self.image_shape;
+        let ts = sigma
+            .iter()
+            .map(|&s| chain.timestep(s))
+            .collect::<Result<Vec<usize>>>()?;
+        let dev = graph.device().clone();
+        let col = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [n, 1, 1, 1]), &dev);
+        let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
+        let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
+        let sig: Vec<f32> = sigma.iter().map(|&s| s as f32).collect();
+        let x = y.clone() + nz.clone() * col(sig);
+        let out = self.forward_on(graph, x, sigma, labels)?;
+        let Some(v) = out.v else {
+            bail!(
+                "{} outputs no variance: the hybrid loss needs a learned-variance architecture",
+                self.arch.label()
+            );
+        };
+        // x̂₀ − y without cancelling y against y + σ·n (σ reaches ~10⁴ for `cosine`):
+        // (c_skip − 1)·y + c_skip·σ·n + c_out·F.
+        let err = match out.f {
+            Some(f) => {
+                let k = &out.k;
+                let skip1: Vec<f32> = k.c_skip.iter().map(|v| v - 1.0).collect();
+                let skip_sigma: Vec<f32> = k
+                    .c_skip
+                    .iter()
+                    .zip(sigma)
+                    .map(|(a, s)| (f64::from(*a) * s) as f32)
+                    .collect();
+                y.clone() * col(skip1) + nz * col(skip_sigma) + f * col(k.c_out.clone())
+            }
+            None => out.d - y.clone(),
+        };
+        let mut weights = Vec::with_capacity(n);
+        for &s in sigma {
+            let wgt = self.schedule.loss_weight(s)?;
+            if !wgt.is_finite() {
+                bail!(
+                    "{}: loss weight at σ = {s} is not finite",
+                    self.schedule.label()
+                );
+            }
+            weights.push(wgt as f32);
+        }
+        let wt = Tensor::<1>::from_data(TensorData::new(weights, [n]), &dev);
+        let mse = err
+            .clone()
+            .powi_scalar(2)
+            .mean_dims(&[1, 2, 3])
+            .reshape([n])
+            * wt;
+        let vb = crate::vlb::vb_terms(chain, &ts, y, err.detach(), v);
+        Ok((mse, vb))
+    }
+
+    /// improved-diffusion's per-example `mse` and `vb` (bits per dimension) in inference mode,
+    /// without gradients; [`Model::hybrid_loss_and_grads`] trains on the same values.
+    pub fn hybrid_terms(
+        &self,
+        params: &mut ParamStore,
+        chain: &Chain,
+        y: Vec<f32>,
+        noise: Vec<f32>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let (mse, vb) = self.hybrid_terms_on(&mut graph, chain, y, noise, sigma, labels)?;
+        Ok((values(mse)?, values(vb)?))
+    }
+
+    /// One evaluation of improved-diffusion's hybrid objective with gradients:
+    /// `mean_i [mse_i + vlb_scale·vb_i]`, where `vlb_scale` = λ·T makes `vb_i` (one
+    /// uniformly drawn timestep's term) an estimate of λ·L_vlb (L_vlb = Σ_t L_t). With
+    /// λ = 0.001 this is `LossType.RESCALED_MSE` (vb × T/1000). The VLB term's gradient reaches
+    /// only the variance channels. Returns the loss and each parameter's gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hybrid_loss_and_grads(
+        &self,
+        params: &mut ParamStore,
+        chain: &Chain,
+        vlb_scale: f64,
+        y: Vec<f32>,
+        noise: Vec<f32>,
+        sigma: &[f64],
+        labels: Option<&[i64]>,
+        dropout_seed: u64,
+    ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
+        let n = sigma.len();
+        let mut graph = Graph::new(&self.device, Mode::Train, params, dropout_seed);
+        let (mse, vb) = self.hybrid_terms_on(&mut graph, chain, y, noise, sigma, labels)?;
+        let loss = (mse + vb.mul_scalar(vlb_scale)).sum().div_scalar(n as f64);
+        let value = values(loss.clone())?[0];
         let slot = Slot {
             t: loss.into_dispatch(),
             shape: vec![1],
