@@ -6,7 +6,7 @@
 //! `unet_class_sigma` network of `tests/networks.rs` (same weights), for the `linear` and
 //! `cosine` schedules.
 //!
-//! Tolerance: 1e-4, relative to max(1, |reference|). Both sides run the network in float32
+//! Tolerance: 1e-4, relative to max(1, |reference|) (x̂₀: to max(1, σ_t), see below). Both sides run the network in float32
 //! (its outputs agree to ~2e-6, `tests/networks.rs`), and both compute the loss terms in
 //! float32 from float64 schedule arrays; the VLB term divides squared mean errors by variances
 //! down to β̃_1 ≈ 5e-5 (linear), which amplifies float32 rounding of the means — an absolute
@@ -19,6 +19,7 @@ use memlab::engine::cpu;
 use memlab::engine::params::ParamStore;
 use memlab::model::Model;
 use memlab::plugins::Registry;
+use memlab::sampler::{Sampler, SamplerSettings};
 use memlab::vlb::Chain;
 use memlab_e2e::root;
 use safetensors::{Dtype, SafeTensors};
@@ -71,9 +72,6 @@ impl Fixture {
     }
     fn labels(&self, name: &str) -> Vec<i64> {
         self.get(name).iter().map(|&v| v as i64).collect()
-    }
-    fn n(&self, name: &str) -> usize {
-        self.tensors[name].0[0]
     }
 }
 
@@ -166,4 +164,132 @@ fn training_losses_match_improved_diffusion_linear() {
 #[test]
 fn training_losses_match_improved_diffusion_cosine() {
     training_losses("cosine");
+}
+
+fn tensor(v: &[f64], n: usize) -> Tensor<4> {
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::<4>::from_data(TensorData::new(data, [n, 3, 8, 8]), &cpu())
+}
+
+fn values(t: Tensor<4>) -> Vec<f64> {
+    t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+/// `p_mean_variance` / `p_sample` (`clip_denoised=True`) on `prefix` = `full` (the 1000-step
+/// chain) or `respaced` (`space_timesteps(1000, "10")`, memlab's `sampling_sigmas(10)`).
+fn p_sample(schedule: &str, prefix: &str) {
+    let f = Fixture::load();
+    let (model, mut params, full) = model(schedule);
+    // memlab's σ sequence for the chain: all of the grid, or the respaced sampling σ.
+    let chain = if prefix == "full" {
+        full
+    } else {
+        let mut s = model.schedule.sampling_sigmas(10).unwrap();
+        s.pop();
+        s.reverse();
+        Chain::from_sigmas(&s).unwrap()
+    };
+    let p = format!("{schedule}.{prefix}");
+    let ts = f.ints(&format!("{p}.t"));
+    let n = ts.len();
+    let per = 3 * 8 * 8;
+    let labels = f.labels(&format!("{p}.labels"));
+    let sigma: Vec<f64> = ts.iter().map(|&t| chain.sigmas[t]).collect();
+    // x_t-space → σ-space: x_σ = x_t·√(1 + σ²).
+    let x_t = f.get(&format!("{p}.x"));
+    let x: Vec<f64> = x_t
+        .chunks(per)
+        .zip(&sigma)
+        .flat_map(|(xi, s)| xi.iter().map(move |v| v * (1.0 + s * s).sqrt()))
+        .collect();
+    let (d, v) = model
+        .denoise_with_variance(&mut params, tensor(&x, n), &sigma, Some(&labels))
+        .unwrap();
+    let v = v.expect("variance channels");
+    // x̂₀ = x_σ − σ·ε̂: a float32 difference in ε̂ (~2e-6 between the two networks) comes out
+    // σ_t times larger (157 at linear t = 999), on both sides; compared on ε̂'s scale, i.e.
+    // relative to max(1, σ_t, |x̂₀|).
+    let ours = values(d.clamp(-1.0, 1.0));
+    let reference = f.get(&format!("{p}.pred_xstart"));
+    let e = ours
+        .iter()
+        .zip(reference)
+        .enumerate()
+        .map(|(j, (a, b))| (a - b).abs() / b.abs().max(1.0).max(sigma[j / per]))
+        .fold(0.0, f64::max);
+    println!("{schedule} {prefix} pred_xstart: max error relative to max(1, σ_t) {e:.2e}");
+    assert!(e <= TOL, "{schedule} {prefix} pred_xstart: {e:.2e}");
+    check(
+        &format!("{schedule} {prefix} log_variance"),
+        &values(memlab::vlb::learned_log_variance(&chain, &ts, v)),
+        f.get(&format!("{p}.log_variance")),
+    );
+    // One ancestral step per example, through the sampler: the chain from σ_t down to σ_0
+    // (the same β', β̃' at t as the whole chain), stopped at the second denoiser call, whose
+    // input is the step's result. Zero noise gives the mean.
+    let z_all = f.get(&format!("{p}.noise"));
+    for (what, key) in [("mean", "mean"), ("sample", "sample")] {
+        let mut ours = Vec::new();
+        for i in 0..n {
+            let t = ts[i];
+            let mut seq: Vec<f64> = chain.sigmas[..=t].iter().rev().copied().collect();
+            seq.push(0.0);
+            let z = &z_all[i * per..(i + 1) * per];
+            let mut seen: Option<Vec<f64>> = None;
+            let mut calls = 0;
+            let mut denoise = |x: Tensor<4>, s: f64| {
+                calls += 1;
+                if calls == 2 {
+                    seen = Some(values(x));
+                    anyhow::bail!("stop");
+                }
+                let (d, v) = model.denoise_with_variance(&mut params, x, &[s], Some(&labels[i..=i]))?;
+                Ok((d, v))
+            };
+            let mut noise = |like: &Tensor<4>| {
+                if what == "mean" {
+                    like.zeros_like()
+                } else {
+                    tensor(z, 1)
+                }
+            };
+            let start = tensor(&x[i * per..(i + 1) * per], 1);
+            let r = memlab::sampler::sample_learned_variance(
+                SamplerSettings::plain(Sampler::Ddpm),
+                &seq,
+                start,
+                &mut denoise,
+                &mut noise,
+                &mut |_| (),
+            );
+            let out_sigma = if t == 0 {
+                0.0
+            } else {
+                chain.sigmas[t - 1]
+            };
+            let x_next = match seen {
+                Some(v) => v,
+                None => values(r.unwrap()),
+            };
+            let scale = 1.0 / (1.0 + out_sigma * out_sigma).sqrt();
+            ours.extend(x_next.iter().map(|v| v * scale));
+        }
+        check(
+            &format!("{schedule} {prefix} {what}"),
+            &ours,
+            f.get(&format!("{p}.{key}")),
+        );
+    }
+}
+
+#[test]
+fn p_sample_matches_improved_diffusion_linear() {
+    p_sample("linear", "full");
+    p_sample("linear", "respaced");
+}
+
+#[test]
+fn p_sample_matches_improved_diffusion_cosine() {
+    p_sample("cosine", "full");
+    p_sample("cosine", "respaced");
 }

@@ -11,7 +11,7 @@ use memlab_plugin_api::ffi::{ArchInfo, Component, ComponentKind, DataSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::device::DeviceChoice;
-use crate::plugins::{ArchitectureHandle, ConditioningHandle, Registry};
+use crate::plugins::{ArchitectureHandle, ConditioningHandle, Registry, ScheduleHandle};
 use crate::sampler::{Churn, Sampler, SamplerSettings};
 
 /// A configuration error: file, key and cause. `memlab` exits with code 2 on these.
@@ -235,6 +235,15 @@ pub struct TrainSection {
     pub epochs: u64,
     /// Snapshot every this many steps (0: only at the end).
     pub snapshot_every: u64,
+    /// The objective: `simple` (the schedule's weighted denoising loss) or `hybrid`
+    /// (improved-diffusion's L_simple + λ·L_vlb, training a learned variance; needs a
+    /// learned-variance architecture and a discrete schedule). Left out of the resolved config
+    /// (and so of the training hash) when `simple`, so existing runs keep their identity.
+    #[serde(skip_serializing_if = "Loss::is_default")]
+    pub loss: Loss,
+    /// λ of the hybrid loss (default 0.001, Nichol & Dhariwal's; `loss = "hybrid"` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlb_weight: Option<f64>,
 }
 
 impl TrainSection {
@@ -276,7 +285,37 @@ impl Default for TrainSection {
             duration_kimg: 0.0,
             epochs: 0,
             snapshot_every: 0,
+            loss: Loss::Simple,
+            vlb_weight: None,
         }
+    }
+}
+
+/// The training objective (`[train] loss`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// mean λ(σ)·‖D(y + σn; σ) − y‖²: the schedule's weighting (ε-MSE for DDPM schedules).
+    #[default]
+    Simple,
+    /// improved-diffusion's L_hybrid = L_simple + λ·L_vlb with the `LEARNED_RANGE` variance
+    /// (see [`crate::vlb`]).
+    Hybrid,
+}
+
+impl Loss {
+    fn is_default(&self) -> bool {
+        *self == Loss::Simple
+    }
+}
+
+/// λ of the hybrid objective when `train.vlb_weight` is not given (Nichol & Dhariwal 2021).
+pub const DEFAULT_VLB_WEIGHT: f64 = 0.001;
+
+impl TrainSection {
+    /// λ of the hybrid objective (`vlb_weight`, default [`DEFAULT_VLB_WEIGHT`]).
+    pub fn vlb_weight(&self) -> f64 {
+        self.vlb_weight.unwrap_or(DEFAULT_VLB_WEIGHT)
     }
 }
 
@@ -848,6 +887,21 @@ impl Config {
                 return Err(err(key, format!("must be a finite number ≥ 0, got {v}")));
             }
         }
+        if let Some(w) = self.train.vlb_weight {
+            if self.train.loss != Loss::Hybrid {
+                return Err(err(
+                    "train.vlb_weight",
+                    "weights the VLB term of `train.loss = \"hybrid\"`; the loss is \"simple\""
+                        .into(),
+                ));
+            }
+            if !(w > 0.0 && w.is_finite()) {
+                return Err(err(
+                    "train.vlb_weight",
+                    format!("must be a finite number > 0, got {w}"),
+                ));
+            }
+        }
         if !(0.0..1.0).contains(&self.train.ema_decay) {
             return Err(err("train.ema_decay", "must be in [0, 1)".into()));
         }
@@ -1002,6 +1056,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut arch = None;
         let mut cond = None;
+        let mut schedule = None;
         for (key, kind, c) in self.components() {
             if registry.info(kind, &c.name).is_none() {
                 errors.push(err(
@@ -1018,12 +1073,20 @@ impl Config {
                 Ok((Component::Conditioning(c), label)) => {
                     cond = Some(ConditioningHandle::new(c, label));
                 }
+                Ok((Component::Schedule(s), label)) => {
+                    schedule = Some(ScheduleHandle::new(s, label));
+                }
                 Ok(_) => {}
             }
         }
         let (Some(arch), Some(cond)) = (arch, cond) else {
             return errors;
         };
+        if let (Some(schedule), Ok(info)) = (&schedule, arch.info())
+            && let Some(m) = hybrid_contradiction(&self.train, &arch, &info, schedule)
+        {
+            errors.push(err("train.loss".into(), m));
+        }
         let info = match arch.info() {
             Ok(info) => info,
             Err(e) => {
@@ -1040,6 +1103,40 @@ impl Config {
             errors.push(err("conditioning.name".into(), m));
         }
         errors
+    }
+}
+
+/// Why `train.loss = "hybrid"` cannot train this architecture under this schedule: the VLB
+/// term needs the variance channels (`ArchInfo::learned_variance`) and the discrete chain
+/// (`discrete_sigmas`). `None` when they agree or the loss is `simple`.
+pub fn hybrid_contradiction(
+    train: &TrainSection,
+    arch: &ArchitectureHandle,
+    info: &ArchInfo,
+    schedule: &ScheduleHandle,
+) -> Option<String> {
+    if train.loss != Loss::Hybrid {
+        return None;
+    }
+    if !info.learned_variance {
+        return Some(format!(
+            "`train.loss = \"hybrid\"` trains a learned variance, but {} outputs none: set              `architecture.params.learn_sigma = true` (unet), or `train.loss = \"simple\"`",
+            arch.label()
+        ));
+    }
+    match schedule.discrete_sigmas() {
+        Ok(Some(s)) if s.len() >= 2 => None,
+        Ok(Some(_)) => Some(format!(
+            "`train.loss = \"hybrid\"` needs at least 2 timesteps; {} has one (schedule.params.steps)",
+            schedule.label()
+        )),
+        Ok(None) => Some(format!(
+            "`train.loss = \"hybrid\"` needs a discrete DDPM schedule (its variational bound \
+             runs over the timesteps), but {} is continuous: set `schedule.name = \"linear\"` \
+             or `\"cosine\"`, or `train.loss = \"simple\"`",
+            schedule.label()
+        )),
+        Err(e) => Some(format!("{e:#}")),
     }
 }
 

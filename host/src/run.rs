@@ -320,6 +320,9 @@ fn run_in(
     if let Some(m) = crate::config::labels_contradiction(&arch, &info, &cond, data.cond_classes) {
         bail!("conditioning.name: {m}");
     }
+    if let Some(m) = crate::config::hybrid_contradiction(&cfg.train, &arch, &info, &schedule) {
+        bail!("train.loss: {m}");
+    }
     let training_set = if info.needs_training_set {
         let [c, h, w] = data.shape;
         Some(to_dispatch(

@@ -12,6 +12,10 @@
 //!   N(D + (σ'²/σ²)(x − D), σ'²(σ² − σ'²)/σ²), which equals improved-diffusion's
 //!   `p_sample` with the fixed-small variance β̃ on the same (respaced) timesteps.
 //!
+//! - `ddpm` with a learned variance ([`sample_learned_variance`]): the same mean with
+//!   improved-diffusion's `LEARNED_RANGE` variance between β' and β̃' of the chain the σ
+//!   sequence defines (its respacing).
+//!
 //! `clip_denoised` clamps D to [−1, 1] before it is used, as improved-diffusion's loops do by
 //! default (`clip_denoised=True`); EDM's sampler does not clip. `tests/samplers.rs` checks
 //! every sampler against the reference implementations' own trajectories.
@@ -19,6 +23,8 @@
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::vlb::{Chain, learned_log_variance};
 
 /// Which sampler (`[sample] sampler` in a config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,10 +133,70 @@ impl SamplerSettings {
 pub fn sample(
     settings: SamplerSettings,
     sigmas: &[f64],
-    mut x: Tensor<4>,
+    x: Tensor<4>,
     denoise: &mut dyn FnMut(Tensor<4>, f64) -> Result<Tensor<4>>,
     noise: &mut dyn FnMut(&Tensor<4>) -> Tensor<4>,
     on_step: &mut dyn FnMut(usize),
+) -> Result<Tensor<4>> {
+    let mut dv = |x: Tensor<4>, s: f64| Ok((denoise(x, s)?, None));
+    run(settings, sigmas, x, &mut dv, noise, on_step, false)
+}
+
+/// DDPM ancestral sampling with improved-diffusion's learned variance (`LEARNED_RANGE`):
+/// `denoise(x, σ)` returns D and the network's variance channels v. The chain is the one the
+/// σ sequence defines ([`crate::vlb::Chain`] over `sigmas` without the final 0: a respacing of
+/// the schedule's grid, or all of it), exactly as `respace.py` rebuilds β' and β̃' from ᾱ at
+/// the kept timesteps. From σ (timestep t of that chain) to σ' the step is the posterior mean
+/// D + (σ'²/σ²)(x − D) plus noise of x_t-space variance Σ, log Σ = f·log β'_t +
+/// (1 − f)·log β̃'_t, f = (v + 1)/2, i.e. σ-space standard deviation √Σ·√(1 + σ'²); the last
+/// step (σ' = 0) returns D, as `p_sample` adds no noise at t = 0. `settings.kind` must be
+/// `ddpm`.
+pub fn sample_learned_variance(
+    settings: SamplerSettings,
+    sigmas: &[f64],
+    x: Tensor<4>,
+    denoise: &mut dyn FnMut(Tensor<4>, f64) -> Result<(Tensor<4>, Option<Tensor<4>>)>,
+    noise: &mut dyn FnMut(&Tensor<4>) -> Tensor<4>,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<Tensor<4>> {
+    if settings.kind != Sampler::Ddpm {
+        bail!(
+            "learned-variance sampling is DDPM ancestral sampling, not {}",
+            settings.kind
+        );
+    }
+    run(settings, sigmas, x, denoise, noise, on_step, true)
+}
+
+/// The ancestral step of [`sample_learned_variance`] from σ = `sigmas[i]` (chain timestep
+/// `chain.len() − 1 − i`), σ' > 0.
+fn learned_variance_step(
+    chain: &Chain,
+    i: usize,
+    x: Tensor<4>,
+    d: Tensor<4>,
+    v: Tensor<4>,
+    z: Tensor<4>,
+    s: f64,
+    s_next: f64,
+) -> Tensor<4> {
+    let t = chain.len() - 1 - i;
+    let ts = vec![t; x.dims()[0]];
+    let log_var = learned_log_variance(chain, &ts, v);
+    let std = log_var.mul_scalar(0.5).exp().mul_scalar((1.0 + s_next * s_next).sqrt());
+    let ratio = s_next * s_next / (s * s);
+    d.clone() + (x - d).mul_scalar(ratio) + z * std
+}
+
+#[allow(clippy::type_complexity)]
+fn run(
+    settings: SamplerSettings,
+    sigmas: &[f64],
+    mut x: Tensor<4>,
+    denoise: &mut dyn FnMut(Tensor<4>, f64) -> Result<(Tensor<4>, Option<Tensor<4>>)>,
+    noise: &mut dyn FnMut(&Tensor<4>) -> Tensor<4>,
+    on_step: &mut dyn FnMut(usize),
+    learned_variance: bool,
 ) -> Result<Tensor<4>> {
     if sigmas.len() < 2 || *sigmas.last().unwrap() != 0.0 {
         bail!("σ sequence must have at least two values and end with 0");
@@ -143,11 +209,19 @@ pub fn sample(
     if churn.s_churn > 0.0 && matches!(kind, Sampler::Ddpm | Sampler::Ddim) {
         bail!("churn applies to the heun and euler samplers, not {kind}");
     }
-    let mut d_of = |x: Tensor<4>, s: f64| -> Result<Tensor<4>> {
-        let d = denoise(x, s)?;
-        Ok(if clip_denoised { d.clamp(-1.0, 1.0) } else { d })
-    };
     let n = sigmas.len() - 1;
+    // The (respaced) chain of the learned variance: the σ without the final 0, ascending.
+    // One step has no noise to scale (σ' = 0 only), so it needs no chain.
+    let chain = if learned_variance && n >= 2 {
+        let asc: Vec<f64> = sigmas[..n].iter().rev().copied().collect();
+        Some(Chain::from_sigmas(&asc)?)
+    } else {
+        None
+    };
+    let mut dv_of = |x: Tensor<4>, s: f64| -> Result<(Tensor<4>, Option<Tensor<4>>)> {
+        let (d, v) = denoise(x, s)?;
+        Ok((if clip_denoised { d.clamp(-1.0, 1.0) } else { d }, v))
+    };
     for i in 0..n {
         let (s_cur, s_next) = (sigmas[i], sigmas[i + 1]);
         // Churn: raise the noise level from σ to σ̂ with fresh noise.
@@ -157,7 +231,7 @@ pub fn sample(
             let z = noise(&x);
             x = x + z.mul_scalar((s * s - s_cur * s_cur).sqrt() * churn.s_noise);
         }
-        let d = d_of(x.clone(), s)?;
+        let (d, v) = dv_of(x.clone(), s)?;
         x = match kind {
             Sampler::Euler | Sampler::Ddim => euler_step(x, d, s, s_next),
             Sampler::Heun => {
@@ -165,7 +239,7 @@ pub fn sample(
                 if s_next == 0.0 {
                     x_e
                 } else {
-                    let d2 = d_of(x_e.clone(), s_next)?;
+                    let d2 = dv_of(x_e.clone(), s_next)?.0;
                     // x̂ + (σ' − σ̂)·½(d_σ̂ + d_σ'), with d_σ = (x − D)/σ.
                     let slope = (x.clone() - d).div_scalar(s) + (x_e - d2).div_scalar(s_next);
                     x + slope.mul_scalar(0.5 * (s_next - s))
@@ -174,6 +248,12 @@ pub fn sample(
             Sampler::Ddpm => {
                 if s_next == 0.0 {
                     d
+                } else if let Some(chain) = &chain {
+                    let Some(v) = v else {
+                        bail!("learned-variance sampling: the denoiser returned no variance");
+                    };
+                    let z = noise(&x);
+                    learned_variance_step(chain, i, x, d, v, z, s, s_next)
                 } else {
                     let ratio = s_next * s_next / (s * s);
                     let std = s_next * ((s * s - s_next * s_next) / (s * s)).sqrt();

@@ -37,7 +37,8 @@ pub struct Trained {
 pub struct MetricLine {
     /// Step (1-based: the number of optimiser steps done).
     pub step: u64,
-    /// Weighted denoising loss of the step's batch.
+    /// Loss of the step's batch: the weighted denoising loss, or with `train.loss = "hybrid"`
+    /// the hybrid objective (ε-MSE + λ·T·VLB term).
     pub loss: f64,
     /// Learning rate used.
     pub lr: f64,
@@ -210,6 +211,21 @@ pub fn train(
         coupled: cfg.weight_decay_mode == crate::config::WeightDecayMode::L2,
     };
     let per = data.image_len();
+    // The hybrid objective's discrete chain (the schedule's full σ grid) and λ·T.
+    let hybrid = match cfg.loss {
+        crate::config::Loss::Simple => None,
+        crate::config::Loss::Hybrid => {
+            let Some(grid) = model.schedule.discrete_sigmas()? else {
+                bail!(
+                    "train.loss = \"hybrid\": {} is not a discrete schedule",
+                    model.schedule.label()
+                );
+            };
+            let chain = crate::vlb::Chain::from_sigmas(&grid)?;
+            let scale = cfg.vlb_weight() * chain.len() as f64;
+            Some((chain, scale))
+        }
+    };
     let t0 = Instant::now();
     let total = cfg.total_steps(data.len());
     let bar = progress_bar(total, start);
@@ -222,14 +238,26 @@ pub fn train(
             (model.classes > 0).then(|| ids.iter().map(|&i| data.cond_labels[i]).collect());
         let dropout_seed =
             SplitMix64::for_index(derive_seed(seed, stream::DROPOUT), step).next_u64();
-        let (loss, mut grads) = model.loss_and_grads(
-            &mut params,
-            y,
-            noise,
-            &sigma,
-            labels.as_deref(),
-            dropout_seed,
-        )?;
+        let (loss, mut grads) = match &hybrid {
+            None => model.loss_and_grads(
+                &mut params,
+                y,
+                noise,
+                &sigma,
+                labels.as_deref(),
+                dropout_seed,
+            )?,
+            Some((chain, scale)) => model.hybrid_loss_and_grads(
+                &mut params,
+                chain,
+                *scale,
+                y,
+                noise,
+                &sigma,
+                labels.as_deref(),
+                dropout_seed,
+            )?,
+        };
         let norm = global_norm(&grads)?;
         if !loss.is_finite() || !norm.is_finite() {
             let last = last_good
