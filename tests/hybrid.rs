@@ -89,6 +89,11 @@ fn model(schedule: &str) -> (Model, ParamStore, Chain) {
     assert!(info.learned_variance);
     let schedule = reg.schedule(schedule, "", 0).unwrap();
     let sigmas = schedule.discrete_sigmas().unwrap().expect("a discrete schedule");
+    // The grid read back from round_sigma is the schedule's: all 1000 of its sampling σ.
+    let mut all = schedule.sampling_sigmas(1000).unwrap();
+    all.pop();
+    all.reverse();
+    assert_eq!(sigmas, all);
     let model = Model {
         arch,
         schedule,
@@ -292,4 +297,95 @@ fn p_sample_matches_improved_diffusion_linear() {
 fn p_sample_matches_improved_diffusion_cosine() {
     p_sample("cosine", "full");
     p_sample("cosine", "respaced");
+}
+
+/// The VLB term trains only the variance (stop-gradient on the mean, as `training_losses`'
+/// `frozen_out`): on the output convolution, the rows producing ε̂ get the same gradient with
+/// and without the VLB term, the rows producing v get none from the MSE alone. The hybrid
+/// value is mean(mse + λ·T·vb).
+#[test]
+fn the_vlb_term_trains_only_the_variance_channels() {
+    let f = Fixture::load();
+    let (model, mut params, chain) = model("linear");
+    let p = "linear.train";
+    let ts = f.ints(&format!("{p}.t"));
+    let sigma: Vec<f64> = ts.iter().map(|&t| chain.sigmas[t]).collect();
+    let labels = f.labels(&format!("{p}.labels"));
+    let y = f.f32(&format!("{p}.x_start"));
+    let noise = f.f32(&format!("{p}.noise"));
+    let mut grads = |scale: f64, params: &mut ParamStore| {
+        let (loss, g) = model
+            .hybrid_loss_and_grads(
+                params,
+                &chain,
+                scale,
+                y.clone(),
+                noise.clone(),
+                &sigma,
+                Some(&labels),
+                0,
+            )
+            .unwrap();
+        let w = memlab::engine::params::read_f32(&g["out.2.weight"], 4).unwrap();
+        (loss, w)
+    };
+    let (l0, g0) = grads(0.0, &mut params);
+    let (l1, g1) = grads(1.0, &mut params);
+    // Reference value of mean(mse + vb) with T = 1000, λ = 0.001.
+    let reference = f.get(&format!("{p}.loss_rescaled"));
+    let expect = reference.iter().sum::<f64>() / reference.len() as f64;
+    assert!((l1 - expect).abs() <= TOL * expect, "{l1} vs {expect}");
+    let mse = f.get(&format!("{p}.mse"));
+    let expect0 = mse.iter().sum::<f64>() / mse.len() as f64;
+    assert!((l0 - expect0).abs() <= TOL * expect0, "{l0} vs {expect0}");
+    let half = g0.len() / 2; // rows 0..3 (ε̂) then 3..6 (v) of [6, ch, 3, 3]
+    assert_eq!(&g0[..half], &g1[..half], "the VLB term moved the mean's weights");
+    assert!(g0[half..].iter().all(|&v| v == 0.0), "the MSE reached v");
+    assert!(g1[half..].iter().any(|&v| v != 0.0), "the VLB term did not reach v");
+}
+
+/// `train.loss = "hybrid"` end to end: a tiny learned-variance UNet trains a few steps under
+/// the linear schedule and samples with the learned variance (respaced DDPM).
+#[test]
+fn a_hybrid_run_trains_and_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("hybrid.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[run]
+name = "hybrid"
+seed = 1
+device = "cpu"
+[dataset]
+name = "mondrian"
+params = { resolution = 8, size = 64 }
+size = 8
+[architecture]
+name = "unet"
+params = { channels = 16, channel_mult = [1], res_blocks = 1, attention_resolutions = [], heads = 1, dropout = 0.0, learn_sigma = true }
+[schedule]
+name = "linear"
+[[criteria]]
+name = "ratio"
+[train]
+steps = 6
+batch_size = 8
+lr = 1e-3
+loss = "hybrid"
+[sample]
+count = 4
+sampler = "ddpm"
+steps = 5
+batch_size = 4
+"#,
+    )
+    .unwrap();
+    let r = memlab_e2e::memlab_run(&cfg, tmp.path(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = tmp.path().join("hybrid");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6);
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("loss = \"hybrid\""), "{resolved}");
 }

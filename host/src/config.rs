@@ -372,6 +372,22 @@ pub struct SampleSection {
     /// as improved-diffusion's sampling loops; no for `heun`/`euler`, as EDM's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_denoised: Option<bool>,
+    /// DDPM's step variance: `learned` (improved-diffusion's `LEARNED_RANGE`, from the
+    /// architecture's variance channels; needs `learn_sigma` and a discrete schedule) or
+    /// `fixed` (the posterior variance β̃). Default: `learned` for `ddpm` when the model was
+    /// trained with `train.loss = "hybrid"` (which trains those channels), else `fixed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variance: Option<Variance>,
+}
+
+/// `[sample] variance`: the DDPM step variance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Variance {
+    /// improved-diffusion's learned interpolation between log β and log β̃.
+    Learned,
+    /// The posterior variance β̃ ("fixed small").
+    Fixed,
 }
 
 // The sampler extras are left out of the resolved config when default, so run directories
@@ -385,6 +401,15 @@ fn is_one(v: &f64) -> bool {
 }
 
 impl SampleSection {
+    /// Whether `ddpm` samples with the learned variance: `variance`, or by default when the
+    /// model was trained with the hybrid loss (untrained variance channels mean nothing).
+    pub fn learned_variance(&self, train: &TrainSection) -> bool {
+        match self.variance {
+            Some(v) => v == Variance::Learned,
+            None => self.sampler == Sampler::Ddpm && train.loss == Loss::Hybrid,
+        }
+    }
+
     /// The sampler with its churn and clipping.
     pub fn settings(&self) -> SamplerSettings {
         SamplerSettings {
@@ -417,6 +442,7 @@ impl Default for SampleSection {
             s_max: None,
             s_noise: 1.0,
             clip_denoised: None,
+            variance: None,
         }
     }
 }
@@ -927,6 +953,16 @@ impl Config {
                 ),
             ));
         }
+        if sm.variance == Some(Variance::Learned) && sm.sampler != Sampler::Ddpm {
+            return Err(err(
+                "sample.variance",
+                format!(
+                    "the learned variance is DDPM's (`sample.sampler = \"ddpm\"`); {} has no step \
+                     variance",
+                    sm.sampler
+                ),
+            ));
+        }
         for (key, v) in [
             ("sample.count", self.sample.count),
             ("sample.steps", self.sample.steps),
@@ -1087,6 +1123,11 @@ impl Config {
         {
             errors.push(err("train.loss".into(), m));
         }
+        if let (Some(schedule), Ok(info)) = (&schedule, arch.info())
+            && let Some(m) = variance_contradiction(&self.sample, &arch, &info, schedule)
+        {
+            errors.push(err("sample.variance".into(), m));
+        }
         let info = match arch.info() {
             Ok(info) => info,
             Err(e) => {
@@ -1134,6 +1175,37 @@ pub fn hybrid_contradiction(
             "`train.loss = \"hybrid\"` needs a discrete DDPM schedule (its variational bound \
              runs over the timesteps), but {} is continuous: set `schedule.name = \"linear\"` \
              or `\"cosine\"`, or `train.loss = \"simple\"`",
+            schedule.label()
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+/// Why `sample.variance = "learned"` cannot sample this architecture under this schedule
+/// (no variance channels, or a continuous schedule). `None` when they agree or the variance is
+/// not asked for explicitly (the default follows `train.loss`, checked by
+/// [`hybrid_contradiction`]).
+pub fn variance_contradiction(
+    sample: &SampleSection,
+    arch: &ArchitectureHandle,
+    info: &ArchInfo,
+    schedule: &ScheduleHandle,
+) -> Option<String> {
+    if sample.variance != Some(Variance::Learned) {
+        return None;
+    }
+    if !info.learned_variance {
+        return Some(format!(
+            "`sample.variance = \"learned\"` reads the network's variance channels, but {} \
+             outputs none (`architecture.params.learn_sigma = true` for unet)",
+            arch.label()
+        ));
+    }
+    match schedule.discrete_sigmas() {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!(
+            "`sample.variance = \"learned\"` interpolates between a discrete schedule's β and β̃, \
+             but {} is continuous (`schedule.name = \"linear\"` or `\"cosine\"`)",
             schedule.label()
         )),
         Err(e) => Some(format!("{e:#}")),

@@ -120,6 +120,7 @@ pub fn generate(
     model: &Model,
     params: &mut ParamStore,
     sampler: SamplerSettings,
+    learned_variance: bool,
     sigmas: &[f64],
     labels: &[i64],
     batch: usize,
@@ -150,13 +151,6 @@ pub fn generate(
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(init, [n, c, h, w]), &model.device);
         let lab = &labels[start..start + n];
-        let mut denoise = |x: Tensor<4>, s: f64| {
-            let r = model.denoise(params, x, &vec![s; n], Some(lab));
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-            r
-        };
         let dev = model.device.clone();
         let mut noise = |like: &Tensor<4>| {
             let v: Vec<f32> = (0..like.shape().num_elements())
@@ -164,7 +158,32 @@ pub fn generate(
                 .collect();
             Tensor::<4>::from_data(TensorData::new(v, like.dims()), &dev)
         };
-        let y = sample(sampler, sigmas, x, &mut denoise, &mut noise, &mut |_| ())?;
+        let y = if learned_variance {
+            let mut denoise = |x: Tensor<4>, s: f64| {
+                let r = model.denoise_with_variance(params, x, &vec![s; n], Some(lab));
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                r
+            };
+            crate::sampler::sample_learned_variance(
+                sampler,
+                sigmas,
+                x,
+                &mut denoise,
+                &mut noise,
+                &mut |_| (),
+            )?
+        } else {
+            let mut denoise = |x: Tensor<4>, s: f64| {
+                let r = model.denoise(params, x, &vec![s; n], Some(lab));
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                r
+            };
+            sample(sampler, sigmas, x, &mut denoise, &mut noise, &mut |_| ())?
+        };
         let v = y
             .into_data()
             .try_to_vec::<f32>()
@@ -323,6 +342,9 @@ fn run_in(
     if let Some(m) = crate::config::hybrid_contradiction(&cfg.train, &arch, &info, &schedule) {
         bail!("train.loss: {m}");
     }
+    if let Some(m) = crate::config::variance_contradiction(&cfg.sample, &arch, &info, &schedule) {
+        bail!("sample.variance: {m}");
+    }
     let training_set = if info.needs_training_set {
         let [c, h, w] = data.shape;
         Some(to_dispatch(
@@ -377,6 +399,7 @@ fn run_in(
     // Sample.
     let t1 = Instant::now();
     let sampler = cfg.sample.settings();
+    let learned_variance = cfg.sample.learned_variance(&cfg.train);
     let sigmas = model.schedule.sampling_sigmas(cfg.sample.steps)?;
     let labels = cond.sample_labels(
         data.summary(),
@@ -449,6 +472,7 @@ fn run_in(
             &model,
             &mut use_params,
             sampler,
+            learned_variance,
             &sigmas,
             &labels,
             cfg.sample.batch_size,

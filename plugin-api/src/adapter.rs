@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RString, RVec};
+use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RString, RVec};
 
 use crate::component::{
     Architecture, Conditioning, Criterion, Dataset, Inputs, NoiseSchedule, PResult,
@@ -111,11 +111,6 @@ impl<T: NoiseSchedule> FfiSchedule for ScheduleAdapter<T> {
     }
     fn round_sigma(&self, sigma: f64) -> RResult<f64, RString> {
         guard(&self.who, || Ok(self.inner.round_sigma(sigma)))
-    }
-    fn discrete_sigmas(&self) -> RResult<ROption<RVec<f64>>, RString> {
-        guard(&self.who, || {
-            Ok(ROption::from(self.inner.discrete_sigmas().map(RVec::from)))
-        })
     }
 }
 

@@ -67,13 +67,6 @@ pub trait NoiseSchedule: Send + Sync + 'static {
     fn round_sigma(&self, sigma: f64) -> f64 {
         sigma
     }
-    /// For a discrete (DDPM) schedule of T timesteps: σ_0 < … < σ_{T−1}, the grid its
-    /// `training_sigmas` draws from uniformly. The host derives the discrete chain from it
-    /// (ᾱ_t = 1/(1 + σ_t²), β_t = 1 − ᾱ_t/ᾱ_{t−1}) for improved-diffusion's variational bound
-    /// and learned-variance sampling. Default `None`: a continuous formulation.
-    fn discrete_sigmas(&self) -> Option<Vec<f64>> {
-        None
-    }
 }
 
 /// How training images are labelled and which labels are sampled.

@@ -493,13 +493,6 @@ pub trait FfiSchedule: Send + Sync {
     /// Nearest σ the formulation supports (identity for continuous ones).
     #[sabi(last_prefix_field)]
     fn round_sigma(&self, sigma: f64) -> RResult<f64, RString>;
-    /// The noise levels σ_0 < … < σ_{T−1} of a discrete (DDPM) schedule's T timesteps, or
-    /// `None` for a continuous one. Appended after the prefix (plugin-api 0.2 minor addition):
-    /// a plugin built before it has no entry in its vtable and gets this default, so it loads
-    /// and reads as continuous.
-    fn discrete_sigmas(&self) -> RResult<ROption<RVec<f64>>, RString> {
-        RResult::ROk(ROption::RNone)
-    }
 }
 
 /// What the conditioning scheme sees of the training data.

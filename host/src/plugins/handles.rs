@@ -179,24 +179,12 @@ impl ScheduleHandle {
     pub fn round_sigma(&self, sigma: f64) -> Result<f64> {
         ok(&self.label, self.inner.round_sigma(sigma))
     }
-    /// The σ grid σ_0 < … < σ_{T−1} of a discrete schedule (`None`: continuous), checked:
-    /// at least one value, positive, finite and strictly increasing. Plugins built before the
-    /// method existed answer `None` (abi_stable's default for methods past the prefix).
+    /// The σ grid σ_0 < … < σ_{T−1} of a discrete schedule, or `None` for a continuous one:
+    /// the values `round_sigma` can return, enumerated by [`crate::vlb::discrete_grid`] (no
+    /// ABI addition; see there why).
     pub fn discrete_sigmas(&self) -> Result<Option<Vec<f64>>> {
-        let Some(s) = ok(&self.label, self.inner.discrete_sigmas())?.into_option() else {
-            return Ok(None);
-        };
-        let s = s.into_vec();
-        if s.is_empty()
-            || s.iter().any(|v| !v.is_finite() || *v <= 0.0)
-            || s.windows(2).any(|w| w[1] <= w[0])
-        {
-            bail!(
-                "{}: its discrete σ grid must be positive, finite, strictly increasing values",
-                self.label
-            );
-        }
-        Ok(Some(s))
+        crate::vlb::discrete_grid(&mut |s| self.round_sigma(s))
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", self.label))
     }
 }
 

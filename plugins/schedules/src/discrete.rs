@@ -269,12 +269,6 @@ impl NoiseSchedule for Discrete {
     fn round_sigma(&self, sigma: f64) -> f64 {
         self.sigmas[self.timestep(sigma)]
     }
-
-    /// σ_0 < … < σ_{T−1}: the host rebuilds the chain from it (ᾱ_t = 1/(1 + σ_t²)) for the
-    /// hybrid loss and learned-variance sampling.
-    fn discrete_sigmas(&self) -> Option<Vec<f64>> {
-        Some(self.sigmas.clone())
-    }
 }
 
 #[cfg(test)]
