@@ -389,3 +389,70 @@ batch_size = 4
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(resolved.contains("loss = \"hybrid\""), "{resolved}");
 }
+
+const CHECK_BASE: &str = r#"
+[run]
+name = "check-hybrid"
+[dataset]
+name = "mondrian"
+params = { resolution = 8, size = 64 }
+[architecture]
+name = "unet"
+params = { channels = 16, channel_mult = [1], res_blocks = 1, attention_resolutions = [], heads = 1, learn_sigma = LEARN }
+[schedule]
+name = "SCHEDULE"
+[[criteria]]
+name = "ratio"
+[train]
+steps = 2
+batch_size = 4
+TRAIN
+[sample]
+sampler = "SAMPLER"
+SAMPLE
+"#;
+
+/// `memlab config check` on the base config with the placeholders replaced: (exit code, stderr).
+fn config_check(learn: &str, schedule: &str, train: &str, sampler: &str, sample: &str) -> (i32, String) {
+    let text = CHECK_BASE
+        .replace("LEARN", learn)
+        .replace("SCHEDULE", schedule)
+        .replace("TRAIN", train)
+        .replace("SAMPLER", sampler)
+        .replace("SAMPLE\n", &format!("{sample}\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, text).unwrap();
+    let r = memlab_e2e::memlab(&["config", "check", file.to_str().unwrap()], None, None);
+    (r.code, r.stderr)
+}
+
+#[test]
+fn hybrid_loss_and_learned_variance_config_errors_name_the_keys() {
+    let hybrid = "loss = \"hybrid\"";
+    // The good cases.
+    for (learn, sched, train, sampler, sample) in [
+        ("true", "cosine", hybrid, "ddpm", ""),
+        ("true", "linear", "loss = \"hybrid\"\nvlb_weight = 0.01", "ddpm", ""),
+        ("true", "linear", "", "ddpm", "variance = \"learned\""),
+        ("false", "edm", "", "heun", "variance = \"fixed\""),
+    ] {
+        let (code, err) = config_check(learn, sched, train, sampler, sample);
+        assert_eq!(code, 0, "{learn} {sched} {train} {sample}: {err}");
+    }
+    for (learn, sched, train, sampler, sample, key, cause) in [
+        ("false", "linear", hybrid, "ddpm", "", "train.loss", "learn_sigma = true"),
+        ("true", "edm", hybrid, "heun", "", "train.loss", "is continuous"),
+        ("true", "linear", "vlb_weight = 0.01", "ddpm", "", "train.vlb_weight", "the loss is \"simple\""),
+        ("true", "linear", "loss = \"hybrid\"\nvlb_weight = -1.0", "ddpm", "", "train.vlb_weight", "> 0"),
+        ("true", "linear", "loss = \"vlb\"", "ddpm", "", "train.loss", "unknown variant"),
+        ("true", "linear", hybrid, "heun", "variance = \"learned\"", "sample.variance", "ddpm"),
+        ("false", "linear", "", "ddpm", "variance = \"learned\"", "sample.variance", "outputs none"),
+        ("true", "vp", "", "ddpm", "variance = \"learned\"", "sample.variance", "is continuous"),
+    ] {
+        let (code, err) = config_check(learn, sched, train, sampler, sample);
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(err.contains(&format!("key `{key}`")), "names {key}: {err}");
+        assert!(err.contains(cause), "says {cause}: {err}");
+    }
+}
