@@ -371,6 +371,51 @@ mod tests {
         }
     }
 
+    /// v = −1 selects β̃ (the fixed-variance step, bit for bit up to f32 rounding); v = +1
+    /// selects β' = (σ² − σ'²)/(1 + σ²), i.e. σ-space std √β'·√(1 + σ'²).
+    #[test]
+    fn learned_variance_spans_the_fixed_one_and_beta() {
+        let sigmas = [2.0, 1.0, 0.5, 0.0];
+        let mut run = |v: Option<f32>| {
+            let mut seen = None;
+            let mut d = |x: Tensor<4>, s: f64| {
+                if s == 1.0 && seen.is_none() {
+                    seen = Some(val(&x));
+                }
+                Ok((x.zeros_like(), v.map(t)))
+            };
+            let mut nz = |x: &Tensor<4>| x.zeros_like().add_scalar(1.0);
+            let settings = SamplerSettings::plain(Sampler::Ddpm);
+            match v {
+                Some(_) => {
+                    sample_learned_variance(settings, &sigmas, t(0.0), &mut d, &mut nz, &mut |_| ())
+                }
+                None => {
+                    let mut d0 = |x: Tensor<4>, s: f64| Ok(d(x, s)?.0);
+                    sample(settings, &sigmas, t(0.0), &mut d0, &mut nz, &mut |_| ())
+                }
+            }
+            .unwrap();
+            seen.unwrap()
+        };
+        let fixed = run(None);
+        assert!((run(Some(-1.0)) - fixed).abs() < 1e-6, "{} vs {fixed}", run(Some(-1.0)));
+        let beta = (4.0f64 - 1.0) / 5.0;
+        let expect = (beta * 2.0).sqrt();
+        assert!((run(Some(1.0)) - expect).abs() < 1e-6, "{}", run(Some(1.0)));
+        // DDIM has no variance to learn.
+        let mut d = |x: Tensor<4>, _s: f64| Ok((x.zeros_like(), None));
+        let e = sample_learned_variance(
+            SamplerSettings::plain(Sampler::Ddim),
+            &sigmas,
+            t(0.0),
+            &mut d,
+            &mut |x: &Tensor<4>| x.zeros_like(),
+            &mut |_| (),
+        );
+        assert!(e.is_err());
+    }
+
     #[test]
     fn ddpm_step_has_posterior_variance() {
         // With D ≡ 0, x = 0 and unit "noise", one ancestral step from σ = 2 to σ' = 1 lands on
