@@ -88,7 +88,10 @@ fn model(schedule: &str) -> (Model, ParamStore, Chain) {
     let info = arch.info().unwrap();
     assert!(info.learned_variance);
     let schedule = reg.schedule(schedule, "", 0).unwrap();
-    let sigmas = schedule.discrete_sigmas().unwrap().expect("a discrete schedule");
+    let sigmas = schedule
+        .discrete_sigmas()
+        .unwrap()
+        .expect("a discrete schedule");
     // The grid read back from round_sigma is the schedule's: all 1000 of its sampling σ.
     let mut all = schedule.sampling_sigmas(1000).unwrap();
     all.pop();
@@ -150,7 +153,11 @@ fn training_losses(schedule: &str) {
     check(&format!("{schedule} mse"), &mse, f.get(&format!("{p}.mse")));
     check(&format!("{schedule} vb"), &vb, f.get(&format!("{p}.vb")));
     let loss: Vec<f64> = mse.iter().zip(&vb).map(|(m, v)| m + v).collect();
-    check(&format!("{schedule} loss"), &loss, f.get(&format!("{p}.loss")));
+    check(
+        &format!("{schedule} loss"),
+        &loss,
+        f.get(&format!("{p}.loss")),
+    );
     // RESCALED_MSE: vb × T/1000, i.e. λ·T with λ = 0.001 (T = 1000 here).
     let scale = 0.001 * chain.len() as f64;
     let rescaled: Vec<f64> = mse.iter().zip(&vb).map(|(m, v)| m + scale * v).collect();
@@ -248,7 +255,8 @@ fn p_sample(schedule: &str, prefix: &str) {
                     seen = Some(values(x));
                     anyhow::bail!("stop");
                 }
-                let (d, v) = model.denoise_with_variance(&mut params, x, &[s], Some(&labels[i..=i]))?;
+                let (d, v) =
+                    model.denoise_with_variance(&mut params, x, &[s], Some(&labels[i..=i]))?;
                 Ok((d, v))
             };
             let mut noise = |like: &Tensor<4>| {
@@ -267,11 +275,7 @@ fn p_sample(schedule: &str, prefix: &str) {
                 &mut noise,
                 &mut |_| (),
             );
-            let out_sigma = if t == 0 {
-                0.0
-            } else {
-                chain.sigmas[t - 1]
-            };
+            let out_sigma = if t == 0 { 0.0 } else { chain.sigmas[t - 1] };
             let x_next = match seen {
                 Some(v) => v,
                 None => values(r.unwrap()),
@@ -313,7 +317,7 @@ fn the_vlb_term_trains_only_the_variance_channels() {
     let labels = f.labels(&format!("{p}.labels"));
     let y = f.f32(&format!("{p}.x_start"));
     let noise = f.f32(&format!("{p}.noise"));
-    let mut grads = |scale: f64, params: &mut ParamStore| {
+    let grads = |scale: f64, params: &mut ParamStore| {
         let (loss, g) = model
             .hybrid_loss_and_grads(
                 params,
@@ -339,9 +343,16 @@ fn the_vlb_term_trains_only_the_variance_channels() {
     let expect0 = mse.iter().sum::<f64>() / mse.len() as f64;
     assert!((l0 - expect0).abs() <= TOL * expect0, "{l0} vs {expect0}");
     let half = g0.len() / 2; // rows 0..3 (ε̂) then 3..6 (v) of [6, ch, 3, 3]
-    assert_eq!(&g0[..half], &g1[..half], "the VLB term moved the mean's weights");
+    assert_eq!(
+        &g0[..half],
+        &g1[..half],
+        "the VLB term moved the mean's weights"
+    );
     assert!(g0[half..].iter().all(|&v| v == 0.0), "the MSE reached v");
-    assert!(g1[half..].iter().any(|&v| v != 0.0), "the VLB term did not reach v");
+    assert!(
+        g1[half..].iter().any(|&v| v != 0.0),
+        "the VLB term did not reach v"
+    );
 }
 
 /// `train.loss = "hybrid"` end to end: a tiny learned-variance UNet trains a few steps under
@@ -413,7 +424,13 @@ SAMPLE
 "#;
 
 /// `memlab config check` on the base config with the placeholders replaced: (exit code, stderr).
-fn config_check(learn: &str, schedule: &str, train: &str, sampler: &str, sample: &str) -> (i32, String) {
+fn config_check(
+    learn: &str,
+    schedule: &str,
+    train: &str,
+    sampler: &str,
+    sample: &str,
+) -> (i32, String) {
     let text = CHECK_BASE
         .replace("LEARN", learn)
         .replace("SCHEDULE", schedule)
@@ -433,7 +450,13 @@ fn hybrid_loss_and_learned_variance_config_errors_name_the_keys() {
     // The good cases.
     for (learn, sched, train, sampler, sample) in [
         ("true", "cosine", hybrid, "ddpm", ""),
-        ("true", "linear", "loss = \"hybrid\"\nvlb_weight = 0.01", "ddpm", ""),
+        (
+            "true",
+            "linear",
+            "loss = \"hybrid\"\nvlb_weight = 0.01",
+            "ddpm",
+            "",
+        ),
         ("true", "linear", "", "ddpm", "variance = \"learned\""),
         ("false", "edm", "", "heun", "variance = \"fixed\""),
     ] {
@@ -441,14 +464,78 @@ fn hybrid_loss_and_learned_variance_config_errors_name_the_keys() {
         assert_eq!(code, 0, "{learn} {sched} {train} {sample}: {err}");
     }
     for (learn, sched, train, sampler, sample, key, cause) in [
-        ("false", "linear", hybrid, "ddpm", "", "train.loss", "learn_sigma = true"),
-        ("true", "edm", hybrid, "heun", "", "train.loss", "is continuous"),
-        ("true", "linear", "vlb_weight = 0.01", "ddpm", "", "train.vlb_weight", "the loss is \"simple\""),
-        ("true", "linear", "loss = \"hybrid\"\nvlb_weight = -1.0", "ddpm", "", "train.vlb_weight", "> 0"),
-        ("true", "linear", "loss = \"vlb\"", "ddpm", "", "train.loss", "unknown variant"),
-        ("true", "linear", hybrid, "heun", "variance = \"learned\"", "sample.variance", "ddpm"),
-        ("false", "linear", "", "ddpm", "variance = \"learned\"", "sample.variance", "outputs none"),
-        ("true", "vp", "", "ddpm", "variance = \"learned\"", "sample.variance", "is continuous"),
+        (
+            "false",
+            "linear",
+            hybrid,
+            "ddpm",
+            "",
+            "train.loss",
+            "learn_sigma = true",
+        ),
+        (
+            "true",
+            "edm",
+            hybrid,
+            "heun",
+            "",
+            "train.loss",
+            "is continuous",
+        ),
+        (
+            "true",
+            "linear",
+            "vlb_weight = 0.01",
+            "ddpm",
+            "",
+            "train.vlb_weight",
+            "the loss is \"simple\"",
+        ),
+        (
+            "true",
+            "linear",
+            "loss = \"hybrid\"\nvlb_weight = -1.0",
+            "ddpm",
+            "",
+            "train.vlb_weight",
+            "> 0",
+        ),
+        (
+            "true",
+            "linear",
+            "loss = \"vlb\"",
+            "ddpm",
+            "",
+            "train.loss",
+            "unknown variant",
+        ),
+        (
+            "true",
+            "linear",
+            hybrid,
+            "heun",
+            "variance = \"learned\"",
+            "sample.variance",
+            "ddpm",
+        ),
+        (
+            "false",
+            "linear",
+            "",
+            "ddpm",
+            "variance = \"learned\"",
+            "sample.variance",
+            "outputs none",
+        ),
+        (
+            "true",
+            "vp",
+            "",
+            "ddpm",
+            "variance = \"learned\"",
+            "sample.variance",
+            "is continuous",
+        ),
     ] {
         let (code, err) = config_check(learn, sched, train, sampler, sample);
         assert_eq!(code, 2, "{key}: {err}");

@@ -168,24 +168,15 @@ pub fn sample_learned_variance(
     run(settings, sigmas, x, denoise, noise, on_step, true)
 }
 
-/// The ancestral step of [`sample_learned_variance`] from σ = `sigmas[i]` (chain timestep
-/// `chain.len() − 1 − i`), σ' > 0.
-fn learned_variance_step(
-    chain: &Chain,
-    i: usize,
-    x: Tensor<4>,
-    d: Tensor<4>,
-    v: Tensor<4>,
-    z: Tensor<4>,
-    s: f64,
-    s_next: f64,
-) -> Tensor<4> {
+/// The σ-space noise scale of [`sample_learned_variance`]'s step from σ = `sigmas[i]` (chain
+/// timestep `chain.len() − 1 − i`) to σ' > 0: √Σ·√(1 + σ'²), Σ the learned x_t-space variance.
+fn learned_std(chain: &Chain, i: usize, v: Tensor<4>, s_next: f64) -> Tensor<4> {
     let t = chain.len() - 1 - i;
-    let ts = vec![t; x.dims()[0]];
-    let log_var = learned_log_variance(chain, &ts, v);
-    let std = log_var.mul_scalar(0.5).exp().mul_scalar((1.0 + s_next * s_next).sqrt());
-    let ratio = s_next * s_next / (s * s);
-    d.clone() + (x - d).mul_scalar(ratio) + z * std
+    let ts = vec![t; v.dims()[0]];
+    learned_log_variance(chain, &ts, v)
+        .mul_scalar(0.5)
+        .exp()
+        .mul_scalar((1.0 + s_next * s_next).sqrt())
 }
 
 #[allow(clippy::type_complexity)]
@@ -253,7 +244,8 @@ fn run(
                         bail!("learned-variance sampling: the denoiser returned no variance");
                     };
                     let z = noise(&x);
-                    learned_variance_step(chain, i, x, d, v, z, s, s_next)
+                    let ratio = s_next * s_next / (s * s);
+                    d.clone() + (x - d).mul_scalar(ratio) + z * learned_std(chain, i, v, s_next)
                 } else {
                     let ratio = s_next * s_next / (s * s);
                     let std = s_next * ((s * s - s_next * s_next) / (s * s)).sqrt();
@@ -376,7 +368,7 @@ mod tests {
     #[test]
     fn learned_variance_spans_the_fixed_one_and_beta() {
         let sigmas = [2.0, 1.0, 0.5, 0.0];
-        let mut run = |v: Option<f32>| {
+        let run = |v: Option<f32>| {
             let mut seen = None;
             let mut d = |x: Tensor<4>, s: f64| {
                 if s == 1.0 && seen.is_none() {
@@ -399,7 +391,11 @@ mod tests {
             seen.unwrap()
         };
         let fixed = run(None);
-        assert!((run(Some(-1.0)) - fixed).abs() < 1e-6, "{} vs {fixed}", run(Some(-1.0)));
+        assert!(
+            (run(Some(-1.0)) - fixed).abs() < 1e-6,
+            "{} vs {fixed}",
+            run(Some(-1.0))
+        );
         let beta = (4.0f64 - 1.0) / 5.0;
         let expect = (beta * 2.0).sqrt();
         assert!((run(Some(1.0)) - expect).abs() < 1e-6, "{}", run(Some(1.0)));
