@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::exec::{self, Outcome};
 use super::{Cell, Study, describe, short_key, value_label};
 use crate::config::ConfigError;
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::plot::{Bar, BarChart, LineChart, Series, bar_chart, line_chart};
 
 /// `[emm]`: the search.
@@ -319,7 +319,7 @@ fn search(
 /// The ratio of `criterion` in a finished cell.
 pub fn cell_ratio(dir: &Path, cell: &Cell, criterion: &str) -> Result<f64> {
     let p = exec::cell_dir(dir, cell).join("replication.json");
-    let v = super::results::read_replication(&p)?
+    let v = crate::run::RunReport::read(&p)?
         .ok_or_else(|| anyhow!("{} does not exist", p.display()))?;
     v.evaluation
         .criteria

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::exec::Manifest;
 use super::results::{self, CellStatus, Row};
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::plot::{Bar, BarChart, LineChart, Series, bar_chart, line_chart};
 
 /// What `report` produced.

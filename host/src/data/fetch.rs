@@ -203,7 +203,7 @@ fn fetch_file(
         );
     }
     // Downloaded files get the umask's mode, like any created file (not tempfile's 0o600).
-    let mut tmp = crate::output::temp_builder()
+    let mut tmp = crate::io::output::temp_builder()
         .prefix(&format!(".{name}."))
         .suffix(".part")
         .tempfile_in(dest)

@@ -1,5 +1,8 @@
 //! Command-line interface (`clap`).
 
+pub mod bench;
+pub mod scaffold;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -240,7 +243,7 @@ pub enum DataAction {
     Fetch {
         /// Dataset name.
         name: String,
-        /// Destination directory (default: data/<name>).
+        /// Destination directory (default: data/NAME).
         #[arg(long)]
         dest: Option<PathBuf>,
         /// Import from this local file or directory instead of downloading (no internet
@@ -274,7 +277,7 @@ pub fn main() -> i32 {
         // Lines from a study's worker threads carry the cell they belong to.
         .format(|buf, record| {
             let ts = buf.timestamp_seconds();
-            let cell = crate::progress::label()
+            let cell = crate::io::progress::label()
                 .map(|l| format!(" [{l}]"))
                 .unwrap_or_default();
             writeln!(buf, "[{ts} {}{cell}] {}", record.level(), record.args())
@@ -348,7 +351,7 @@ fn run(cli: Cli) -> Result<i32> {
             sets,
             out,
         } => {
-            let r = crate::run::eval_dir(
+            let r = crate::run::evaluate::eval_dir(
                 &run_dir,
                 &sets,
                 &cli.plugin_dirs,
@@ -374,8 +377,13 @@ fn run(cli: Cli) -> Result<i32> {
             sets,
             out,
         } => {
-            let b =
-                crate::baseline::run(&config, &sets, &heldout, &cli.plugin_dirs, out.as_deref())?;
+            let b = crate::run::baseline::run(
+                &config,
+                &sets,
+                &heldout,
+                &cli.plugin_dirs,
+                out.as_deref(),
+            )?;
             println!("{}", b.markdown);
             println!(
                 "wrote {} and {}",
@@ -456,8 +464,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Data {
             action: DataAction::Fetch { name, dest, from },
         } => {
-            if !crate::fetch::datasets().iter().any(|(n, _)| *n == name) {
-                let known: Vec<&str> = crate::fetch::datasets().iter().map(|(n, _)| *n).collect();
+            if !crate::data::fetch::datasets()
+                .iter()
+                .any(|(n, _)| *n == name)
+            {
+                let known: Vec<&str> = crate::data::fetch::datasets()
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
                 eprintln!(
                     "error: unknown dataset `{name}`; memlab can fetch: {}",
                     known.join(", ")
@@ -466,14 +480,14 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
             if let Some(from) = from {
-                let done = crate::import::import(&name, &from, &dest)?;
+                let done = crate::data::import::import(&name, &from, &dest)?;
                 for f in &done.files {
                     println!("{}", f.display());
                 }
                 println!("{}", done.note);
                 return Ok(0);
             }
-            let files = crate::fetch::fetch(&name, &dest)?;
+            let files = crate::data::fetch::fetch(&name, &dest)?;
             for f in &files {
                 println!("{}", f.display());
             }
@@ -496,7 +510,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
-            let r = crate::bench::train(
+            let r = crate::cli::bench::train(
                 &reg,
                 &arch,
                 &params,
@@ -518,7 +532,7 @@ fn run(cli: Cli) -> Result<i32> {
                 "{:<40} {:>10} {:>10} {:>7}",
                 "op (forward + backward)", "memlab ms", "burn ms", "ratio"
             );
-            for r in crate::bench::kernels(reps.max(1))? {
+            for r in crate::cli::bench::kernels(reps.max(1))? {
                 println!(
                     "{:<40} {:>10.2} {:>10.2} {:>7.2}",
                     r.op,
@@ -542,7 +556,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
-            let r = crate::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
+            let r = crate::cli::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -758,7 +772,7 @@ fn new_plugin(
     api_version: Option<&str>,
     api_path: Option<&std::path::Path>,
 ) -> Result<i32> {
-    use crate::scaffold::{self, ApiDependency, ScaffoldError};
+    use crate::cli::scaffold::{self, ApiDependency, ScaffoldError};
     let usage = |msg: String| {
         eprintln!("error: {msg}");
         Ok(EXIT_USAGE)

@@ -179,8 +179,8 @@ pub fn train(
     sample_batch: usize,
     sample_steps: usize,
 ) -> Result<TrainReport> {
-    use crate::model::Model;
-    use crate::optim::{AdamConfig, AdamState, adam_step};
+    use crate::diffusion::model::Model;
+    use crate::diffusion::optim::{AdamConfig, AdamState, adam_step};
     let device = cpu();
     let arch_h = reg.architecture(arch, params, 0)?;
     let info = arch_h.info()?;
@@ -195,7 +195,7 @@ pub fn train(
         training_len: 0,
     };
     let mut store = ParamStore::new(0);
-    crate::train::materialize(&model, &mut store)?;
+    crate::diffusion::train::materialize(&model, &mut store)?;
     let mut adam = AdamState::default();
     let cfg = AdamConfig {
         lr: 1e-4,
@@ -270,8 +270,8 @@ pub fn train(
             &device,
         );
         let t = Instant::now();
-        let out = crate::sampler::sample(
-            crate::sampler::SamplerSettings::plain(crate::sampler::Sampler::Heun),
+        let out = crate::diffusion::sampler::sample(
+            crate::config::choices::SamplerSettings::plain(crate::config::choices::Sampler::Heun),
             &sigmas,
             x,
             &mut |x, s| model.denoise(&mut store, x, &vec![s; sample_batch], None),
