@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may use modules of its own layer's predecessors only.
 const LAYERS: &[&[&str]] = &[
-    &["io", "plot"],
+    &["io"],
+    &["plot"],
     &["plugins"],
     &["config"],
     &["engine"],
