@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use abi_stable::std_types::{RNone, RSome};
 use burn::tensor::{Tensor, TensorData};
 use memlab::diffusion::model::Model;
-use memlab::engine::graph::{Graph, Mode};
+use memlab::engine::executor::{Executor, Mode};
 use memlab::engine::params::{ParamStore, read_f32};
 use memlab::engine::{self, cpu};
 use memlab::plugins::Registry;
@@ -115,7 +115,7 @@ fn raw_forward(model: &Model, params: &mut ParamStore, io: &Io) -> Vec<f32> {
     let x = io.f32("x");
     let shape = io.shape("x");
     let n = shape[0];
-    let graph = Graph::new(&model.device, Mode::Eval, params, 0);
+    let graph = Executor::new(&model.device, Mode::Eval, params, 0);
     let xi = graph.insert_data(x, &shape).unwrap();
     let ni = graph.insert_data(io.f32("noise"), &[n]).unwrap();
     let labels = match io.labels() {

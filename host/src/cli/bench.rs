@@ -9,7 +9,7 @@ use memlab_plugin_api::ffi::{BinaryOp, ForwardArgs};
 use memlab_plugin_api::{Ctx, SplitMix64};
 use serde::Serialize;
 
-use crate::engine::graph::{Graph, Mode};
+use crate::engine::executor::{Executor, Mode};
 use crate::engine::params::ParamStore;
 use crate::engine::{self, cpu};
 use crate::plugins::Registry;
@@ -58,7 +58,7 @@ pub fn dispatch(
 ) -> Result<DispatchReport> {
     let device = cpu();
     let mut store = ParamStore::new(0);
-    let graph = Graph::new(&device, Mode::Eval, &mut store, 0);
+    let graph = Executor::new(&device, Mode::Eval, &mut store, 0);
     let a = graph.insert_data(vec![1.0], &[1])?;
     let b = graph.insert_data(vec![2.0], &[1])?;
     let ops = graph.ops();
@@ -90,7 +90,7 @@ pub fn dispatch(
     let mut ops_per_step = 0;
     for _ in 0..steps + 1 {
         let t = Instant::now();
-        let graph = Graph::new(&device, Mode::Train, &mut store, 0);
+        let graph = Executor::new(&device, Mode::Train, &mut store, 0);
         let xi = graph.insert_data(x.clone(), &[batch, 3, res, res])?;
         let ni = graph.insert_data(noise.clone(), &[batch])?;
         let out = engine::forward(
