@@ -449,18 +449,16 @@ pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize, scale: usize) -> R
     write_atomic(path, &buf)
 }
 
-/// Writes NCHW images as a PNG grid.
-#[allow(clippy::too_many_arguments)]
+/// Writes NCHW images of `shape` `[n, c, h, w]` as a PNG grid of `cols` columns, each pixel
+/// drawn `scale`×`scale`.
 pub fn write_grid(
     path: &Path,
     images: &[f32],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
+    shape: [usize; 4],
     cols: usize,
     scale: usize,
 ) -> Result<()> {
+    let [n, c, h, w] = shape;
     let (rgb, gw, gh) = grid_rgb(images, n, c, h, w, cols);
     write_png(path, &rgb, gw, gh, scale)
 }

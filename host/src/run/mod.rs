@@ -387,10 +387,7 @@ fn run_in(
     write_grid(
         &dir.join("samples.png"),
         &samples,
-        m,
-        c,
-        h,
-        w,
+        [m, c, h, w],
         cols,
         scale_for(h),
     )?;

@@ -154,7 +154,7 @@ pub(super) fn write_nearest_png(
         let j = ev.nearest[i] as usize;
         imgs.extend_from_slice(&data.images[j * per..(j + 1) * per]);
     }
-    write_grid(path, &imgs, 2 * k, c, h, w, k, scale_for(h))
+    write_grid(path, &imgs, [2 * k, c, h, w], k, scale_for(h))
 }
 
 pub(super) fn summary_md(cfg: &Config, r: &RunReport, data: &TrainingSet) -> String {
