@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
+use memlab::config::choices::{Sampler, SamplerSettings};
+use memlab::diffusion::model::Model;
+use memlab::diffusion::vlb::Chain;
 use memlab::engine::cpu;
 use memlab::engine::params::ParamStore;
-use memlab::model::Model;
 use memlab::plugins::Registry;
-use memlab::sampler::{Sampler, SamplerSettings};
-use memlab::vlb::Chain;
 use memlab_e2e::root;
 use safetensors::{Dtype, SafeTensors};
 
@@ -108,9 +108,9 @@ fn model(schedule: &str) -> (Model, ParamStore, Chain) {
         training_len: 0,
     };
     let mut params = ParamStore::new(0);
-    memlab::train::materialize(&model, &mut params).unwrap();
+    memlab::diffusion::train::materialize(&model, &mut params).unwrap();
     let weights = root().join("tests/reference/networks/unet_class_sigma.weights.safetensors");
-    memlab::weights::load_into(&mut params, &weights, &model.device).unwrap();
+    memlab::diffusion::weights::load_into(&mut params, &weights, &model.device).unwrap();
     (model, params, Chain::from_sigmas(&sigmas).unwrap())
 }
 
@@ -233,7 +233,7 @@ fn p_sample(schedule: &str, prefix: &str) {
     assert!(e <= TOL, "{schedule} {prefix} pred_xstart: {e:.2e}");
     check(
         &format!("{schedule} {prefix} log_variance"),
-        &values(memlab::vlb::learned_log_variance(&chain, &ts, v)),
+        &values(memlab::diffusion::vlb::learned_log_variance(&chain, &ts, v)),
         f.get(&format!("{p}.log_variance")),
     );
     // One ancestral step per example, through the sampler: the chain from σ_t down to σ_0
@@ -267,7 +267,7 @@ fn p_sample(schedule: &str, prefix: &str) {
                 }
             };
             let start = tensor(&x[i * per..(i + 1) * per], 1);
-            let r = memlab::sampler::sample_learned_variance(
+            let r = memlab::diffusion::sampler::sample_learned_variance(
                 SamplerSettings::plain(Sampler::Ddpm),
                 &seq,
                 start,

@@ -64,14 +64,14 @@ impl DatasetHandle {
             );
         }
         let what = || format!("{}: {} images", self.label, indices.len());
-        let per = crate::budget::mul(info.channels, info.height, what)?;
-        let per = crate::budget::mul(per, info.width, what)?;
-        let mut images = crate::budget::try_zeroed(
-            crate::budget::mul(indices.len(), per, what)?,
+        let per = crate::io::alloc::mul(info.channels, info.height, what)?;
+        let per = crate::io::alloc::mul(per, info.width, what)?;
+        let mut images = crate::io::alloc::try_zeroed(
+            crate::io::alloc::mul(indices.len(), per, what)?,
             f32::NAN,
             what,
         )?;
-        let mut labels = crate::budget::try_zeroed(indices.len(), 0i64, what)?;
+        let mut labels = crate::io::alloc::try_zeroed(indices.len(), 0i64, what)?;
         ok(
             &self.label,
             self.inner.fill(
@@ -180,10 +180,10 @@ impl ScheduleHandle {
         ok(&self.label, self.inner.round_sigma(sigma))
     }
     /// The σ grid σ_0 < … < σ_{T−1} of a discrete schedule, or `None` for a continuous one:
-    /// the values `round_sigma` can return, enumerated by [`crate::vlb::discrete_grid`] (no
+    /// the values `round_sigma` can return, enumerated by [`crate::plugins::grid::discrete_grid`] (no
     /// ABI addition; see there why).
     pub fn discrete_sigmas(&self) -> Result<Option<Vec<f64>>> {
-        crate::vlb::discrete_grid(&mut |s| self.round_sigma(s))
+        crate::plugins::grid::discrete_grid(&mut |s| self.round_sigma(s))
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", self.label))
     }
 }

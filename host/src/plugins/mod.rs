@@ -1,5 +1,6 @@
 //! Plugin discovery, the component registry, and typed handles over the FFI objects.
 
+pub mod grid;
 pub mod handles;
 pub mod loader;
 pub mod probe;

@@ -7,11 +7,11 @@ use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
 use indexmap::IndexMap;
 use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, HostOps};
 
-use crate::engine::graph::{Graph, Mode, Slot};
+use crate::diffusion::vlb::Chain;
+use crate::engine::executor::{Executor, HostTensor, Mode};
 use crate::engine::params::ParamStore;
 use crate::engine::{self};
 use crate::plugins::{ArchitectureHandle, ScheduleHandle};
-use crate::vlb::Chain;
 
 /// A tensor's values as f64.
 fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
@@ -97,7 +97,7 @@ impl Model {
     /// Runs D(x; σ) on `graph` (training or inference) and returns the `[n, c, h, w]` output.
     fn denoise_on(
         &self,
-        graph: &mut Graph<'_>,
+        graph: &mut Executor<'_>,
         x: Tensor<4>,
         sigma: &[f64],
         labels: Option<&[i64]>,
@@ -109,7 +109,7 @@ impl Model {
     /// when there are any.
     fn forward_on(
         &self,
-        graph: &mut Graph<'_>,
+        graph: &mut Executor<'_>,
         x: Tensor<4>,
         sigma: &[f64],
         labels: Option<&[i64]>,
@@ -119,7 +119,7 @@ impl Model {
             bail!("{} noise levels for {n} images", sigma.len());
         }
         if let Some(ts) = &self.training_set {
-            let slot = Slot {
+            let slot = HostTensor {
                 t: ts.clone(),
                 shape: vec![
                     self.training_len,
@@ -140,7 +140,7 @@ impl Model {
         } else {
             x.clone() * col(&k.c_in)
         };
-        let xi = graph.insert(Slot {
+        let xi = graph.insert(HostTensor {
             t: x_in.into_dispatch(),
             shape: vec![n, c, h, w],
             int: false,
@@ -205,7 +205,7 @@ impl Model {
         sigma: &[f64],
         labels: Option<&[i64]>,
     ) -> Result<Tensor<4>> {
-        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let mut graph = Executor::new(&self.device, Mode::Eval, params, 0);
         self.denoise_on(&mut graph, x, sigma, labels)
     }
 
@@ -224,7 +224,7 @@ impl Model {
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
         let n = sigma.len();
         let [c, h, w] = self.image_shape;
-        let mut graph = Graph::new(&self.device, Mode::Train, params, dropout_seed);
+        let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
         let dev = graph.device().clone();
         let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
         let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
@@ -252,7 +252,7 @@ impl Model {
             .convert::<f64>()
             .try_to_vec::<f64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        let slot = Slot {
+        let slot = HostTensor {
             t: loss.into_dispatch(),
             shape: vec![1],
             int: false,
@@ -270,17 +270,17 @@ impl Model {
         sigma: &[f64],
         labels: Option<&[i64]>,
     ) -> Result<(Tensor<4>, Option<Tensor<4>>)> {
-        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let mut graph = Executor::new(&self.device, Mode::Eval, params, 0);
         let out = self.forward_on(&mut graph, x, sigma, labels)?;
         Ok((out.d, out.v))
     }
 
     /// The hybrid objective's two terms per sample on `graph`: λ(σ)·mean (x̂₀ − y)² (for a
     /// discrete schedule λ = 1/σ², so this is improved-diffusion's ε-MSE `mse`) and the VLB
-    /// term in bits per dimension ([`crate::vlb::vb_terms`] with x̂₀ detached).
+    /// term in bits per dimension ([`crate::diffusion::vlb::vb_terms`] with x̂₀ detached).
     fn hybrid_terms_on(
         &self,
-        graph: &mut Graph<'_>,
+        graph: &mut Executor<'_>,
         chain: &Chain,
         y: Vec<f32>,
         noise: Vec<f32>,
@@ -340,7 +340,7 @@ impl Model {
             .mean_dims(&[1, 2, 3])
             .reshape([n])
             * wt;
-        let vb = crate::vlb::vb_terms(chain, &ts, y, err.detach(), v);
+        let vb = crate::diffusion::vlb::vb_terms(chain, &ts, y, err.detach(), v);
         Ok((mse, vb))
     }
 
@@ -355,7 +355,7 @@ impl Model {
         sigma: &[f64],
         labels: Option<&[i64]>,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let mut graph = Executor::new(&self.device, Mode::Eval, params, 0);
         let (mse, vb) = self.hybrid_terms_on(&mut graph, chain, y, noise, sigma, labels)?;
         Ok((values(mse)?, values(vb)?))
     }
@@ -378,11 +378,11 @@ impl Model {
         dropout_seed: u64,
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
         let n = sigma.len();
-        let mut graph = Graph::new(&self.device, Mode::Train, params, dropout_seed);
+        let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
         let (mse, vb) = self.hybrid_terms_on(&mut graph, chain, y, noise, sigma, labels)?;
         let loss = (mse + vb.mul_scalar(vlb_scale)).sum().div_scalar(n as f64);
         let value = values(loss.clone())?[0];
-        let slot = Slot {
+        let slot = HostTensor {
             t: loss.into_dispatch(),
             shape: vec![1],
             int: false,
