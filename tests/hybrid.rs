@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use burn::tensor::{Tensor, TensorData};
 use memlab::config::choices::{Sampler, SamplerSettings};
 use memlab::diffusion::model::Model;
-use memlab::diffusion::vlb::Chain;
+use memlab::diffusion::vlb::{Chain, Hybrid};
 use memlab::engine::cpu;
 use memlab::engine::params::ParamStore;
 use memlab::plugins::Registry;
@@ -321,8 +321,10 @@ fn the_vlb_term_trains_only_the_variance_channels() {
         let (loss, g) = model
             .hybrid_loss_and_grads(
                 params,
-                &chain,
-                scale,
+                &Hybrid {
+                    chain: chain.clone(),
+                    vlb_scale: scale,
+                },
                 y.clone(),
                 noise.clone(),
                 &sigma,

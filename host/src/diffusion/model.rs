@@ -7,7 +7,7 @@ use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
 use indexmap::IndexMap;
 use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, HostOps};
 
-use crate::diffusion::vlb::Chain;
+use crate::diffusion::vlb::{Chain, Hybrid};
 use crate::engine::executor::{Executor, HostTensor, Mode};
 use crate::engine::params::ParamStore;
 use crate::engine::{self};
@@ -369,8 +369,7 @@ impl Model {
     pub fn hybrid_loss_and_grads(
         &self,
         params: &mut ParamStore,
-        chain: &Chain,
-        vlb_scale: f64,
+        hybrid: &Hybrid,
         y: Vec<f32>,
         noise: Vec<f32>,
         sigma: &[f64],
@@ -379,8 +378,10 @@ impl Model {
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
         let n = sigma.len();
         let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
-        let (mse, vb) = self.hybrid_terms_on(&mut graph, chain, y, noise, sigma, labels)?;
-        let loss = (mse + vb.mul_scalar(vlb_scale)).sum().div_scalar(n as f64);
+        let (mse, vb) = self.hybrid_terms_on(&mut graph, &hybrid.chain, y, noise, sigma, labels)?;
+        let loss = (mse + vb.mul_scalar(hybrid.vlb_scale))
+            .sum()
+            .div_scalar(n as f64);
         let value = values(loss.clone())?[0];
         let slot = HostTensor {
             t: loss.into_dispatch(),

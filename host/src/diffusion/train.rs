@@ -223,9 +223,7 @@ pub fn train(
                     model.schedule.label()
                 );
             };
-            let chain = crate::diffusion::vlb::Chain::from_sigmas(&grid)?;
-            let scale = cfg.vlb_weight() * chain.len() as f64;
-            Some((chain, scale))
+            Some(crate::diffusion::vlb::Hybrid::new(&grid, cfg.vlb_weight())?)
         }
     };
     let t0 = Instant::now();
@@ -249,10 +247,9 @@ pub fn train(
                 labels.as_deref(),
                 dropout_seed,
             )?,
-            Some((chain, scale)) => model.hybrid_loss_and_grads(
+            Some(hybrid) => model.hybrid_loss_and_grads(
                 &mut params,
-                chain,
-                *scale,
+                hybrid,
                 y,
                 noise,
                 &sigma,

@@ -37,6 +37,25 @@
 use anyhow::{Result, bail};
 use burn::tensor::{Tensor, TensorData};
 
+/// What `train.loss = "hybrid"` trains with: the schedule's full chain and the VLB term's
+/// weight λ·T (λ = `train.vlb_weight`), so that the one-timestep term estimates λ·L_vlb.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hybrid {
+    /// The schedule's chain (its whole σ grid).
+    pub chain: Chain,
+    /// λ·T: with λ = 0.001 the VLB term × T/1000 (`LossType.RESCALED_MSE`).
+    pub vlb_scale: f64,
+}
+
+impl Hybrid {
+    /// The objective over the discrete grid `sigmas` with λ = `vlb_weight`.
+    pub fn new(sigmas: &[f64], vlb_weight: f64) -> Result<Hybrid> {
+        let chain = Chain::from_sigmas(sigmas)?;
+        let vlb_scale = vlb_weight * chain.len() as f64;
+        Ok(Hybrid { chain, vlb_scale })
+    }
+}
+
 /// A discrete diffusion chain over ascending noise levels (the full grid or a respacing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chain {
