@@ -411,7 +411,11 @@ batch_size = 4
     let r = memlab_e2e::memlab_run(&cfg, tmp.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("resuming"), "{}", r.stderr);
-    assert_eq!(std::fs::read(&last).unwrap(), snap, "resumed snapshot differs");
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        snap,
+        "resumed snapshot differs"
+    );
     assert_eq!(std::fs::read(run.join("samples.npy")).unwrap(), samples);
 }
 

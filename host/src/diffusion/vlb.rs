@@ -16,12 +16,14 @@
 //! β'_i = 1 − ᾱ_{t_i}/ᾱ_{t_{i−1}}), so one [`Chain`] serves training (the full grid) and
 //! sampling (the sampler's σ sequence).
 //!
-//! Why not a new plugin-ABI method returning the grid: abi_stable accepts a prefix-type vtable
-//! with *more* methods than the host knows (a newer plugin), not fewer — a host whose
-//! `FfiSchedule` gained a method refuses every plugin built before it ("too many fields
-//! Expected: 8 Found: 7", tried with this change's first version against `main`'s built
-//! plugins), so appending one would break every existing plugin-api 0.2 build. `round_sigma`
-//! already carries the grid, so nothing has to cross the boundary.
+//! Why not a new plugin-ABI method returning the grid: tried first, as a defaulted
+//! `FfiSchedule` method appended after its `last_prefix_field`. abi_stable then refused every
+//! plugin library built before it at load time, a conditioning-only one included ("too many
+//! fields Expected: 8 Found: 7"): the layout check lets an implementation's prefix vtable have
+//! *more* methods than the host's, not fewer, and `FfiSchedule`'s vtable is part of the
+//! `Component` type that every library's `PluginMod::create` returns. It would have broken
+//! every existing plugin-api 0.2 build.
+//! `round_sigma` already carries the grid, so nothing has to cross the boundary.
 //!
 //! **The VLB term** (`GaussianDiffusion._vb_terms_bpd` on `training_losses`' frozen output):
 //! with x̂₀ = D(x; σ_t) (for ε-prediction, improved-diffusion's `pred_xstart` *is* the σ-space
