@@ -1181,14 +1181,16 @@ pub fn hybrid_contradiction(
     }
     if !info.learned_variance {
         return Some(format!(
-            "`train.loss = \"hybrid\"` trains a learned variance, but {} outputs none: set              `architecture.params.learn_sigma = true` (unet), or `train.loss = \"simple\"`",
+            "`train.loss = \"hybrid\"` trains a learned variance, but {} outputs none: set \
+             `architecture.params.learn_sigma = true` (unet), or `train.loss = \"simple\"`",
             arch.label()
         ));
     }
     match schedule.discrete_sigmas() {
         Ok(Some(s)) if s.len() >= 2 => None,
         Ok(Some(_)) => Some(format!(
-            "`train.loss = \"hybrid\"` needs at least 2 timesteps; {} has one (schedule.params.steps)",
+            "`train.loss = \"hybrid\"` needs at least 2 timesteps; {} has one \
+             (schedule.params.steps)",
             schedule.label()
         )),
         Ok(None) => Some(format!(
