@@ -24,7 +24,6 @@ use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 
 use crate::config::choices::{Churn, Sampler, SamplerSettings};
-
 use crate::diffusion::vlb::{Chain, learned_log_variance};
 
 /// γ of EDM's churn at σ = `s` for a run of `steps` steps: min(S_churn/N, √2 − 1) inside
@@ -55,13 +54,13 @@ pub fn sample(
 
 /// DDPM ancestral sampling with improved-diffusion's learned variance (`LEARNED_RANGE`):
 /// `denoise(x, σ)` returns D and the network's variance channels v. The chain is the one the
-/// σ sequence defines ([`crate::diffusion::vlb::Chain`] over `sigmas` without the final 0: a respacing of
-/// the schedule's grid, or all of it), exactly as `respace.py` rebuilds β' and β̃' from ᾱ at
-/// the kept timesteps. From σ (timestep t of that chain) to σ' the step is the posterior mean
-/// D + (σ'²/σ²)(x − D) plus noise of x_t-space variance Σ, log Σ = f·log β'_t +
-/// (1 − f)·log β̃'_t, f = (v + 1)/2, i.e. σ-space standard deviation √Σ·√(1 + σ'²); the last
-/// step (σ' = 0) returns D, as `p_sample` adds no noise at t = 0. `settings.kind` must be
-/// `ddpm`.
+/// σ sequence defines ([`crate::diffusion::vlb::Chain`] over `sigmas` without the final 0: a
+/// respacing of the schedule's grid, or all of it), exactly as `respace.py` rebuilds β' and β̃'
+/// from ᾱ at the kept timesteps. From σ (timestep t of that chain) to σ' the step is the
+/// posterior mean D + (σ'²/σ²)(x − D) plus noise of x_t-space variance Σ,
+/// log Σ = f·log β'_t + (1 − f)·log β̃'_t, f = (v + 1)/2, i.e. σ-space standard deviation
+/// √Σ·√(1 + σ'²); the last step (σ' = 0) returns D, as `p_sample` adds no noise at t = 0.
+/// `settings.kind` must be `ddpm`.
 pub fn sample_learned_variance(
     settings: SamplerSettings,
     sigmas: &[f64],
@@ -274,7 +273,7 @@ mod tests {
         }
     }
 
-    /// v = −1 selects β̃ (the fixed-variance step, bit for bit up to f32 rounding); v = +1
+    /// v = −1 selects β̃ (the fixed-variance step, up to f32 rounding); v = +1
     /// selects β' = (σ² − σ'²)/(1 + σ²), i.e. σ-space std √β'·√(1 + σ'²).
     #[test]
     fn learned_variance_spans_the_fixed_one_and_beta() {

@@ -174,7 +174,8 @@ fn approx_cdf(x: Tensor<4>) -> Tensor<4> {
 }
 
 /// improved-diffusion's `discretized_gaussian_log_likelihood` (nats, per pixel): the
-/// probability of the 1/127.5-wide bin of `y` (the edge bins open-ended) under N(mean, e^{2·log_scale}).
+/// probability of the 1/127.5-wide bin of `y` (the edge bins open-ended) under
+/// N(mean, e^{2·log_scale}).
 pub fn discretized_gaussian_log_likelihood(
     y: Tensor<4>,
     mean: Tensor<4>,
