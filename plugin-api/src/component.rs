@@ -63,7 +63,9 @@ pub trait NoiseSchedule: Send + Sync + 'static {
     fn loss_weight(&self, sigma: f64) -> f64;
     /// Decreasing σ sequence for `steps` sampling steps, ending with 0 (`steps + 1` values).
     fn sampling_sigmas(&self, steps: usize) -> PResult<Vec<f64>>;
-    /// Nearest σ the formulation supports (discrete schedules round; default identity).
+    /// Nearest σ the formulation supports (discrete schedules round; default identity). For a
+    /// discrete schedule the values it returns are its grid σ_0 < … < σ_{T−1}: the host reads
+    /// the grid back from them for improved-diffusion's hybrid loss and learned variance.
     fn round_sigma(&self, sigma: f64) -> f64 {
         sigma
     }
