@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod features;
 pub mod fetch;
 pub mod import;
 pub mod knn;

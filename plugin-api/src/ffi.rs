@@ -595,7 +595,82 @@ pub struct CriterionInfo {
     pub neighbours: usize,
 }
 
+/// What a criterion asks the host for beyond its k nearest distances (plugin-api 0.2.1), as
+/// bit flags: combine with `|`.
+///
+/// ```
+/// use memlab_plugin_api::Needs;
+///
+/// let n = Needs::IMAGES | Needs::FEATURES;
+/// assert!(n.contains(Needs::IMAGES) && n.contains(Needs::FEATURES));
+/// assert!(!Needs::DISTANCES.contains(Needs::IMAGES));
+/// assert_eq!(Needs::default(), Needs::DISTANCES);
+/// ```
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Needs(pub u32);
+
+impl Needs {
+    /// Only the k nearest pixel-space distances (every criterion before plugin-api 0.2.1).
+    pub const DISTANCES: Needs = Needs(0);
+    /// The sample and its k nearest training images (pixels in [−1, 1], NCHW), besides the
+    /// distances: for patch-wise, SSIM-like or per-region criteria.
+    pub const IMAGES: Needs = Needs(1);
+    /// Search in the feature space of the criterion's embedding network
+    /// ([`crate::Criterion::embed`]) instead of pixel space: the k nearest training images and
+    /// their distances are those of the embeddings.
+    pub const FEATURES: Needs = Needs(2);
+    /// Every bit this version of plugin-api knows; a host refuses a criterion asking for others.
+    pub const KNOWN: Needs = Needs(3);
+
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Needs) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Needs {
+    type Output = Needs;
+    fn bitor(self, rhs: Needs) -> Needs {
+        Needs(self.0 | rhs.0)
+    }
+}
+
+/// A criterion's requests as the host reads them ([`FfiCriterion::needs`], plugin-api 0.2.1).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CriterionNeeds {
+    /// What the criterion judges on besides distances.
+    pub needs: Needs,
+    /// Seed of the embedding network's parameter initialisation (with [`Needs::FEATURES`]):
+    /// each parameter is drawn from (seed, its name), as an architecture's are from the run's seed.
+    pub embedding_seed: u64,
+}
+
+/// Everything a criterion judges a chunk of samples on ([`FfiCriterion::judge_with`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct JudgeArgs<'a> {
+    /// Ascending distances, `neighbours` per sample, row-major (pixel or feature space).
+    pub distances: RSlice<'a, f32>,
+    /// Neighbours per sample (k).
+    pub neighbours: usize,
+    /// Training-set positions of the neighbours, like `distances`.
+    pub ids: RSlice<'a, u64>,
+    /// Image shape `[C, H, W]`.
+    pub shape: [usize; 3],
+    /// The samples, NCHW (empty unless [`Needs::IMAGES`]).
+    pub samples: RSlice<'a, f32>,
+    /// The neighbours' images, `neighbours` per sample in the order of `distances`
+    /// (empty unless [`Needs::IMAGES`]).
+    pub neighbour_images: RSlice<'a, f32>,
+}
+
 /// FFI form of [`crate::Criterion`].
+///
+/// `needs`, `embed` and `judge_with` were appended in plugin-api 0.2.1 after the prefix
+/// (`judge`); in a criterion built against 0.2.0 they are absent and their default bodies run
+/// on the host side: distances only.
 #[sabi_trait]
 pub trait FfiCriterion: Send + Sync {
     /// Distance and neighbour count.
@@ -610,6 +685,26 @@ pub trait FfiCriterion: Send + Sync {
         flags: RSliceMut<'_, bool>,
         scores: RSliceMut<'_, f32>,
     ) -> RResult<(), RString>;
+    /// What the criterion needs beyond distances (0.2.1; absent: distances only).
+    fn needs(&self) -> RResult<CriterionNeeds, RString> {
+        RResult::ROk(CriterionNeeds::default())
+    }
+    /// Embeds images `x` (`[N, C, H, W]`) into features `[N, D]` through the host ops (0.2.1).
+    fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString> {
+        let _ = (ops, x);
+        RResult::RErr("this criterion has no embedding network (built before plugin-api 0.2.1)".into())
+    }
+    /// Judges a chunk of samples from [`JudgeArgs`] (0.2.1; absent: never called, since
+    /// `needs` then says distances only).
+    fn judge_with(
+        &self,
+        args: JudgeArgs<'_>,
+        flags: RSliceMut<'_, bool>,
+        scores: RSliceMut<'_, f32>,
+    ) -> RResult<(), RString> {
+        let _ = (args, flags, scores);
+        RResult::RErr("this criterion judges on distances only (built before plugin-api 0.2.1)".into())
+    }
 }
 
 /// Boxed FFI dataset.

@@ -317,4 +317,60 @@ impl CriterionHandle {
         )?;
         Ok((flags, scores))
     }
+    /// What the criterion needs beyond distances. A criterion built against plugin-api 0.2.0
+    /// has no `needs` method: the FFI default answers distances only. Bits this host does not
+    /// know (a criterion built against a later plugin-api) are refused.
+    pub fn needs(&self) -> Result<CriterionNeeds> {
+        let n = ok(&self.label, self.inner.needs())?;
+        if !Needs::KNOWN.contains(n.needs) {
+            bail!(
+                "{}: asks the host for inputs it does not know (needs bits {:#x}; this host \
+                 provides images and features, plugin-api {}): update memlab",
+                self.label,
+                n.needs.0,
+                memlab_plugin_api::API_VERSION
+            );
+        }
+        Ok(n)
+    }
+    /// Raw call of the criterion's embedding network (see [`crate::features::embed`] for the
+    /// checked one).
+    pub fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> Result<TensorId> {
+        ok(&self.label, self.inner.embed(ops, x))
+    }
+    /// Flags and scores of a chunk of samples from distances, neighbour ids and (when asked
+    /// for) images; `shape` is `[C, H, W]`.
+    pub fn judge_with(
+        &self,
+        distances: &[f32],
+        k: usize,
+        ids: &[u64],
+        shape: [usize; 3],
+        samples: &[f32],
+        neighbour_images: &[f32],
+    ) -> Result<(Vec<bool>, Vec<f32>)> {
+        if k == 0 || !distances.len().is_multiple_of(k) || ids.len() != distances.len() {
+            bail!("distances are not a whole number of rows of {k}");
+        }
+        let m = distances.len() / k;
+        let mut flags = vec![false; m];
+        let mut scores = vec![f32::NAN; m];
+        let args = JudgeArgs {
+            distances: distances.into(),
+            neighbours: k,
+            ids: ids.into(),
+            shape,
+            samples: samples.into(),
+            neighbour_images: neighbour_images.into(),
+        };
+        ok(
+            &self.label,
+            self.inner.judge_with(
+                args,
+                flags.as_mut_slice().into(),
+                scores.as_mut_slice().into(),
+            ),
+        )?;
+        Ok((flags, scores))
+    }
 }
