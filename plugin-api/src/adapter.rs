@@ -202,6 +202,14 @@ impl<T: Criterion> FfiCriterion for CriterionAdapter<T> {
             self.inner.judge(&distances, &mut flags, &mut scores)
         })
     }
+}
+
+pub(crate) struct CriterionExtAdapter<T> {
+    pub who: String,
+    pub inner: T,
+}
+
+impl<T: Criterion> FfiCriterionExt for CriterionExtAdapter<T> {
     fn needs(&self) -> RResult<CriterionNeeds, RString> {
         guard(&self.who, || {
             Ok(crate::component::criterion_needs(&self.inner))

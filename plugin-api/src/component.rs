@@ -222,6 +222,9 @@ impl<'a> Judging<'a> {
 /// let (mut flags, mut scores) = ([false; 2], [0f32; 2]);
 /// c.judge_with(&j, &mut flags, &mut scores).unwrap();
 /// assert_eq!(flags, [true, false]);
+/// // A host too old to provide images calls `judge`, which refuses with an explanation.
+/// let e = c.judge(&[0.0, 2.0], &mut flags, &mut scores).unwrap_err();
+/// assert!(e.contains("judges on images") && e.contains("plugin-api"), "{e}");
 /// ```
 pub trait Criterion: Send + Sync + 'static {
     /// Distance to search with: between images in pixel space, or between embeddings with
@@ -235,8 +238,8 @@ pub trait Criterion: Send + Sync + 'static {
     fn judge(&self, distances: &[f32], flags: &mut [bool], scores: &mut [f32]) -> PResult<()> {
         let _ = (distances, flags, scores);
         Err(format!(
-            "this criterion needs {:?} beyond distances: it needs a host with memlab-plugin-api \
-             {} or later",
+            "this criterion judges on {} beyond distances, which this host does not provide: \
+             it needs memlab with plugin-api {} or later",
             self.needs(),
             crate::API_VERSION
         ))

@@ -605,6 +605,7 @@ pub struct CriterionInfo {
 /// assert!(n.contains(Needs::IMAGES) && n.contains(Needs::FEATURES));
 /// assert!(!Needs::DISTANCES.contains(Needs::IMAGES));
 /// assert_eq!(Needs::default(), Needs::DISTANCES);
+/// assert_eq!(n.to_string(), "images and features");
 /// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -626,6 +627,28 @@ impl Needs {
     /// Whether every bit of `other` is set in `self`.
     pub const fn contains(self, other: Needs) -> bool {
         self.0 & other.0 == other.0
+    }
+}
+
+impl std::fmt::Display for Needs {
+    /// `distances`, `images`, `features` or `images and features` (unknown bits in hex).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.contains(Needs::IMAGES) {
+            parts.push("images".to_string());
+        }
+        if self.contains(Needs::FEATURES) {
+            parts.push("features".to_string());
+        }
+        let unknown = self.0 & !Needs::KNOWN.0;
+        if unknown != 0 {
+            parts.push(format!("unknown inputs {unknown:#x}"));
+        }
+        if parts.is_empty() {
+            f.write_str("distances")
+        } else {
+            f.write_str(&parts.join(" and "))
+        }
     }
 }
 
@@ -666,11 +689,9 @@ pub struct JudgeArgs<'a> {
     pub neighbour_images: RSlice<'a, f32>,
 }
 
-/// FFI form of [`crate::Criterion`].
-///
-/// `needs`, `embed` and `judge_with` were appended in plugin-api 0.2.1 after the prefix
-/// (`judge`); in a criterion built against 0.2.0 they are absent and their default bodies run
-/// on the host side: distances only.
+/// FFI form of [`crate::Criterion`]: what every criterion provides, unchanged since
+/// plugin-api 0.2.0. What a criterion may ask for beyond distances is a separate object,
+/// [`FfiCriterionExt`], reached through the library's second root module ([`ExtMod`]).
 #[sabi_trait]
 pub trait FfiCriterion: Send + Sync {
     /// Distance and neighbour count.
@@ -685,26 +706,30 @@ pub trait FfiCriterion: Send + Sync {
         flags: RSliceMut<'_, bool>,
         scores: RSliceMut<'_, f32>,
     ) -> RResult<(), RString>;
-    /// What the criterion needs beyond distances (0.2.1; absent: distances only).
-    fn needs(&self) -> RResult<CriterionNeeds, RString> {
-        RResult::ROk(CriterionNeeds::default())
-    }
-    /// Embeds images `x` (`[N, C, H, W]`) into features `[N, D]` through the host ops (0.2.1).
-    fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString> {
-        let _ = (ops, x);
-        RResult::RErr("this criterion has no embedding network (built before plugin-api 0.2.1)".into())
-    }
-    /// Judges a chunk of samples from [`JudgeArgs`] (0.2.1; absent: never called, since
-    /// `needs` then says distances only).
+}
+
+/// The part of [`crate::Criterion`] added in plugin-api 0.2.1: what the criterion needs beyond
+/// distances, its embedding network, and judging with images or features.
+///
+/// It is not appended to [`FfiCriterion`]: abi_stable 0.11 refuses a library whose vtable has
+/// fewer methods than the host's (“too many fields”), so a host with a longer `FfiCriterion`
+/// would refuse every criterion built against 0.2.0. A library built against 0.2.1 exports
+/// [`ExtMod`] under its own symbol; an older library does not, and the host treats its
+/// criteria as distances-only.
+#[sabi_trait]
+pub trait FfiCriterionExt: Send + Sync {
+    /// What the criterion needs beyond distances.
+    fn needs(&self) -> RResult<CriterionNeeds, RString>;
+    /// Embeds images `x` (`[N, C, H, W]`) into features `[N, D]` through the host ops.
+    fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString>;
+    /// Judges a chunk of samples from [`JudgeArgs`].
+    #[sabi(last_prefix_field)]
     fn judge_with(
         &self,
         args: JudgeArgs<'_>,
         flags: RSliceMut<'_, bool>,
         scores: RSliceMut<'_, f32>,
-    ) -> RResult<(), RString> {
-        let _ = (args, flags, scores);
-        RResult::RErr("this criterion judges on distances only (built before plugin-api 0.2.1)".into())
-    }
+    ) -> RResult<(), RString>;
 }
 
 /// Boxed FFI dataset.
@@ -717,6 +742,8 @@ pub type ConditioningBox = FfiConditioning_TO<'static, RBox<()>>;
 pub type ArchitectureBox = FfiArchitecture_TO<'static, RBox<()>>;
 /// Boxed FFI criterion.
 pub type CriterionBox = FfiCriterion_TO<'static, RBox<()>>;
+/// Boxed FFI criterion extension (plugin-api 0.2.1).
+pub type CriterionExtBox = FfiCriterionExt_TO<'static, RBox<()>>;
 
 /// A constructed component of any kind.
 #[repr(u8)]
@@ -771,5 +798,36 @@ impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "memlab_plugin";
     const NAME: &'static str = "memlab plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The library's second root module (plugin-api 0.2.1), exported under the symbol
+/// [`EXT_SYMBOL`] by [`crate::export_plugin!`]: additions to the interface that the
+/// [`PluginMod`] of 0.2.0 cannot carry without breaking older libraries. A host looks it up
+/// after loading `PluginMod`; a library without it (built against 0.2.0) simply has none of
+/// these additions. Later versions append fields here (the host copes with their absence) or,
+/// when abi_stable's check would refuse older libraries, add another module like this one.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ExtModRef)))]
+#[sabi(missing_field(panic))]
+pub struct ExtMod {
+    /// Constructs the [`FfiCriterionExt`] part of criterion `name` from its parameters and seed
+    /// (the same arguments as [`PluginMod::create`]; the host calls both).
+    #[sabi(last_prefix_field)]
+    pub criterion_ext: extern "C" fn(
+        name: RStr<'_>,
+        params: RStr<'_>,
+        seed: u64,
+    ) -> RResult<CriterionExtBox, RString>,
+}
+
+/// Symbol under which a library exports its [`ExtMod`] header (NUL-terminated).
+pub const EXT_SYMBOL: &[u8] = b"memlab_plugin_ext_header\0";
+
+impl RootModule for ExtModRef {
+    declare_root_module_statics! {ExtModRef}
+    const BASE_NAME: &'static str = "memlab_plugin_ext";
+    const NAME: &'static str = "memlab plugin extensions";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }

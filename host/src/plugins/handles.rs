@@ -276,15 +276,30 @@ impl ArchitectureHandle {
     }
 }
 
-/// A replication-criterion component.
+/// A replication-criterion component: the [`FfiCriterion`] every criterion has, and its
+/// [`FfiCriterionExt`] part when its library was built against plugin-api 0.2.1 or later.
 pub struct CriterionHandle {
     inner: CriterionBox,
+    ext: Option<CriterionExtBox>,
     label: String,
 }
 
 impl CriterionHandle {
-    pub(crate) fn new(inner: CriterionBox, label: String) -> Self {
-        CriterionHandle { inner, label }
+    pub(crate) fn new(inner: CriterionBox, ext: Option<CriterionExtBox>, label: String) -> Self {
+        CriterionHandle { inner, ext, label }
+    }
+    /// Whether the criterion's library provides the plugin-api 0.2.1 additions (images,
+    /// features); a criterion without them is judged on distances.
+    pub fn has_ext(&self) -> bool {
+        self.ext.is_some()
+    }
+    fn ext(&self) -> Result<&CriterionExtBox> {
+        self.ext.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: built against plugin-api 0.2.0, it judges on distances only",
+                self.label
+            )
+        })
     }
     /// "criterion `name` (plugin lib)".
     pub fn label(&self) -> &str {
@@ -318,10 +333,13 @@ impl CriterionHandle {
         Ok((flags, scores))
     }
     /// What the criterion needs beyond distances. A criterion built against plugin-api 0.2.0
-    /// has no `needs` method: the FFI default answers distances only. Bits this host does not
-    /// know (a criterion built against a later plugin-api) are refused.
+    /// has no extension part: distances only. Bits this host does not know (a criterion built
+    /// against a later plugin-api) are refused.
     pub fn needs(&self) -> Result<CriterionNeeds> {
-        let n = ok(&self.label, self.inner.needs())?;
+        let Some(ext) = &self.ext else {
+            return Ok(CriterionNeeds::default());
+        };
+        let n = ok(&self.label, ext.needs())?;
         if !Needs::KNOWN.contains(n.needs) {
             bail!(
                 "{}: asks the host for inputs it does not know (needs bits {:#x}; this host \
@@ -336,7 +354,7 @@ impl CriterionHandle {
     /// Raw call of the criterion's embedding network (see [`crate::features::embed`] for the
     /// checked one).
     pub fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> Result<TensorId> {
-        ok(&self.label, self.inner.embed(ops, x))
+        ok(&self.label, self.ext()?.embed(ops, x))
     }
     /// Flags and scores of a chunk of samples from distances, neighbour ids and (when asked
     /// for) images; `shape` is `[C, H, W]`.
@@ -365,7 +383,7 @@ impl CriterionHandle {
         };
         ok(
             &self.label,
-            self.inner.judge_with(
+            self.ext()?.judge_with(
                 args,
                 flags.as_mut_slice().into(),
                 scores.as_mut_slice().into(),

@@ -264,10 +264,24 @@ impl Registry {
         }
     }
 
-    /// A replication criterion.
+    /// A replication criterion, with its [`FfiCriterionExt`] part when its library provides one
+    /// (plugin-api 0.2.1 and later; a criterion from an older library is distances-only).
     pub fn criterion(&self, name: &str, params: &str, seed: u64) -> Result<CriterionHandle> {
         match self.create(ComponentKind::Criterion, name, params, seed)? {
-            (Component::Criterion(d), label) => Ok(CriterionHandle::new(d, label)),
+            (Component::Criterion(d), label) => {
+                let lib = self
+                    .library_of(ComponentKind::Criterion, name)
+                    .expect("created above");
+                let ext = match &lib.ext {
+                    Some(ext) => Some(
+                        (ext.criterion_ext())(name.into(), params.into(), seed)
+                            .into_result()
+                            .map_err(|e| anyhow!("{e}"))?,
+                    ),
+                    None => None,
+                };
+                Ok(CriterionHandle::new(d, ext, label))
+            }
             _ => unreachable!("kind checked"),
         }
     }
