@@ -271,3 +271,38 @@ fn run_eval_and_study_report_the_new_criteria() {
         "{results}"
     );
 }
+
+/// What each kind of criterion costs on top of the shared pixel k-NN, at a representative size
+/// (CIFAR-10 images, 1,000 samples against 10,000 training images). Run it optimised:
+/// `cargo test --release --test criteria_beyond_distances -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run by hand with --release"]
+fn cost_at_cifar_size() {
+    let reg = Registry::load(&[]).unwrap();
+    let (m, n, shape) = (1000usize, 10_000usize, [3usize, 32, 32]);
+    let dim = 3 * 32 * 32;
+    let mut g = SplitMix64(7);
+    let train = uniform(&mut g, n * dim);
+    let samples = uniform(&mut g, m * dim);
+    let dev = memlab::engine::cpu();
+    let mut base = 0.0;
+    for (name, params) in [
+        ("ratio", ""),
+        ("patch", ""),
+        ("random-features", ""),
+        ("random-features", "width = 64"),
+    ] {
+        let crit = criteria(&reg, &[(name, params)]);
+        let t = std::time::Instant::now();
+        let ev = evaluate(&samples, &vec![0; m], &[], &train, shape, &crit, &dev).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        if name == "ratio" {
+            base = s;
+        }
+        eprintln!(
+            "{name} {params}: {s:.2} s ({:+.2} s over ratio), {} flagged",
+            s - base,
+            ev.criteria[0].replicates
+        );
+    }
+}
