@@ -203,7 +203,7 @@ fn run_eval_and_study_report_the_new_criteria() {
     let ids: Vec<u64> = (40..80).collect();
     let (fresh, _) = ds.fill(&ids).unwrap();
     let fresh_path = tmp.path().join("fresh.npy");
-    memlab::output::write_npy_f32(&fresh_path, &[40, 3, 16, 16], &fresh).unwrap();
+    memlab::io::output::write_npy_f32(&fresh_path, &[40, 3, 16, 16], &fresh).unwrap();
     let e = memlab(
         &[
             "eval",

@@ -70,7 +70,7 @@ fn every_kind_scaffolds_builds_loads_and_runs() {
             assert!(dir.join(f).is_file(), "{kind}: {f} missing");
         }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-        let lib = memlab::scaffold::library_file(&name);
+        let lib = memlab::cli::scaffold::library_file(&name);
         for cmd in [
             "cargo build".to_string(),
             format!("memlab plugins --check target/debug/{lib}"),
@@ -180,12 +180,12 @@ fn plugins_md_examples_are_the_scaffold_templates() {
         blocks.push(format!("{}\n", &body[..end]));
         rest = &body[end..];
     }
-    let api = memlab::scaffold::ApiDependency::Version("0.1".into());
+    let api = memlab::cli::scaffold::ApiDependency::Version("0.1".into());
     let mut expected = Vec::new();
     for (kind, name, images) in templates() {
-        let k = memlab::scaffold::parse_kind(kind).unwrap();
-        let t = memlab::scaffold::Template::new(k, images).unwrap();
-        let files = memlab::scaffold::render(t, &name, &api);
+        let k = memlab::cli::scaffold::parse_kind(kind).unwrap();
+        let t = memlab::cli::scaffold::Template::new(k, images).unwrap();
+        let files = memlab::cli::scaffold::render(t, &name, &api);
         let lib = files.iter().find(|(p, _)| *p == "src/lib.rs").unwrap();
         assert!(
             blocks.contains(&lib.1),

@@ -11,7 +11,7 @@
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Device;
 
-use crate::engine::graph::{Graph, Mode};
+use crate::engine::executor::{Executor, Mode};
 use crate::engine::params::{ParamStore, read_f32};
 use crate::plugins::CriterionHandle;
 
@@ -35,7 +35,7 @@ pub fn embed(
         bail!("{what}: not a whole number of {shape:?} images");
     }
     let n = images.len() / per;
-    let bar = crate::progress::bar(
+    let bar = crate::io::progress::bar(
         n as u64,
         &format!("{{prefix}}embedding {what} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}})"),
     );
@@ -43,15 +43,15 @@ pub fn embed(
     let mut dim = 0usize;
     for (b, chunk) in images.chunks(BATCH * per).enumerate() {
         let rows = chunk.len() / per;
-        let graph = Graph::new(device, Mode::Eval, store, 0);
-        let x = graph.insert_data(chunk.to_vec(), &[rows, shape[0], shape[1], shape[2]])?;
-        let res = criterion.embed(graph.ops(), x);
+        let exec = Executor::new(device, Mode::Eval, store, 0);
+        let x = exec.insert_data(chunk.to_vec(), &[rows, shape[0], shape[1], shape[2]])?;
+        let res = criterion.embed(exec.ops(), x);
         use memlab_plugin_api::ffi::HostOps;
-        graph.release(x);
+        exec.release(x);
         let id = match res {
             Ok(id) => id,
             Err(e) => {
-                return Err(match graph.error() {
+                return Err(match exec.error() {
                     Some(op) => anyhow!("{} embedding network: {op}", criterion.label()),
                     None => e,
                 });
@@ -60,28 +60,28 @@ pub fn embed(
         let slot = graph
             .finish(id)
             .map_err(|e| anyhow!("{} embedding network: {e}", criterion.label()))?;
-        graph.release(id);
-        if slot.int || slot.shape.len() != 2 || slot.shape[0] != rows || slot.shape[1] == 0 {
+        exec.release(id);
+        if out.int || out.shape.len() != 2 || out.shape[0] != rows || out.shape[1] == 0 {
             bail!(
                 "{}: the embedding network must return features [N, D] for N images; for \
                  {rows} images of {shape:?} it returned {:?}{}",
                 criterion.label(),
-                slot.shape,
-                if slot.int { " integers" } else { "" }
+                out.shape,
+                if out.int { " integers" } else { "" }
             );
         }
         if b == 0 {
-            dim = slot.shape[1];
-            let total = crate::budget::mul(n, dim, || format!("{what}: features"))?;
-            out = crate::budget::try_with_capacity(total, || format!("{what}: features"))?;
-        } else if slot.shape[1] != dim {
+            dim = out.shape[1];
+            let total = crate::io::alloc::mul(n, dim, || format!("{what}: features"))?;
+            out = crate::io::alloc::try_with_capacity(total, || format!("{what}: features"))?;
+        } else if out.shape[1] != dim {
             bail!(
                 "{}: the embedding network returned {} features per image after {dim}",
                 criterion.label(),
-                slot.shape[1]
+                out.shape[1]
             );
         }
-        let values = read_f32(&slot.t, 2)?;
+        let values = read_f32(&out.t, 2)?;
         if let Some(p) = values.iter().position(|v| !v.is_finite()) {
             bail!(
                 "{}: the embedding of image {} of the {what} holds a non-finite value",
@@ -90,7 +90,7 @@ pub fn embed(
             );
         }
         out.extend_from_slice(&values);
-        drop(graph);
+        drop(exec);
         store.freeze();
         if let Some(bar) = &bar {
             bar.inc(rows as u64);

@@ -2,6 +2,9 @@
 //! and the numbers papers report (memorization ratio, mean d₁, distinct training images
 //! replicated, per class).
 
+pub mod features;
+pub mod knn;
+
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
@@ -10,7 +13,7 @@ use memlab_plugin_api::ffi::{Distance, Needs};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::params::ParamStore;
-use crate::knn::{Neighbours, knn};
+use crate::eval::knn::{Neighbours, knn};
 use crate::plugins::CriterionHandle;
 
 /// Results of one criterion.
@@ -181,7 +184,12 @@ pub fn evaluate(
         let k = info.neighbours.min(n);
         let own;
         let nb = if cn.needs.contains(Needs::FEATURES) {
-            own = feature_neighbours(c, cn.embedding_seed, samples, train, shape, k, info.distance, device)?;
+            let images = Images {
+                samples,
+                train,
+                shape,
+            };
+            own = feature_neighbours(c, cn.embedding_seed, images, k, info.distance, device)?;
             &own
         } else {
             &found[&(info.distance as u8)]
@@ -242,23 +250,36 @@ pub fn evaluate(
     })
 }
 
+/// The images of one evaluation: samples and training images, NCHW of `shape` = `[C, H, W]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    /// The samples judged.
+    pub samples: &'a [f32],
+    /// The training images searched.
+    pub train: &'a [f32],
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+}
+
 /// The exact k nearest training images of every sample in the feature space of `c`'s
 /// embedding network (parameters from `seed`), with the criterion's distance.
-#[allow(clippy::too_many_arguments)]
 pub fn feature_neighbours(
     c: &CriterionHandle,
     seed: u64,
-    samples: &[f32],
-    train: &[f32],
-    shape: [usize; 3],
+    images: Images<'_>,
     k: usize,
     distance: Distance,
     device: &Device,
 ) -> Result<Neighbours> {
+    let Images {
+        samples,
+        train,
+        shape,
+    } = images;
     let t = std::time::Instant::now();
     let mut store = ParamStore::new(seed);
-    let (fs, d) = crate::features::embed(c, &mut store, samples, shape, device, "samples")?;
-    let (ft, d2) = crate::features::embed(c, &mut store, train, shape, device, "training images")?;
+    let (fs, d) = features::embed(c, &mut store, samples, shape, device, "samples")?;
+    let (ft, d2) = features::embed(c, &mut store, train, shape, device, "training images")?;
     if d != d2 {
         anyhow::bail!(
             "{}: the embedding network returned {d} features per sample but {d2} per training image",
