@@ -64,7 +64,12 @@ fn planted_copies_are_flagged_and_fresh_images_are_not() {
     .unwrap();
     let [ratio, patch, rf] = [&ev.criteria[0], &ev.criteria[1], &ev.criteria[2]];
     // The pixel ratio misses the half copy: its whole-image distance is no closer to image 20.
-    assert_eq!(ratio.flags, [true, false, true, false], "{:?}", ratio.scores);
+    assert_eq!(
+        ratio.flags,
+        [true, false, true, false],
+        "{:?}",
+        ratio.scores
+    );
     // Patch-wise: every patch of the copies, half of the half copy's, none of the fresh image's.
     assert_eq!(patch.flags, [true, false, true, true], "{:?}", patch.scores);
     assert_eq!(patch.scores[0], 1.0);
@@ -191,7 +196,9 @@ fn run_eval_and_study_report_the_new_criteria() {
         serde_json::from_slice(&std::fs::read(run.join("replication.json")).unwrap()).unwrap();
     // The optimal denoiser reproduces training images: both criteria flag (nearly) all.
     for name in ["patch", "random-features"] {
-        let ratio = criterion(&rep["evaluation"], name)["ratio"].as_f64().unwrap();
+        let ratio = criterion(&rep["evaluation"], name)["ratio"]
+            .as_f64()
+            .unwrap();
         assert!(ratio >= 0.95, "{name}: {ratio}");
     }
 
@@ -217,12 +224,13 @@ fn run_eval_and_study_report_the_new_criteria() {
         None,
     );
     assert_eq!(e.code, 0, "{}", e.stderr);
-    let rep: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("fresh/evaluation.json")).unwrap(),
-    )
-    .unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("fresh/evaluation.json")).unwrap())
+            .unwrap();
     for name in ["patch", "random-features"] {
-        let ratio = criterion(&rep["evaluation"], name)["ratio"].as_f64().unwrap();
+        let ratio = criterion(&rep["evaluation"], name)["ratio"]
+            .as_f64()
+            .unwrap();
         assert!(ratio <= 0.1, "{name} flags fresh draws: {ratio}");
     }
 

@@ -77,8 +77,8 @@ fn templates(t: Template) -> (&'static str, &'static str) {
             include_str!("../../templates/dataset/example.toml"),
         ),
         ComponentKind::Criterion if t.images => (
-            include_str!("../templates/criterion-images/lib.rs"),
-            include_str!("../templates/criterion-images/example.toml"),
+            include_str!("../../templates/criterion-images/lib.rs"),
+            include_str!("../../templates/criterion-images/example.toml"),
         ),
         ComponentKind::Criterion => (
             include_str!("../../templates/criterion/lib.rs"),

@@ -57,31 +57,31 @@ pub fn embed(
                 });
             }
         };
-        let slot = graph
+        let feat = exec
             .finish(id)
             .map_err(|e| anyhow!("{} embedding network: {e}", criterion.label()))?;
         exec.release(id);
-        if out.int || out.shape.len() != 2 || out.shape[0] != rows || out.shape[1] == 0 {
+        if feat.int || feat.shape.len() != 2 || feat.shape[0] != rows || feat.shape[1] == 0 {
             bail!(
                 "{}: the embedding network must return features [N, D] for N images; for \
                  {rows} images of {shape:?} it returned {:?}{}",
                 criterion.label(),
-                out.shape,
-                if out.int { " integers" } else { "" }
+                feat.shape,
+                if feat.int { " integers" } else { "" }
             );
         }
         if b == 0 {
-            dim = out.shape[1];
+            dim = feat.shape[1];
             let total = crate::io::alloc::mul(n, dim, || format!("{what}: features"))?;
             out = crate::io::alloc::try_with_capacity(total, || format!("{what}: features"))?;
-        } else if out.shape[1] != dim {
+        } else if feat.shape[1] != dim {
             bail!(
                 "{}: the embedding network returned {} features per image after {dim}",
                 criterion.label(),
-                out.shape[1]
+                feat.shape[1]
             );
         }
-        let values = read_f32(&out.t, 2)?;
+        let values = read_f32(&feat.t, 2)?;
         if let Some(p) = values.iter().position(|v| !v.is_finite()) {
             bail!(
                 "{}: the embedding of image {} of the {what} holds a non-finite value",

@@ -207,7 +207,12 @@ mod tests {
     }
 
     /// Judges samples against explicit candidates (`cands[i]` for sample `i`).
-    fn judge(p: &Patch, shape: [usize; 3], samples: &[Vec<f32>], cands: &[Vec<Vec<f32>>]) -> (Vec<bool>, Vec<f32>) {
+    fn judge(
+        p: &Patch,
+        shape: [usize; 3],
+        samples: &[Vec<f32>],
+        cands: &[Vec<Vec<f32>>],
+    ) -> (Vec<bool>, Vec<f32>) {
         let k = cands[0].len();
         let m = samples.len();
         let flat_s: Vec<f32> = samples.concat();
@@ -301,6 +306,9 @@ mod tests {
         assert!(parse("min_fraction = 1.5").is_err());
         assert!(parse("patches = 4").unwrap_err().contains("unknown field"));
         let p = parse("candidates = 5").unwrap();
-        assert_eq!((p.neighbours(), p.needs(), p.distance()), (5, Needs::IMAGES, Distance::L2));
+        assert_eq!(
+            (p.neighbours(), p.needs(), p.distance()),
+            (5, Needs::IMAGES, Distance::L2)
+        );
     }
 }
