@@ -257,7 +257,12 @@ mod tests {
         assert_eq!(f, [true, true, false]);
         // A stricter fraction leaves only the full copy.
         let strict = patch("grid = 4\ncandidates = 3\nmin_fraction = 0.75");
-        let (f, _) = judge(&strict, shape, &[a.clone()], &[vec![a.clone(), b, c]]);
+        let (f, _) = judge(
+            &strict,
+            shape,
+            std::slice::from_ref(&a),
+            &[vec![a.clone(), b, c]],
+        );
         assert_eq!(f, [true]);
     }
 
@@ -267,7 +272,12 @@ mod tests {
         let mut g = SplitMix64(9);
         let a = random(&mut g, 16);
         let p = patch("grid = 2\ncandidates = 2");
-        let (f, s) = judge(&p, [1, 4, 4], &[a.clone()], &[vec![a.clone(), a.clone()]]);
+        let (f, s) = judge(
+            &p,
+            [1, 4, 4],
+            std::slice::from_ref(&a),
+            &[vec![a.clone(), a.clone()]],
+        );
         assert_eq!((f[0], s[0]), (false, 0.0));
         // A flat background shared by both candidates is copied from neither; the one patch
         // that matches only `x` is, from `x`: 1 of 4 patches.
