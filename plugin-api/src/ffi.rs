@@ -5,8 +5,11 @@
 //! [`crate::component`] and register them with [`crate::export_plugin!`]; the adapters in
 //! [`crate::adapter`] turn them into these FFI-safe objects. The host consumes these types.
 //!
-//! Every `#[sabi_trait]` here marks its last method with `#[sabi(last_prefix_field)]`, so methods
-//! added after it in a later minor version do not break plugins built against this one.
+//! Every `#[sabi_trait]` here marks its last method with `#[sabi(last_prefix_field)]`. abi_stable
+//! 0.11 accepts a library with more trailing methods or fields than the host expects, but refuses
+//! one with fewer, so a host can never append to a type an older library already has: within a
+//! minor version, additions go into a new root module under its own symbol ([`ExtMod`], 0.2.1),
+//! which older libraries simply lack.
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -816,8 +819,9 @@ impl Component {
     }
 }
 
-/// The root module every plugin library exports (a prefix type: fields may be appended in
-/// later versions without breaking libraries built against this one).
+/// The root module every plugin library exports. Unchanged since 0.2.0 and never to be appended
+/// to: abi_stable 0.11 refuses a library whose prefix type has fewer fields than the host's, so
+/// an appended field would lock out every older library. Additions go into [`ExtMod`].
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
