@@ -101,3 +101,152 @@ pub fn embed(
     }
     Ok((out, dim))
 }
+
+#[cfg(test)]
+mod tests {
+    use memlab_plugin_api::ffi::{Component, ComponentKind};
+    use memlab_plugin_api::prelude::*;
+
+    use super::*;
+    use crate::eval::{Images, evaluate, feature_neighbours};
+
+    /// A feature criterion whose `embed` is chosen by `mode`.
+    struct Probe {
+        mode: u8,
+    }
+
+    impl Criterion for Probe {
+        fn distance(&self) -> Distance {
+            Distance::L2
+        }
+        fn neighbours(&self) -> usize {
+            2
+        }
+        fn needs(&self) -> Needs {
+            if self.mode == 9 {
+                Needs(8)
+            } else {
+                Needs::FEATURES
+            }
+        }
+        fn judge(&self, d: &[f32], flags: &mut [bool], scores: &mut [f32]) -> PResult<()> {
+            for (i, (f, s)) in flags.iter_mut().zip(scores.iter_mut()).enumerate() {
+                *s = d[2 * i];
+                *f = d[2 * i] < 1e-3;
+            }
+            Ok(())
+        }
+        fn embed<'a>(&self, ctx: &'a Ctx<'a>, x: &Tensor<'a>) -> PResult<Tensor<'a>> {
+            let h = Conv2d::new(1, 4, 3).same().forward(&ctx.scope("conv"), x);
+            match self.mode {
+                0 => Ok(h.flatten_from(1)),
+                1 => Ok(h),
+                2 => Ok(h.reshape_to(&[7, 3])),
+                _ => Err("boom".into()),
+            }
+        }
+    }
+
+    /// The criterion as the host gets it from a library: its `FfiCriterion` and, built from the
+    /// same constructor, its `FfiCriterionExt` part.
+    fn handle(mode: u8) -> CriterionHandle {
+        fn m0(_: &Params, _: u64) -> PResult<Probe> {
+            Ok(Probe { mode: 0 })
+        }
+        fn m1(_: &Params, _: u64) -> PResult<Probe> {
+            Ok(Probe { mode: 1 })
+        }
+        fn m2(_: &Params, _: u64) -> PResult<Probe> {
+            Ok(Probe { mode: 2 })
+        }
+        fn m3(_: &Params, _: u64) -> PResult<Probe> {
+            Ok(Probe { mode: 3 })
+        }
+        fn m9(_: &Params, _: u64) -> PResult<Probe> {
+            Ok(Probe { mode: 9 })
+        }
+        let make = [m0, m1, m2, m3, m9][(mode as usize).min(4)];
+        let mut p = Plugin::new("test-plugin", "0.0.0");
+        p.criterion("probe", "test", &[], make);
+        let base = match p.create(ComponentKind::Criterion, "probe", "", 0).unwrap() {
+            Component::Criterion(c) => c,
+            _ => unreachable!("a criterion"),
+        };
+        let ext = p.create_criterion_ext("probe", "", 0).unwrap();
+        CriterionHandle::new(
+            base,
+            Some(ext),
+            "criterion `probe` (plugin test-plugin)".into(),
+        )
+    }
+
+    fn images() -> (Vec<f32>, Vec<f32>) {
+        let mut g = memlab_plugin_api::SplitMix64(3);
+        let train: Vec<f32> = (0..5 * 16)
+            .map(|_| g.next_f64() as f32 * 2.0 - 1.0)
+            .collect();
+        let samples = [&train[16..32], &train[48..64]].concat();
+        (samples, train)
+    }
+
+    #[test]
+    fn features_are_exact_neighbours_and_the_same_bytes_for_the_same_seed() {
+        let c = handle(0);
+        let (samples, train) = images();
+        let imgs = Images {
+            samples: &samples,
+            train: &train,
+            shape: [1, 4, 4],
+        };
+        let dev = crate::engine::cpu();
+        let a = feature_neighbours(&c, 5, imgs, 2, Distance::L2, &dev).unwrap();
+        // Copies of training images 1 and 3 have them as feature-space nearest, at 0.
+        assert_eq!((a.idx[0], a.idx[2]), (1, 3));
+        assert_eq!((a.dist[0], a.dist[2]), (0.0, 0.0));
+        let b = feature_neighbours(&c, 5, imgs, 2, Distance::L2, &dev).unwrap();
+        assert_eq!(a.dist, b.dist);
+        let other = feature_neighbours(&c, 6, imgs, 2, Distance::L2, &dev).unwrap();
+        assert_ne!(a.dist[1], other.dist[1], "another seed, another network");
+        // Batches of 256 images: 600 images embed to the same features as one at a time.
+        let many: Vec<f32> = (0..600)
+            .flat_map(|i| train[(i % 5) * 16..(i % 5 + 1) * 16].to_vec())
+            .collect();
+        let mut store = ParamStore::new(5);
+        let (f, d) = embed(&c, &mut store, &many, [1, 4, 4], &dev, "images").unwrap();
+        assert_eq!((f.len(), d), (600 * 64, 64));
+        assert_eq!(f[..64], f[5 * 64..6 * 64]);
+        assert_eq!(f[..64], f[595 * 64..596 * 64]);
+    }
+
+    #[test]
+    fn embedding_mistakes_name_the_criterion() {
+        let (samples, train) = images();
+        let dev = crate::engine::cpu();
+        let run = |mode: u8| {
+            let c = handle(mode);
+            let crit = vec![("probe".to_string(), c)];
+            evaluate(&samples, &[0, 0], &[], &train, [1, 4, 4], &crit, &dev)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(run(0).is_empty(), "{}", run(0));
+        let e = run(1);
+        assert!(
+            e.contains("criterion `probe` (plugin test-plugin)") && e.contains("[N, D]"),
+            "{e}"
+        );
+        let e = run(2);
+        assert!(
+            e.contains("criterion `probe`") && e.contains("reshape"),
+            "{e}"
+        );
+        let e = run(3);
+        assert!(e.contains("criterion `probe`") && e.contains("boom"), "{e}");
+        let e = run(9);
+        assert!(
+            e.contains("criterion `probe`") && e.contains("does not know"),
+            "{e}"
+        );
+    }
+}
