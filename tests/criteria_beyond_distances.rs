@@ -314,3 +314,77 @@ fn cost_at_cifar_size() {
         );
     }
 }
+
+/// Writes `tensors` (name, shape, values) as an F32 safetensors file.
+fn write_weights(path: &std::path::Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn embedding_weights_load_over_the_seeded_network_and_mistakes_are_named() {
+    let reg = Registry::load(&[]).unwrap();
+    let (train, samples, shape) = planted();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = 4;
+    let zeros = |n: usize| vec![0f32; n];
+    let all = vec![
+        ("conv1.weight", vec![w, 3, 3, 3], zeros(w * 27)),
+        ("conv1.bias", vec![w], zeros(w)),
+        ("conv2.weight", vec![w, w, 3, 3], zeros(w * w * 9)),
+        ("conv2.bias", vec![w], zeros(w)),
+    ];
+    let file = tmp.path().join("zero.safetensors");
+    write_weights(&file, &all);
+    let eval = |params: String| {
+        let crit = criteria(&reg, &[("random-features", params.as_str())]);
+        evaluate(
+            &samples,
+            &[0; 4],
+            &["0".into()],
+            &train,
+            shape,
+            &crit,
+            &memlab::engine::cpu(),
+        )
+    };
+    // A network of zeros maps every image to the same features: d1 = d2 = 0, ratio 1, nothing
+    // flagged, not even the exact copy that the seeded network flags.
+    let seeded = eval(format!("width = {w}")).unwrap();
+    assert!(seeded.criteria[0].flags[0]);
+    let loaded = eval(format!(
+        "width = {w}\nweights = {:?}",
+        file.to_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(loaded.criteria[0].flags, [false; 4]);
+    assert_eq!(loaded.criteria[0].scores, [1.0; 4]);
+    // A file without `conv2.bias`: refused, naming the criterion and the tensor.
+    let partial = tmp.path().join("partial.safetensors");
+    write_weights(&partial, &all[..3]);
+    let e = eval(format!(
+        "width = {w}\nweights = {:?}",
+        partial.to_str().unwrap()
+    ))
+    .err()
+    .map(|e| format!("{e:#}"))
+    .expect("refused");
+    assert!(
+        e.contains("criterion `random-features`") && e.contains("conv2.bias"),
+        "{e}"
+    );
+}

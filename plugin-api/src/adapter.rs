@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RString, RVec};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RString, RVec};
 
 use crate::component::{
     Architecture, Conditioning, Criterion, Dataset, Inputs, Judging, NoiseSchedule, PResult,
@@ -221,6 +221,11 @@ impl<T: Criterion> FfiCriterionExt for CriterionExtAdapter<T> {
             let x = ctx.wrap(ops.retain(x));
             let out = self.inner.embed(&ctx, &x)?;
             Ok(out.into_id())
+        })
+    }
+    fn embedding_weights(&self) -> RResult<ROption<RString>, RString> {
+        guard(&self.who, || {
+            Ok(self.inner.embedding_weights().map(RString::from).into())
         })
     }
     fn judge_with(

@@ -277,6 +277,14 @@ pub trait Criterion: Send + Sync + 'static {
     fn embedding_seed(&self) -> u64 {
         0
     }
+    /// Trained weights for the embedding network (default `None`: the seeded initialisation):
+    /// a safetensors file, as the user wrote its path (relative to the working directory), with
+    /// every parameter of the network by name and shape and nothing else, as
+    /// `[architecture] init_from` loads an architecture's. The host loads it over the seeded
+    /// parameters after creating them, and names every missing, unexpected or mis-shaped tensor.
+    fn embedding_weights(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) fn criterion_info(c: &dyn Criterion) -> CriterionInfo {

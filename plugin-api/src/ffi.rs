@@ -767,6 +767,9 @@ pub trait FfiCriterionExt: Send + Sync {
     fn needs(&self) -> RResult<CriterionNeeds, RString>;
     /// Embeds images `x` (`[N, C, H, W]`) into features `[N, D]` through the host ops.
     fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString>;
+    /// A safetensors file holding every parameter of the embedding network by name, loaded over
+    /// the seeded initialisation; `RNone`: the seeded initialisation is used as it is.
+    fn embedding_weights(&self) -> RResult<ROption<RString>, RString>;
     /// Judges a chunk of samples from [`JudgeArgs`].
     #[sabi(last_prefix_field)]
     fn judge_with(

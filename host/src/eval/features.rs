@@ -5,6 +5,8 @@
 //! Parameters are created by name on the first batch and initialised from the criterion's
 //! `embedding_seed` and each name ([`crate::engine::params::init_values`], as an
 //! architecture's are from the run's seed), then frozen: later batches use the same network.
+//! A criterion that names a weights file (`embedding_weights`) has them overwritten from it by
+//! name before any image is embedded (see [`crate::eval::feature_neighbours`]).
 //! Batches have a fixed size, so the features (and the exact k-NN on them) do not depend on
 //! how many images there are or on the thread count.
 

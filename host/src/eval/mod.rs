@@ -278,6 +278,14 @@ pub fn feature_neighbours(
     } = images;
     let t = std::time::Instant::now();
     let mut store = ParamStore::new(seed);
+    if let Some(path) = c.embedding_weights()? {
+        // Create the parameters (one blank image), then overwrite them by name.
+        let blank = vec![0f32; shape.iter().product()];
+        features::embed(c, &mut store, &blank, shape, device, "one blank image")?;
+        crate::diffusion::weights::load_into(&mut store, &path, device)
+            .map_err(|e| anyhow::anyhow!("{}: embedding weights: {e:#}", c.label()))?;
+        log::info!("{}: embedding weights from {}", c.label(), path.display());
+    }
     let (fs, d) = features::embed(c, &mut store, samples, shape, device, "samples")?;
     let (ft, d2) = features::embed(c, &mut store, train, shape, device, "training images")?;
     if d != d2 {

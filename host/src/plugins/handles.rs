@@ -356,6 +356,12 @@ impl CriterionHandle {
     pub fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> Result<TensorId> {
         ok(&self.label, self.ext()?.embed(ops, x))
     }
+    /// The safetensors file the embedding network's parameters are loaded from, if any.
+    pub fn embedding_weights(&self) -> Result<Option<std::path::PathBuf>> {
+        let w = ok(&self.label, self.ext()?.embedding_weights())?;
+        Ok(w.into_option()
+            .map(|p| std::path::PathBuf::from(p.as_str())))
+    }
     /// Flags and scores of a chunk of samples from distances, neighbour ids and (when asked
     /// for) images; `shape` is `[C, H, W]`.
     pub fn judge_with(

@@ -16,7 +16,8 @@
 //!
 //! Its parameters (`conv1.weight`, `conv1.bias`, `conv2.…`, PyTorch's default initialisation)
 //! are drawn by the host from `seed` and their names, so the same `seed` is the same network in
-//! every run. The host embeds the samples and every training image (batches of 256), searches
+//! every run; with `weights = "file.safetensors"` the host loads trained ones over them instead
+//! (every parameter by name and shape, `[out, in, 3, 3]` weights). The host embeds the samples and every training image (batches of 256), searches
 //! the two nearest exactly with L2 between the unit-norm features (√(2 − 2·cos), so the ratio
 //! is a cosine-distance ratio), and this criterion flags d₁/d₂ < `threshold` (0/0, two training
 //! images with identical features, counts as 1). Score: d₁/d₂.
@@ -52,6 +53,12 @@ pub const PARAMS: &[Param] = &[
         "0",
         "seed of the random network's parameters (independent of the run's seed)",
     ),
+    param(
+        "weights",
+        "string",
+        "",
+        "safetensors file with trained conv1/conv2 weights and biases instead of random ones",
+    ),
 ];
 
 params! {
@@ -63,6 +70,7 @@ params! {
         grid: usize,
         threshold: f64,
         seed: u64,
+        weights: Option<String>,
     }
 }
 
@@ -73,6 +81,7 @@ impl Default for RandomFeaturesParams {
             grid: 4,
             threshold: 1.0 / 3.0,
             seed: 0,
+            weights: None,
         }
     }
 }
@@ -84,6 +93,7 @@ pub struct RandomFeatures {
     grid: usize,
     threshold: f64,
     seed: u64,
+    weights: Option<String>,
 }
 
 impl RandomFeatures {
@@ -104,6 +114,7 @@ impl RandomFeatures {
             grid: p.grid,
             threshold: p.threshold,
             seed: p.seed,
+            weights: p.weights,
         })
     }
 }
@@ -123,6 +134,10 @@ impl Criterion for RandomFeatures {
 
     fn embedding_seed(&self) -> u64 {
         self.seed
+    }
+
+    fn embedding_weights(&self) -> Option<String> {
+        self.weights.clone()
     }
 
     fn embed<'a>(&self, ctx: &'a Ctx<'a>, x: &Tensor<'a>) -> PResult<Tensor<'a>> {
