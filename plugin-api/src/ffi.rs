@@ -704,7 +704,7 @@ impl std::ops::BitOr for Needs {
     }
 }
 
-/// A criterion's requests as the host reads them ([`FfiCriterion::needs`], plugin-api 0.2.1).
+/// A criterion's requests as the host reads them ([`FfiCriterionExt::needs`], plugin-api 0.2.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CriterionNeeds {
@@ -715,7 +715,7 @@ pub struct CriterionNeeds {
     pub embedding_seed: u64,
 }
 
-/// Everything a criterion judges a chunk of samples on ([`FfiCriterion::judge_with`]).
+/// Everything a criterion judges a chunk of samples on ([`FfiCriterionExt::judge_with`]).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct JudgeArgs<'a> {
