@@ -16,6 +16,8 @@ type ExtMaker = Box<dyn Fn(&Params, u64) -> PResult<CriterionExtBox> + Send + Sy
 
 struct Entry {
     info: ComponentInfo,
+    /// The documented parameters: also the source of their defaults (see [`Params::fill`]).
+    docs: Vec<Param>,
     make: Maker,
     /// A criterion's [`FfiCriterionExt`] part (plugin-api 0.2.1).
     make_ext: Option<ExtMaker>,
@@ -94,6 +96,11 @@ impl Plugin {
         params: &[Param],
         make: Maker,
     ) {
+        // A default that `Params::fill` cannot use would only fail when a config omits the
+        // key; refuse it when the plugin is loaded instead.
+        if let Err(e) = Params::default().fill(params) {
+            panic!("{}: {e}", self.who(kind, name));
+        }
         self.entries.push(Entry {
             info: ComponentInfo {
                 kind,
@@ -101,6 +108,7 @@ impl Plugin {
                 description: description.into(),
                 params: params.iter().map(|p| p.to_ffi()).collect(),
             },
+            docs: params.to_vec(),
             make,
             make_ext: None,
         });
@@ -382,8 +390,9 @@ impl Plugin {
             .iter()
             .find(|e| e.info.kind == kind && e.info.name.as_str() == name)
             .ok_or_else(|| format!("plugin {} has no {kind} named `{name}`", self.name))?;
-        let params =
-            Params::from_toml(params).map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        let params = Params::from_toml(params)
+            .and_then(|p| p.fill(&entry.docs))
+            .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
         (entry.make)(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
     }
 
@@ -653,6 +662,24 @@ mod tests {
             Ok(()) => String::new(),
             Err(e) => crate::adapter::panic_message(&*e),
         }
+    }
+
+    #[test]
+    fn a_default_that_is_not_toml_is_refused_at_registration() {
+        let r = std::panic::catch_unwind(|| {
+            let mut p = Plugin::new("p", "0");
+            p.dataset(
+                "d",
+                "",
+                &[crate::param("size", "int", "sixteen", "image side")],
+                |_, _| Ok(Empty),
+            );
+        });
+        let e = crate::adapter::panic_message(&*r.unwrap_err());
+        assert!(
+            e.contains("dataset `d` (plugin p)") && e.contains("`size`") && e.contains("sixteen"),
+            "{e}"
+        );
     }
 
     #[test]
