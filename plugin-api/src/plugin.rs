@@ -405,14 +405,17 @@ impl Plugin {
         seed: u64,
     ) -> PResult<CriterionExtBox> {
         let kind = ComponentKind::Criterion;
-        let make = self
+        let entry = self
             .entries
             .iter()
             .find(|e| e.info.kind == kind && e.info.name.as_str() == name)
-            .and_then(|e| e.make_ext.as_ref())
+            .filter(|e| e.make_ext.is_some())
             .ok_or_else(|| format!("plugin {} has no {kind} named `{name}`", self.name))?;
-        let params =
-            Params::from_toml(params).map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        // The same parameters `create` builds the criterion from: the documented defaults filled in.
+        let params = Params::from_toml(params)
+            .and_then(|p| p.fill(&entry.docs))
+            .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        let make = entry.make_ext.as_ref().expect("filtered");
         make(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
     }
 }

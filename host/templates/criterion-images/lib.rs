@@ -12,7 +12,8 @@
 
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[
     param(
         "threshold",
@@ -37,7 +38,6 @@ const PARAMS: &[Param] = &[
 params! {
     /// The criterion's parameters: one `[[criteria]] params` table.
     #[derive(Debug)]
-    #[serde(default)]
     struct FeatureCheck {
         /// Replicate only if d₁ / d₂ < threshold in feature space.
         threshold: f32,
@@ -45,16 +45,6 @@ params! {
         tolerance: f32,
         /// Seed of the network's parameters (the same seed is the same network in every run).
         seed: u64,
-    }
-}
-
-impl Default for FeatureCheck {
-    fn default() -> Self {
-        FeatureCheck {
-            threshold: 0.5,
-            tolerance: 0.1,
-            seed: 0,
-        }
     }
 }
 
@@ -148,7 +138,7 @@ mod tests {
     use memlab_plugin_api::testing::inspect_embedding;
 
     fn criterion(toml: &str) -> PResult<FeatureCheck> {
-        FeatureCheck::from_params(&Params::from_toml(toml)?, 0)
+        FeatureCheck::from_params(&Params::with_defaults(toml, PARAMS)?, 0)
     }
 
     /// The shape-only host runs `embed`: the feature shape and every parameter.

@@ -40,8 +40,8 @@ pub const PARAMS: &[Param] = &[
     param(
         "threshold",
         "float",
-        "0.3333",
-        "largest patch ratio p1/p2 counted as a copied patch (exclusive)",
+        "0.3333333333333333",
+        "largest patch ratio p1/p2 counted as a copied patch (exclusive; 1/3)",
     ),
     param(
         "min_fraction",
@@ -52,25 +52,14 @@ pub const PARAMS: &[Param] = &[
 ];
 
 params! {
-    /// The config's `[[criteria]] params` table for `patch`.
+    /// The config's `[[criteria]] params` table for `patch` (defaults from [`PARAMS`], filled
+    /// in by the host).
     #[derive(Debug)]
-    #[serde(default)]
     struct PatchParams {
         grid: usize,
         candidates: usize,
         threshold: f64,
         min_fraction: f64,
-    }
-}
-
-impl Default for PatchParams {
-    fn default() -> Self {
-        PatchParams {
-            grid: 4,
-            candidates: 8,
-            threshold: 1.0 / 3.0,
-            min_fraction: 0.5,
-        }
     }
 }
 
@@ -199,7 +188,7 @@ mod tests {
     use memlab_plugin_api::SplitMix64;
 
     fn patch(toml: &str) -> Patch {
-        Patch::from_params(&Params::from_toml(toml).unwrap(), 0).unwrap()
+        Patch::from_params(&Params::with_defaults(toml, PARAMS).unwrap(), 0).unwrap()
     }
 
     fn random(g: &mut SplitMix64, n: usize) -> Vec<f32> {
@@ -308,7 +297,7 @@ mod tests {
 
     #[test]
     fn parameters_are_checked() {
-        let parse = |t: &str| Patch::from_params(&Params::from_toml(t).unwrap(), 0);
+        let parse = |t: &str| Patch::from_params(&Params::with_defaults(t, PARAMS).unwrap(), 0);
         assert!(parse("").is_ok());
         assert!(parse("grid = 0").unwrap_err().contains("grid"));
         assert!(parse("candidates = 1").unwrap_err().contains("at least 2"));

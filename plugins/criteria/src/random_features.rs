@@ -44,8 +44,8 @@ pub const PARAMS: &[Param] = &[
     param(
         "threshold",
         "float",
-        "0.3333",
-        "largest d1/d2 in feature space counted as a replicate (exclusive)",
+        "0.3333333333333333",
+        "largest d1/d2 in feature space counted as a replicate (exclusive; 1/3)",
     ),
     param(
         "seed",
@@ -56,33 +56,21 @@ pub const PARAMS: &[Param] = &[
     param(
         "weights",
         "string",
-        "",
+        "(none)",
         "safetensors file with trained conv1/conv2 weights and biases instead of random ones",
     ),
 ];
 
 params! {
-    /// The config's `[[criteria]] params` table for `random-features`.
+    /// The config's `[[criteria]] params` table for `random-features` (defaults from
+    /// [`PARAMS`], filled in by the host).
     #[derive(Debug)]
-    #[serde(default)]
     struct RandomFeaturesParams {
         width: usize,
         grid: usize,
         threshold: f64,
         seed: u64,
         weights: Option<String>,
-    }
-}
-
-impl Default for RandomFeaturesParams {
-    fn default() -> Self {
-        RandomFeaturesParams {
-            width: 32,
-            grid: 4,
-            threshold: 1.0 / 3.0,
-            seed: 0,
-            weights: None,
-        }
     }
 }
 
@@ -185,7 +173,7 @@ mod tests {
     use memlab_plugin_api::testing::inspect_embedding;
 
     fn rf(toml: &str) -> RandomFeatures {
-        RandomFeatures::from_params(&Params::from_toml(toml).unwrap(), 0).unwrap()
+        RandomFeatures::from_params(&Params::with_defaults(toml, PARAMS).unwrap(), 0).unwrap()
     }
 
     #[test]
@@ -221,7 +209,8 @@ mod tests {
 
     #[test]
     fn parameters_are_checked() {
-        let parse = |t: &str| RandomFeatures::from_params(&Params::from_toml(t).unwrap(), 0);
+        let parse =
+            |t: &str| RandomFeatures::from_params(&Params::with_defaults(t, PARAMS).unwrap(), 0);
         assert!(parse("width = 0").is_err());
         assert!(parse("grid = 0").is_err());
         assert!(parse("threshold = 1.5").is_err());
