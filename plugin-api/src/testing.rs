@@ -551,6 +551,50 @@ pub fn inspect(
     summarize(&shape_ops, out)
 }
 
+/// Runs a criterion's embedding network ([`crate::Criterion::embed`]) shape-only on images of
+/// `x_shape` (`[N, C, H, W]`): the feature shape (`summary.output`, `[N, D]`), the parameters
+/// and their count, as the host would create them, without tensor data.
+///
+/// ```
+/// use memlab_plugin_api::prelude::*;
+/// use memlab_plugin_api::testing::inspect_embedding;
+///
+/// struct Pooled;
+/// impl Criterion for Pooled {
+///     fn distance(&self) -> Distance { Distance::L2 }
+///     fn neighbours(&self) -> usize { 2 }
+///     fn needs(&self) -> Needs { Needs::FEATURES }
+///     fn judge(&self, _d: &[f32], _f: &mut [bool], _s: &mut [f32]) -> PResult<()> { Ok(()) }
+///     fn embed<'a>(&self, ctx: &'a Ctx<'a>, x: &Tensor<'a>) -> PResult<Tensor<'a>> {
+///         let h = Conv2d::new(3, 4, 3).same().forward(&ctx.scope("conv"), x).relu();
+///         Ok(h.avg_pool2d(8, 8).flatten_from(1))
+///     }
+/// }
+/// let s = inspect_embedding(&Pooled, [5, 3, 8, 8]).unwrap();
+/// assert_eq!(s.output, vec![5, 4]);
+/// assert_eq!(s.total, 4 * 3 * 9 + 4);
+/// ```
+pub fn inspect_embedding(
+    criterion: &dyn crate::component::Criterion,
+    x_shape: [usize; 4],
+) -> PResult<ModelSummary> {
+    let shape_ops = ShapeOps::new();
+    let x = shape_ops.input(&x_shape, false);
+    let out = {
+        let ops = shape_ops.ops();
+        let ops_ref: &HostOpsDyn<'_> = &ops;
+        guard("criterion", || {
+            let ctx = Ctx::new(ops_ref);
+            let x = ctx.wrap(x);
+            let out = criterion.embed(&ctx, &x)?;
+            Ok(out.into_id())
+        })
+        .into_result()
+        .map_err(|e| e.into_string())
+    };
+    summarize(&shape_ops, out)
+}
+
 /// Like [`inspect`], for an architecture built by a plugin (the boxed FFI object the host
 /// receives), so its size can be reported without allocating its parameters.
 pub fn inspect_ffi(
