@@ -66,6 +66,8 @@ struct State {
     free: Vec<usize>,
     params: Vec<(String, Vec<usize>)>,
     index: HashMap<String, usize>,
+    buffers: Vec<(String, Vec<usize>)>,
+    buffer_index: HashMap<String, usize>,
     error: Option<String>,
     ops_run: u64,
     /// Elements of every tensor an op produced (u128: huge models must not overflow).
@@ -267,8 +269,13 @@ impl ShapeOps {
         }
     }
 
-    fn param_impl(&self, name: &str, shape: &[usize]) -> OpResult {
+    /// A parameter request; one [`ShapeOps`] is one forward pass, so a name seen before was
+    /// used earlier in this pass, which only a `shared` request may do.
+    fn param_impl(&self, name: &str, shape: &[usize], shared: bool) -> OpResult {
         let mut st = self.state.borrow_mut();
+        if st.buffer_index.contains_key(name) {
+            return Err(crate::shape::param_is_buffer(name));
+        }
         if let Some(&i) = st.index.get(name) {
             let stored = &st.params[i].1;
             if stored != shape {
@@ -276,6 +283,9 @@ impl ShapeOps {
                     "parameter `{name}` was created with shape {stored:?} but is now requested \
                      with shape {shape:?}"
                 ));
+            }
+            if !shared {
+                return Err(crate::shape::reused_param(name));
             }
             return Ok(Meta::float(shape.to_vec()));
         }
@@ -286,6 +296,33 @@ impl ShapeOps {
         st.params.push((name.to_string(), shape.to_vec()));
         st.index.insert(name.to_string(), i);
         Ok(Meta::float(shape.to_vec()))
+    }
+
+    fn buffer_impl(&self, name: &str, len: usize, shape: &[usize]) -> OpResult {
+        let mut st = self.state.borrow_mut();
+        if st.index.contains_key(name) {
+            return Err(crate::shape::buffer_is_param(name));
+        }
+        if st.buffer_index.contains_key(name) {
+            return Err(crate::shape::reused_buffer(name));
+        }
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(format!("buffer `{name}` has invalid shape {shape:?}"));
+        }
+        if elements(shape) != len as u128 {
+            return Err(format!(
+                "buffer `{name}`: {len} values for shape {shape:?}"
+            ));
+        }
+        let i = st.buffers.len();
+        st.buffers.push((name.to_string(), shape.to_vec()));
+        st.buffer_index.insert(name.to_string(), i);
+        Ok(Meta::float(shape.to_vec()))
+    }
+
+    /// Every buffer ([`HostOps::buffer`]) requested so far, with its shape, in creation order.
+    pub fn buffers(&self) -> Vec<(String, Vec<usize>)> {
+        self.state.borrow().buffers.clone()
     }
 }
 
@@ -313,7 +350,21 @@ impl HostOps for ShapeOps {
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, _init: Init) -> TensorId {
         let name = name.as_str();
         self.run(&format!("param `{name}`"), &[], |_| {
-            self.param_impl(name, &shape)
+            self.param_impl(name, &shape, false)
+        })
+    }
+
+    fn shared_param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, _init: Init) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("shared_param `{name}`"), &[], |_| {
+            self.param_impl(name, &shape, true)
+        })
+    }
+
+    fn buffer(&self, name: RStr<'_>, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("buffer `{name}`"), &[], |_| {
+            self.buffer_impl(name, data.len(), &shape)
         })
     }
 
@@ -694,8 +745,10 @@ impl HostOps for ShapeOps {
 pub struct ModelSummary {
     /// Every parameter with its shape, in creation order.
     pub params: Vec<(String, Vec<usize>)>,
-    /// Total number of scalar parameters (saturating at `usize::MAX`).
+    /// Total number of scalar parameters (saturating at `usize::MAX`; buffers not included).
     pub total: usize,
+    /// Every buffer ([`crate::Ctx::buffer`]) with its shape, in creation order.
+    pub buffers: Vec<(String, Vec<usize>)>,
     /// Shape of the forward pass's output.
     pub output: Vec<usize>,
     /// Elements of every tensor the pass produced (see [`ShapeOps::activation_elements`]).
@@ -708,6 +761,14 @@ impl ModelSummary {
     /// Shape of the parameter `name`, if the model has it.
     pub fn param(&self, name: &str) -> Option<&[usize]> {
         self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+
+    /// Shape of the buffer `name`, if the model has it.
+    pub fn buffer(&self, name: &str) -> Option<&[usize]> {
+        self.buffers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.as_slice())
@@ -752,6 +813,7 @@ fn summarize(ops: &ShapeOps, out: PResult<TensorId>) -> PResult<ModelSummary> {
     Ok(ModelSummary {
         params: ops.params(),
         total: ops.num_params(),
+        buffers: ops.buffers(),
         output,
         activations: ops.activation_elements(),
         largest: ops.largest_tensor(),
