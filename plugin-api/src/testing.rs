@@ -988,8 +988,8 @@ mod tests {
         impl Architecture for Twice {
             fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
                 let _a = ctx.param("w", &[3, 4], Init::ZEROS);
-                let _b = ctx.param("w", &[3, 4], Init::ONES);
-                let _c = ctx.param("w", &[4, 3], Init::ZEROS);
+                let _b = ctx.shared_param("w", &[3, 4], Init::ONES);
+                let _c = ctx.shared_param("w", &[4, 3], Init::ZEROS);
                 Ok(inp.x)
             }
         }
@@ -1141,5 +1141,66 @@ mod tests {
         let b = inspect(&Net { ch: 8, blocks: 1 }, [2, 3, 8, 8], 4).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.total, net_count(3, 8, 1, 4));
+    }
+
+    /// Two layers in one scope: shared by mistake unless declared.
+    struct Twice {
+        shared: bool,
+    }
+
+    impl Architecture for Twice {
+        fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+            let [_, c, _, _] = inp.x.dims::<4>();
+            let scope = if self.shared {
+                ctx.scope("conv").shared()
+            } else {
+                ctx.scope("conv")
+            };
+            let h = Conv2d::new(c, c, 3).same().forward(&scope, &inp.x);
+            let h = Conv2d::new(c, c, 3).same().forward(&scope, &h);
+            let f = ctx.buffer("freqs", &[1.0, 2.0], &[2]);
+            Ok(h + f.sum())
+        }
+    }
+
+    #[test]
+    fn a_second_request_in_one_pass_is_an_error_unless_shared() {
+        let e = inspect(&Twice { shared: false }, [1, 3, 4, 4], 0).unwrap_err();
+        assert!(
+            e.contains("parameter `conv.weight` is requested a second time in one forward pass"),
+            "{e}"
+        );
+        let s = inspect(&Twice { shared: true }, [1, 3, 4, 4], 0).unwrap();
+        assert_eq!(s.total, 3 * 3 * 9 + 3, "the shared conv counts once");
+        assert_eq!(s.buffer("freqs"), Some(&[2][..]));
+        assert_eq!(s.param("freqs"), None, "buffers are not parameters");
+    }
+
+    #[test]
+    fn buffer_requests_follow_the_parameter_rules() {
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.buffer("b", &[1.0, 2.0], &[2]);
+            let _ = ctx.buffer("b", &[1.0, 2.0], &[2]);
+        }
+        let e = ops.error().unwrap();
+        assert!(e.contains("buffer `b` is requested a second time"), "{e}");
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.buffer("b", &[1.0, 2.0, 3.0], &[2]);
+        }
+        assert!(ops.error().unwrap().contains("3 values for shape [2]"));
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.param("p", &[2], Init::ONES);
+            let _ = ctx.buffer("p", &[1.0, 2.0], &[2]);
+        }
+        assert!(ops.error().unwrap().contains("`p` is a parameter"));
     }
 }
