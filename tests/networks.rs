@@ -113,13 +113,24 @@ fn max_abs(a: &[f32]) -> f32 {
 
 /// The architecture's raw output F(x, noise, label), all channels.
 fn raw_forward(model: &Model, params: &mut ParamStore, io: &Io) -> Vec<f32> {
+    forward_with(model, params, io, Mode::Eval, io.labels())
+}
+
+/// F in `mode` with the given labels.
+fn forward_with(
+    model: &Model,
+    params: &mut ParamStore,
+    io: &Io,
+    mode: Mode,
+    labels: Option<Vec<i64>>,
+) -> Vec<f32> {
     let x = io.f32("x");
     let shape = io.shape("x");
     let n = shape[0];
-    let graph = Graph::new(&model.device, Mode::Eval, params, 0);
+    let graph = Graph::new(&model.device, mode, params, 0);
     let xi = graph.insert_data(x, &shape).unwrap();
     let ni = graph.insert_data(io.f32("noise"), &[n]).unwrap();
-    let labels = match io.labels() {
+    let labels = match labels {
         Some(l) => RSome(graph.insert_int(l, &[n]).unwrap()),
         None => RNone,
     };
@@ -267,6 +278,32 @@ fn checkpoint_buffers_are_loaded_and_not_trained() {
     let all: usize = params.iter().map(|(_, p)| p.shape.iter().product::<usize>()).sum();
     assert_eq!(params.num_scalars(), all - buffered);
     assert_eq!(params.num_scalars(), 323_811, "the reference's parameter count");
+}
+
+/// `label_dropout` acts in training passes only: with p = 0 a training pass (the fixture has no
+/// block dropout) is the reference's eval output; with p close to 1 the labels are dropped,
+/// so different labels give the same output; evaluation passes ignore it.
+#[test]
+fn label_dropout_drops_labels_in_training_passes_only() {
+    let mut io = Io::load("ddpmpp_class");
+    let base = io.params.clone();
+    let want = io.f32("F");
+    let other = Some(vec![1, 3]);
+    for (p, dropped) in [("0", false), ("0.999999", true)] {
+        io.params = format!("{base}\nlabel_dropout = {p}");
+        let (model, mut params) = model("ddpmpp_class", &io, "edm", 4);
+        let eval = forward_with(&model, &mut params, &io, Mode::Eval, io.labels());
+        assert!(max_abs_diff(&eval, &want) <= TOL, "p = {p}: eval ignores label_dropout");
+        let a = forward_with(&model, &mut params, &io, Mode::Train, io.labels());
+        let b = forward_with(&model, &mut params, &io, Mode::Train, other.clone());
+        if dropped {
+            assert!(max_abs_diff(&a, &b) <= 1e-6, "labels dropped");
+            assert!(max_abs_diff(&a, &want) > 1e-3);
+        } else {
+            assert!(max_abs_diff(&a, &want) <= TOL, "p = 0: the reference output");
+            assert!(max_abs_diff(&a, &b) > 1e-3, "labels matter");
+        }
+    }
 }
 
 /// The production path: `architecture.init_from` in a run config starts from the reference
