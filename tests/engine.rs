@@ -353,9 +353,15 @@ fn buffers_are_stored_and_loaded_but_never_trained() {
     assert_ne!(store.read("w").unwrap(), vec![1.0, 1.0, 1.0]);
     let mut ema = ParamStore::new(1);
     ema_update(&mut ema, &store, 0.9).unwrap();
-    store.write("emb.freqs", vec![7.0, 8.0, 9.0], &device).unwrap();
+    store
+        .write("emb.freqs", vec![7.0, 8.0, 9.0], &device)
+        .unwrap();
     ema_update(&mut ema, &store, 0.9).unwrap();
-    assert_eq!(ema.read("emb.freqs").unwrap(), vec![7.0, 8.0, 9.0], "copied");
+    assert_eq!(
+        ema.read("emb.freqs").unwrap(),
+        vec![7.0, 8.0, 9.0],
+        "copied"
+    );
     assert!(ema.is_buffer("emb.freqs"));
     // A stored (e.g. loaded) value wins over the plugin's initial data.
     let e = pass(&mut store, Mode::Eval, |ctx| {
@@ -365,7 +371,10 @@ fn buffers_are_stored_and_loaded_but_never_trained() {
         let _ = ctx.scope("emb").buffer("freqs", &[1.0, 2.0, 3.0], &[3]);
     })
     .expect("an error");
-    assert!(e.contains("buffer `emb.freqs` is requested a second time"), "{e}");
+    assert!(
+        e.contains("buffer `emb.freqs` is requested a second time"),
+        "{e}"
+    );
     let e = pass(&mut store, Mode::Eval, |ctx| {
         let _ = ctx.param("emb.freqs", &[3], Init::ONES);
     })

@@ -241,7 +241,11 @@ fn ncsnpp_matches_edm() {
     // Fourier embedding (the loaded `map_noise.freqs` buffer), channel_mult_noise 2, residual
     // encoder, [1, 3, 3, 1] filter (its `resample_filter` buffers loaded by name).
     let io = Io::load("ncsnpp");
-    assert!(io.params.contains("resample_filter = [1, 3, 3, 1]"), "{}", io.params);
+    assert!(
+        io.params.contains("resample_filter = [1, 3, 3, 1]"),
+        "{}",
+        io.params
+    );
     check_ddpmpp("ncsnpp", 0);
 }
 
@@ -259,25 +263,31 @@ fn checkpoint_buffers_are_loaded_and_not_trained() {
     assert!(params.is_buffer("map_noise.freqs"));
     assert!(params.is_buffer("enc.4x4_aux_residual.resample_filter"));
     assert!(!params.is_buffer("map_layer0.weight"));
-    let st = SafeTensors::deserialize(
-        &std::fs::read(fixture("ncsnpp.weights.safetensors")).unwrap(),
-    )
-    .unwrap()
-    .tensor("map_noise.freqs")
-    .unwrap()
-    .data()
-    .chunks_exact(2)
-    .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
-    .collect::<Vec<f32>>();
+    let st =
+        SafeTensors::deserialize(&std::fs::read(fixture("ncsnpp.weights.safetensors")).unwrap())
+            .unwrap()
+            .tensor("map_noise.freqs")
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect::<Vec<f32>>();
     assert_eq!(params.read("map_noise.freqs").unwrap(), st);
     let buffered: usize = params
         .iter()
         .filter(|(n, _)| params.is_buffer(n))
         .map(|(_, p)| p.shape.iter().product::<usize>())
         .sum();
-    let all: usize = params.iter().map(|(_, p)| p.shape.iter().product::<usize>()).sum();
+    let all: usize = params
+        .iter()
+        .map(|(_, p)| p.shape.iter().product::<usize>())
+        .sum();
     assert_eq!(params.num_scalars(), all - buffered);
-    assert_eq!(params.num_scalars(), 323_811, "the reference's parameter count");
+    assert_eq!(
+        params.num_scalars(),
+        323_811,
+        "the reference's parameter count"
+    );
 }
 
 /// `label_dropout` acts in training passes only: with p = 0 a training pass (the fixture has no
@@ -293,14 +303,20 @@ fn label_dropout_drops_labels_in_training_passes_only() {
         io.params = format!("{base}\nlabel_dropout = {p}");
         let (model, mut params) = model("ddpmpp_class", &io, "edm", 4);
         let eval = forward_with(&model, &mut params, &io, Mode::Eval, io.labels());
-        assert!(max_abs_diff(&eval, &want) <= TOL, "p = {p}: eval ignores label_dropout");
+        assert!(
+            max_abs_diff(&eval, &want) <= TOL,
+            "p = {p}: eval ignores label_dropout"
+        );
         let a = forward_with(&model, &mut params, &io, Mode::Train, io.labels());
         let b = forward_with(&model, &mut params, &io, Mode::Train, other.clone());
         if dropped {
             assert!(max_abs_diff(&a, &b) <= 1e-6, "labels dropped");
             assert!(max_abs_diff(&a, &want) > 1e-3);
         } else {
-            assert!(max_abs_diff(&a, &want) <= TOL, "p = 0: the reference output");
+            assert!(
+                max_abs_diff(&a, &want) <= TOL,
+                "p = 0: the reference output"
+            );
             assert!(max_abs_diff(&a, &b) > 1e-3, "labels matter");
         }
     }

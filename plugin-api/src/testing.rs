@@ -310,9 +310,7 @@ impl ShapeOps {
             return Err(format!("buffer `{name}` has invalid shape {shape:?}"));
         }
         if elements(shape) != len as u128 {
-            return Err(format!(
-                "buffer `{name}`: {len} values for shape {shape:?}"
-            ));
+            return Err(format!("buffer `{name}`: {len} values for shape {shape:?}"));
         }
         let i = st.buffers.len();
         st.buffers.push((name.to_string(), shape.to_vec()));

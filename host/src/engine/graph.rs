@@ -358,7 +358,9 @@ impl<'p> Graph<'p> {
             }
             Mode::Eval => value,
         };
-        self.buffers.borrow_mut().insert(name.to_string(), t.clone());
+        self.buffers
+            .borrow_mut()
+            .insert(name.to_string(), t.clone());
         Ok(Slot::float(t, shape.to_vec()))
     }
 }

@@ -537,7 +537,14 @@ fn conv_resample<'a>(
 ) -> Tensor<'a> {
     match resample {
         Resample::None => conv(ctx, x, c_in, c_out, kernel, gain),
-        Resample::Down => conv(ctx, &filter.down(ctx, x, filter.pad()), c_in, c_out, kernel, gain),
+        Resample::Down => conv(
+            ctx,
+            &filter.down(ctx, x, filter.pad()),
+            c_in,
+            c_out,
+            kernel,
+            gain,
+        ),
         Resample::Up => conv(ctx, &filter.up(ctx, x), c_in, c_out, kernel, gain),
         Resample::FusedDown => {
             // conv(x, w, padding = w_pad + f_pad), the filter with stride 2, then the bias.
@@ -904,28 +911,45 @@ mod tests {
         assert_eq!(s.total, 56_395_523);
         assert_eq!(s.output, vec![2, 3, 32, 32]);
         // Buffers: 128 frequencies and a 4×4 filter per resampling convolution.
-        let buffered: usize = s.buffers.iter().map(|(_, v)| v.iter().product::<usize>()).sum();
+        let buffered: usize = s
+            .buffers
+            .iter()
+            .map(|(_, v)| v.iter().product::<usize>())
+            .sum();
         assert_eq!(buffered, 288);
         assert_eq!(
             s.buffer("enc.16x16_aux_residual.resample_filter"),
             Some(&[1, 1, 4, 4][..])
         );
-        assert_eq!(s.buffer("dec.16x16_up.skip.resample_filter"), Some(&[1, 1, 4, 4][..]));
+        assert_eq!(
+            s.buffer("dec.16x16_up.skip.resample_filter"),
+            Some(&[1, 1, 4, 4][..])
+        );
         assert_eq!(s.param("map_layer0.weight"), Some(&[512, 256][..]));
         assert_eq!(
             s.param("enc.8x8_aux_residual.weight"),
             Some(&[256, 256, 3, 3][..])
         );
-        let cond = inspect(&net(&format!("{ncsnpp}\naugment_dim = 9")), [2, 3, 32, 32], 10)
-            .unwrap();
+        let cond = inspect(
+            &net(&format!("{ncsnpp}\naugment_dim = 9")),
+            [2, 3, 32, 32],
+            10,
+        )
+        .unwrap();
         assert_eq!(cond.total, 56_400_643);
         assert_eq!(cond.param("map_augment.weight"), Some(&[256, 9][..]));
         assert_eq!(cond.param("map_augment.bias"), None);
         let skip = summary("encoder = \"skip\"\ndecoder = \"skip\"");
         assert_eq!(skip.total, 55_749_641);
         assert!(skip.buffers.is_empty(), "the [1, 1] filter needs no buffer");
-        assert_eq!(skip.param("enc.8x8_aux_skip.weight"), Some(&[256, 3, 1, 1][..]));
-        assert_eq!(skip.param("dec.16x16_aux_conv.weight"), Some(&[3, 256, 3, 3][..]));
+        assert_eq!(
+            skip.param("enc.8x8_aux_skip.weight"),
+            Some(&[256, 3, 1, 1][..])
+        );
+        assert_eq!(
+            skip.param("dec.16x16_aux_conv.weight"),
+            Some(&[3, 256, 3, 3][..])
+        );
         assert_eq!(skip.param("dec.8x8_aux_norm.weight"), Some(&[256][..]));
     }
 
