@@ -523,8 +523,8 @@ fn conv<'a>(
     x.conv2d(&w, Some(&b), opts)
 }
 
-/// Reference `Conv2d` with resampling (`up`/`down`, `fused_resample` for downsampling).
-#[allow(clippy::too_many_arguments)]
+/// Reference `Conv2d` with resampling (`up`/`down`, `fused_resample` for downsampling) and
+/// weight gain 1 (all of SongUNet's resampling convolutions have it).
 fn conv_resample<'a>(
     ctx: &Ctx<'a>,
     filter: &Filter,
@@ -533,8 +533,8 @@ fn conv_resample<'a>(
     c_in: usize,
     c_out: usize,
     kernel: usize,
-    gain: f64,
 ) -> Tensor<'a> {
+    let gain = 1.0;
     match resample {
         Resample::None => conv(ctx, x, c_in, c_out, kernel, gain),
         Resample::Down => conv(
@@ -591,7 +591,6 @@ impl Block<'_> {
             c_in,
             c_out,
             3,
-            1.0,
         );
         let n = emb.dim(0);
         let params =
@@ -609,7 +608,6 @@ impl Block<'_> {
                 c_in,
                 c_out,
                 1,
-                1.0,
             )
         } else {
             x.clone()
@@ -773,7 +771,6 @@ impl Architecture for Ddpmpp {
                             caux,
                             cout,
                             3,
-                            1.0,
                         );
                         x = (x + a) * SKIP_SCALE;
                         aux = x.clone();
