@@ -1,7 +1,7 @@
 //! The host engine through the ABI: gradients against finite differences, training and
 //! inference forward passes of a real plugin, and failures inside plugins.
 
-use memlab::engine::graph::{Graph, Mode};
+use memlab::engine::executor::{Executor, Mode};
 use memlab::engine::params::{ParamStore, read_f32};
 use memlab::engine::{self, cpu};
 use memlab::plugins::Registry;
@@ -38,7 +38,7 @@ fn loss_of(ctx: &Ctx<'_>) -> memlab_plugin_api::ffi::TensorId {
 }
 
 fn eval_loss(store: &mut ParamStore) -> f64 {
-    let graph = Graph::new(&cpu(), Mode::Eval, store, 0);
+    let graph = Executor::new(&cpu(), Mode::Eval, store, 0);
     let ops = graph.ops();
     let ctx = Ctx::new(&ops);
     let id = loss_of(&ctx);
@@ -62,7 +62,7 @@ fn gradients_match_finite_differences() {
     store.freeze();
 
     let grads = {
-        let graph = Graph::new(&device, Mode::Train, &mut store, 0);
+        let graph = Executor::new(&device, Mode::Train, &mut store, 0);
         let ops = graph.ops();
         let ctx = Ctx::new(&ops);
         let id = loss_of(&ctx);
@@ -137,7 +137,7 @@ fn architecture_plugin_runs_under_training_and_inference() {
     let x: Vec<f32> = (0..2 * 3 * 8 * 8).map(|_| g.normal() as f32).collect();
 
     let run = |store: &mut ParamStore, mode: Mode| {
-        let graph = Graph::new(&device, mode, store, 0);
+        let graph = Executor::new(&device, mode, store, 0);
         let xi = graph.insert_data(x.clone(), &[2, 3, 8, 8]).unwrap();
         let ni = graph.insert_data(vec![0.1, -0.7], &[2]).unwrap();
         let args = ForwardArgs {
@@ -201,7 +201,7 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
         .architecture("external-panicky", "panic_in = \"forward\"", 0)
         .unwrap();
     let mut store = ParamStore::new(0);
-    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let graph = Executor::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.0; 16], &[1, 1, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
     let args = ForwardArgs {
@@ -237,7 +237,7 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
         .architecture("external-panicky", "panic_in = \"shape\"", 0)
         .unwrap();
     let mut store = ParamStore::new(0);
-    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let graph = Executor::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.0; 32], &[1, 2, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
     let args = ForwardArgs {
@@ -258,7 +258,7 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
     // And the process is still here to say so; a fresh call works.
     let ok = reg.architecture("external-panicky", "", 0).unwrap();
     let mut store = ParamStore::new(0);
-    let graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let graph = Executor::new(&cpu(), Mode::Eval, &mut store, 0);
     let x = graph.insert_data(vec![0.5; 16], &[1, 1, 4, 4]).unwrap();
     let n = graph.insert_data(vec![1.0], &[1]).unwrap();
     let args = ForwardArgs {
@@ -272,7 +272,7 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
 
 /// Runs `f` as one forward pass over `store` and returns the pass's error, if any.
 fn pass(store: &mut ParamStore, mode: Mode, f: impl FnOnce(&Ctx<'_>)) -> Option<String> {
-    let graph = Graph::new(&cpu(), mode, store, 0);
+    let graph = Executor::new(&cpu(), mode, store, 0);
     let ops = graph.ops();
     let ctx = Ctx::new(&ops);
     f(&ctx);
@@ -320,13 +320,13 @@ fn a_parameter_requested_twice_in_one_pass_is_an_error_unless_shared() {
 
 #[test]
 fn buffers_are_stored_and_loaded_but_never_trained() {
-    use memlab::optim::{AdamConfig, AdamState, adam_step, ema_update};
+    use memlab::diffusion::optim::{AdamConfig, AdamState, adam_step, ema_update};
     use memlab_plugin_api::Init;
     let device = cpu();
     let mut store = ParamStore::new(1);
     // A training pass: loss = Σ (w ⊙ b), so b would get a gradient were it a leaf.
     let (loss, grads) = {
-        let graph = Graph::new(&device, Mode::Train, &mut store, 0);
+        let graph = Executor::new(&device, Mode::Train, &mut store, 0);
         let ops = graph.ops();
         let ctx = Ctx::new(&ops);
         let w = ctx.param("w", &[3], Init::ONES);

@@ -152,7 +152,7 @@ fn optimum_copies_fresh_draws_do_not_and_criteria_change_without_retraining() {
     let ids: Vec<u64> = (100..200).collect();
     let (fresh, _) = ds.fill(&ids).unwrap();
     let fresh_path = tmp.path().join("fresh.npy");
-    memlab::output::write_npy_f32(&fresh_path, &[100, 3, 8, 8], &fresh).unwrap();
+    memlab::io::output::write_npy_f32(&fresh_path, &[100, 3, 8, 8], &fresh).unwrap();
     let e = memlab(
         &[
             "eval",

@@ -192,10 +192,10 @@ fn non_finite_and_out_of_range_samples_are_never_scored() {
     let cfg = write_config(tmp.path(), "good", "");
     run_ok(&cfg, &out, &[]);
     let run = out.join("good");
-    let (shape, samples) = memlab::output::read_npy_f32(&run.join("samples.npy")).unwrap();
+    let (shape, samples) = memlab::io::output::read_npy_f32(&run.join("samples.npy")).unwrap();
     let eval = |name: &str, values: &[f32]| {
         let p = tmp.path().join(format!("{name}.npy"));
-        memlab::output::write_npy_f32(&p, &shape, values).unwrap();
+        memlab::io::output::write_npy_f32(&p, &shape, values).unwrap();
         memlab(
             &[
                 "eval",
@@ -254,7 +254,7 @@ fn a_run_directory_has_one_owner_and_refusals_change_nothing() {
     assert!(tree(&run) == before, "a refused run changed the directory");
 
     // Another process holds the directory: refused, nothing written.
-    let held = memlab::lock::DirLock::acquire(&run).unwrap();
+    let held = memlab::io::lock::DirLock::acquire(&run).unwrap();
     let r = memlab_run(&cfg, &out, &["sample.count=4"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
@@ -263,9 +263,9 @@ fn a_run_directory_has_one_owner_and_refusals_change_nothing() {
         r.stderr
     );
     let mut now = tree(&run);
-    now.remove(Path::new(memlab::lock::LOCK_FILE));
+    now.remove(Path::new(memlab::io::lock::LOCK_FILE));
     let mut was = before.clone();
-    was.remove(Path::new(memlab::lock::LOCK_FILE));
+    was.remove(Path::new(memlab::io::lock::LOCK_FILE));
     assert!(now == was, "a refused run changed the directory");
     drop(held);
     // Released: a new sampling setting on the same training config re-samples.

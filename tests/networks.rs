@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::{RNone, RSome};
 use burn::tensor::{Tensor, TensorData};
-use memlab::engine::graph::{Graph, Mode};
+use memlab::diffusion::model::Model;
+use memlab::engine::executor::{Executor, Mode};
 use memlab::engine::params::{ParamStore, read_f32};
 use memlab::engine::{self, cpu};
-use memlab::model::Model;
 use memlab::plugins::Registry;
 use memlab_plugin_api::ffi::ForwardArgs;
 use safetensors::{Dtype, SafeTensors};
@@ -93,9 +93,9 @@ fn model(name: &str, io: &Io, schedule: &str, classes: u32) -> (Model, ParamStor
         training_len: 0,
     };
     let mut params = ParamStore::new(0);
-    memlab::train::materialize(&model, &mut params).unwrap();
+    memlab::diffusion::train::materialize(&model, &mut params).unwrap();
     let weights = fixture(&format!("{name}.weights.safetensors"));
-    memlab::weights::load_into(&mut params, &weights, &model.device).unwrap();
+    memlab::diffusion::weights::load_into(&mut params, &weights, &model.device).unwrap();
     (model, params)
 }
 
@@ -127,7 +127,7 @@ fn forward_with(
     let x = io.f32("x");
     let shape = io.shape("x");
     let n = shape[0];
-    let graph = Graph::new(&model.device, mode, params, 0);
+    let graph = Executor::new(&model.device, mode, params, 0);
     let xi = graph.insert_data(x, &shape).unwrap();
     let ni = graph.insert_data(io.f32("noise"), &[n]).unwrap();
     let labels = match labels {

@@ -4,7 +4,7 @@
 //! and backward pass.
 
 use abi_stable::std_types::{RNone, RSome};
-use memlab::engine::graph::{Graph, Mode};
+use memlab::engine::executor::{Executor, Mode};
 use memlab::engine::params::{ParamStore, read_f32};
 use memlab::engine::{self, cpu};
 use memlab::plugins::{ArchitectureHandle, Registry};
@@ -50,7 +50,7 @@ fn try_denoise(
     let m = train.len() / train_chw.iter().product::<usize>();
     let n = sigma.len();
     let mut store = ParamStore::new(0);
-    let mut graph = Graph::new(&cpu(), Mode::Eval, &mut store, 0);
+    let mut graph = Executor::new(&cpu(), Mode::Eval, &mut store, 0);
     let [tc, th, tw] = train_chw;
     let tid = graph.insert_data(train.to_vec(), &[m, tc, th, tw])?;
     let slot = graph.slot(tid)?;
@@ -291,7 +291,7 @@ fn ddpmpp_runs_through_the_host() {
     let mut g = SplitMix64(11);
     let x: Vec<f32> = (0..2 * 3 * 8 * 8).map(|_| g.normal() as f32).collect();
     let run = |store: &mut ParamStore, mode: Mode| {
-        let graph = Graph::new(&device, mode, store, 0);
+        let graph = Executor::new(&device, mode, store, 0);
         let xi = graph.insert_data(x.clone(), &[2, 3, 8, 8]).unwrap();
         let ni = graph.insert_data(vec![-0.3, 0.8], &[2]).unwrap();
         let li = graph.insert_int(vec![2, 0], &[2]).unwrap();

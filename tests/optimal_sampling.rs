@@ -2,7 +2,7 @@
 //! (DM, training/optim.py): nearly every sample lands on a training image.
 
 use memlab::data::TrainingSet;
-use memlab::knn::knn;
+use memlab::eval::knn::knn;
 use memlab::plugins::Registry;
 use memlab_e2e::*;
 use memlab_plugin_api::ffi::Distance;
@@ -65,7 +65,7 @@ fn optimal_denoiser_with_heun_reproduces_training_images() {
     inter.sort_by(f32::total_cmp);
     let typical = inter[inter.len() / 2];
     let (_, samples) =
-        memlab::output::read_npy_f32(&tmp.path().join("optimal/samples.npy")).unwrap();
+        memlab::io::output::read_npy_f32(&tmp.path().join("optimal/samples.npy")).unwrap();
     let nn = knn(&samples, &train.images, dim, 1, Distance::L2, &dev).unwrap();
     let close = nn.dist.iter().filter(|&&d| d < 0.01 * typical).count();
     assert!(

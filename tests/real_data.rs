@@ -159,7 +159,7 @@ fn knn_against_the_real_training_set_is_exact() {
     let picks: Vec<u64> = (0..16).map(|i| i * 613).collect();
     let (samples, _) = test_ds.fill(&picks).unwrap();
     let dim = 3 * 32 * 32;
-    let nb = memlab::knn::knn(
+    let nb = memlab::eval::knn::knn(
         &samples,
         &train,
         dim,
@@ -258,7 +258,7 @@ steps = 2
             None,
         );
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
-        let (s, v) = memlab::output::read_npy_f32(&out.join(name).join("samples.npy")).unwrap();
+        let (s, v) = memlab::io::output::read_npy_f32(&out.join(name).join("samples.npy")).unwrap();
         assert_eq!(s, shape, "{name}");
         assert!(v.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
         let rep: serde_json::Value = serde_json::from_slice(

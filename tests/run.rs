@@ -64,8 +64,11 @@ fn snapshot_tensors(
     step: u64,
 ) -> (u64, u64, std::collections::BTreeMap<String, Vec<f32>>) {
     use memlab::engine::params::read_f32;
-    let s = memlab::snapshot::Snapshot::load(&snapshot_path(run, step), &memlab::engine::cpu())
-        .unwrap();
+    let s = memlab::diffusion::snapshot::Snapshot::load(
+        &snapshot_path(run, step),
+        &memlab::engine::cpu(),
+    )
+    .unwrap();
     let mut out = std::collections::BTreeMap::new();
     for (n, p) in s.params.iter() {
         out.insert(format!("params/{n}"), s.params.read(n).unwrap());
@@ -135,7 +138,7 @@ fn run_directory_holds_provenance_samples_and_results() {
     );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6);
-    let (shape, data) = memlab::output::read_npy_f32(&run.join("samples.npy")).unwrap();
+    let (shape, data) = memlab::io::output::read_npy_f32(&run.join("samples.npy")).unwrap();
     assert_eq!(shape, vec![8, 3, 8, 8]);
     assert!(data.iter().all(|v| (-1.0..=1.0).contains(v)));
     let rep: serde_json::Value =
@@ -570,7 +573,7 @@ fn a_snapshot_from_another_parameter_layout_is_refused_with_the_names() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let path = snapshot_path(&out.join("layout"), 2);
     let dev = memlab::engine::cpu();
-    let mut s = memlab::snapshot::Snapshot::load(&path, &dev).unwrap();
+    let mut s = memlab::diffusion::snapshot::Snapshot::load(&path, &dev).unwrap();
     fn rename(store: &memlab::engine::params::ParamStore) -> memlab::engine::params::ParamStore {
         let mut out = memlab::engine::params::ParamStore::new(0);
         for (n, p) in store.iter() {

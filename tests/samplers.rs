@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
-use memlab::sampler::{Churn, Sampler, SamplerSettings, sample};
+use memlab::config::choices::{Churn, Sampler, SamplerSettings};
+use memlab::diffusion::sampler::sample;
 use memlab_e2e::root;
 use safetensors::SafeTensors;
 

@@ -61,7 +61,7 @@ fn every_kind_scaffolds_builds_loads_and_runs() {
             assert!(dir.join(f).is_file(), "{kind}: {f} missing");
         }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-        let lib = memlab::scaffold::library_file(&name);
+        let lib = memlab::cli::scaffold::library_file(&name);
         for cmd in [
             "cargo build".to_string(),
             format!("memlab plugins --check target/debug/{lib}"),
@@ -171,11 +171,11 @@ fn plugins_md_examples_are_the_scaffold_templates() {
         blocks.push(format!("{}\n", &body[..end]));
         rest = &body[end..];
     }
-    let api = memlab::scaffold::ApiDependency::Version("0.1".into());
+    let api = memlab::cli::scaffold::ApiDependency::Version("0.1".into());
     let mut expected = Vec::new();
     for kind in KINDS {
-        let k = memlab::scaffold::parse_kind(kind).unwrap();
-        let files = memlab::scaffold::render(k, &format!("my-{kind}"), &api);
+        let k = memlab::cli::scaffold::parse_kind(kind).unwrap();
+        let files = memlab::cli::scaffold::render(k, &format!("my-{kind}"), &api);
         let lib = files.iter().find(|(p, _)| *p == "src/lib.rs").unwrap();
         assert!(
             blocks.contains(&lib.1),

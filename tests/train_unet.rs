@@ -2,7 +2,7 @@
 //! training images (closer than fresh draws from the same distribution are).
 
 use memlab::data::TrainingSet;
-use memlab::knn::knn;
+use memlab::eval::knn::knn;
 use memlab::plugins::Registry;
 use memlab_e2e::*;
 use memlab_plugin_api::ffi::Distance;
@@ -90,7 +90,7 @@ fn unet_learns_the_training_images() {
         .take(32)
         .collect();
     let (fresh, _) = ds.fill(&fresh_ids).unwrap();
-    let (_, samples) = memlab::output::read_npy_f32(&run.join("samples.npy")).unwrap();
+    let (_, samples) = memlab::io::output::read_npy_f32(&run.join("samples.npy")).unwrap();
     let dim = 3 * 16 * 16;
     let dev = memlab::engine::cpu();
     let d_s = knn(&samples, &train.images, dim, 1, Distance::L2, &dev).unwrap();

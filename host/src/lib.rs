@@ -6,31 +6,20 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the five-minute tour.
 
-pub mod baseline;
-pub mod bench;
-pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod diffusion;
 pub mod engine;
 pub mod eval;
-pub mod fetch;
-pub mod import;
-pub mod knn;
-pub mod lock;
-pub mod model;
-pub mod optim;
-pub mod output;
+pub mod io;
 pub mod plot;
 pub mod plugins;
-pub mod progress;
 pub mod run;
-pub mod sampler;
-pub mod scaffold;
-pub mod snapshot;
 pub mod study;
-pub mod train;
-pub mod weights;
+
+#[cfg(test)]
+mod layering;
 
 /// Exit code for bad user input (config errors, unknown plugins, bad parameters).
 pub const EXIT_USAGE: i32 = 2;

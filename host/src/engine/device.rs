@@ -7,20 +7,8 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
-use serde::{Deserialize, Serialize};
 
-/// Which device a run uses, as written in configs (`device = "auto" | "cpu" | "cuda"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when available, else CPU.
-    #[default]
-    Auto,
-    /// burn's `flex` CPU backend.
-    Cpu,
-    /// CUDA device 0 (`--features cuda`).
-    Cuda,
-}
+use crate::config::choices::DeviceChoice;
 
 /// Whether this binary was built with CUDA support.
 pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");

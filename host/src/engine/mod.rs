@@ -1,12 +1,12 @@
 //! The shared engine: burn tensors behind the plugin tensor API, parameters, autodiff.
 //!
 //! - [`device`]: run-time device choice (`auto`/`cpu`/`cuda`).
-//! - [`graph`]: one forward pass executing a plugin's ops ([`graph::Graph`]).
+//! - [`graph`]: one forward pass executing a plugin's ops ([`executor::Executor`]).
 //! - [`kernels`]: CPU kernels for convolution, GroupNorm and SiLU (burn backend extension).
 //! - [`params`]: named parameters ([`params::ParamStore`]).
 
 pub mod device;
-pub mod graph;
+pub mod executor;
 pub mod kernels;
 pub mod params;
 pub mod rank;
@@ -17,12 +17,16 @@ use indexmap::IndexMap;
 use memlab_plugin_api::ffi::{ForwardArgs, HostOps};
 
 use crate::plugins::ArchitectureHandle;
-use graph::{Graph, Slot};
+use executor::{Executor, HostTensor};
 use rank::by_rank;
 
 /// Calls an architecture's `forward` through the ABI on `graph` and returns its output,
 /// reporting plugin errors and failed host ops with the component's name.
-pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) -> Result<Slot> {
+pub fn forward(
+    arch: &ArchitectureHandle,
+    graph: &Executor<'_>,
+    args: ForwardArgs,
+) -> Result<HostTensor> {
     let out = arch.forward(graph.ops(), args);
     match out {
         Ok(id) => {
@@ -44,7 +48,10 @@ pub fn forward(arch: &ArchitectureHandle, graph: &Graph<'_>, args: ForwardArgs) 
 
 /// Backpropagates a scalar `loss` (shape `[1]`) and returns each used parameter's gradient on
 /// the inner device, by name.
-pub fn gradients(graph: &Graph<'_>, loss: &Slot) -> Result<IndexMap<String, DispatchTensor>> {
+pub fn gradients(
+    graph: &Executor<'_>,
+    loss: &HostTensor,
+) -> Result<IndexMap<String, DispatchTensor>> {
     if loss.shape.iter().product::<usize>() != 1 {
         anyhow::bail!("loss must be a single value, got shape {:?}", loss.shape);
     }

@@ -49,7 +49,7 @@ fn name_hash(name: &str) -> u64 {
 /// `n` values cannot be allocated.
 pub fn init_values(init: Init, n: usize, seed: u64, name: &str) -> Result<Vec<f32>> {
     let mut rng = SplitMix64::for_index(seed, name_hash(name));
-    let mut v = crate::budget::try_with_capacity(n, || format!("parameter `{name}`"))?;
+    let mut v = crate::io::alloc::try_with_capacity(n, || format!("parameter `{name}`"))?;
     match init.kind {
         InitKind::Constant => v.resize(n, init.a as f32),
         InitKind::Uniform => {

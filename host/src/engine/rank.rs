@@ -58,7 +58,7 @@ pub fn to_dispatch_int(data: TensorData, device: &Device) -> Result<DispatchTens
 }
 
 /// Converts a slice of dims into a fixed-size array (caller guarantees the length).
-pub fn arr<const D: usize>(s: &[usize]) -> [usize; D] {
+pub fn dims_array<const D: usize>(s: &[usize]) -> [usize; D] {
     let mut a = [0usize; D];
     a.copy_from_slice(&s[..D]);
     a

@@ -64,14 +64,14 @@ impl DatasetHandle {
             );
         }
         let what = || format!("{}: {} images", self.label, indices.len());
-        let per = crate::budget::mul(info.channels, info.height, what)?;
-        let per = crate::budget::mul(per, info.width, what)?;
-        let mut images = crate::budget::try_zeroed(
-            crate::budget::mul(indices.len(), per, what)?,
+        let per = crate::io::alloc::mul(info.channels, info.height, what)?;
+        let per = crate::io::alloc::mul(per, info.width, what)?;
+        let mut images = crate::io::alloc::try_zeroed(
+            crate::io::alloc::mul(indices.len(), per, what)?,
             f32::NAN,
             what,
         )?;
-        let mut labels = crate::budget::try_zeroed(indices.len(), 0i64, what)?;
+        let mut labels = crate::io::alloc::try_zeroed(indices.len(), 0i64, what)?;
         ok(
             &self.label,
             self.inner.fill(

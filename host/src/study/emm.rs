@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::exec::{self, Outcome};
 use super::{Cell, Study, describe, short_key, value_label};
 use crate::config::ConfigError;
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::plot::{Bar, BarChart, LineChart, Series, bar_chart, line_chart};
 
 /// `[emm]`: the search.
@@ -152,20 +152,19 @@ pub fn search_all(
             .map(|c| c.name.clone())
             .ok_or_else(|| anyhow!("no criteria"))?,
     };
+    let ctx = SearchCtx {
+        study,
+        e: &e,
+        criterion: &criterion,
+        dir,
+        extra_dirs,
+        jobs,
+    };
     let mut all_cells: Vec<Cell> = Vec::new();
     let mut searches = Vec::new();
     for g in 0..study.len() {
         let group = study.values(g);
-        let s = search(
-            study,
-            &e,
-            &criterion,
-            &group,
-            dir,
-            extra_dirs,
-            jobs,
-            &mut all_cells,
-        )?;
+        let s = search(&ctx, &group, &mut all_cells)?;
         log::info!("EMM{}: {}", group_suffix(&group), s.message);
         searches.push(s);
     }
@@ -185,17 +184,31 @@ fn round_to(x: u64, m: u64) -> u64 {
     (x + m / 2) / m * m
 }
 
-#[allow(clippy::too_many_arguments)]
-fn search(
-    study: &Study,
-    e: &EmmSection,
-    criterion: &str,
-    group: &[(String, toml::Value)],
-    dir: &Path,
-    extra_dirs: &[PathBuf],
+/// What every search of one `memlab emm` shares.
+struct SearchCtx<'a> {
+    study: &'a Study,
+    e: &'a EmmSection,
+    criterion: &'a str,
+    dir: &'a Path,
+    extra_dirs: &'a [PathBuf],
     jobs: usize,
+}
+
+/// One search: the sizes of `group`'s cells from the coarse grid, then bisection, each size a
+/// cell appended to `all_cells` (shared by all groups, so the manifest lists every cell).
+fn search(
+    ctx: &SearchCtx,
+    group: &[(String, toml::Value)],
     all_cells: &mut Vec<Cell>,
 ) -> Result<Search> {
+    let SearchCtx {
+        study,
+        e,
+        criterion,
+        dir,
+        extra_dirs,
+        jobs,
+    } = *ctx;
     let threshold = 1.0 - e.epsilon;
     let mut points: Vec<Point> = Vec::new();
     // Evaluates sizes (in parallel when jobs > 1); returns their ratios.
@@ -319,7 +332,7 @@ fn search(
 /// The ratio of `criterion` in a finished cell.
 pub fn cell_ratio(dir: &Path, cell: &Cell, criterion: &str) -> Result<f64> {
     let p = exec::cell_dir(dir, cell).join("replication.json");
-    let v = super::results::read_replication(&p)?
+    let v = crate::run::RunReport::read(&p)?
         .ok_or_else(|| anyhow!("{} does not exist", p.display()))?;
     v.evaluation
         .criteria

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Cell, Study, describe, value_label};
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::plugins::Registry;
 
 /// `study.json`: the expanded grid, written before any cell runs.
@@ -104,7 +104,7 @@ pub fn is_done(study_dir: &Path, cell: &Cell) -> bool {
         .is_some_and(|d| {
             d.config_sha256 == config_sha(cell)
                 && matches!(
-                    super::results::read_replication(&dir.join("replication.json")),
+                    crate::run::RunReport::read(&dir.join("replication.json")),
                     Ok(Some(_))
                 )
         })
@@ -163,7 +163,7 @@ pub fn run_cell(cell: &Cell, reg: &Registry, study_dir: &Path) -> Result<()> {
     let dir = cell_dir(study_dir, cell);
     // Own the cell before touching it: a second worker or Slurm task on the same cell is
     // refused instead of mixing two runs in one folder.
-    let lock = crate::lock::DirLock::acquire(&dir)?;
+    let lock = crate::io::lock::DirLock::acquire(&dir)?;
     let _ = std::fs::remove_file(dir.join("cell.json"));
     let t0 = Instant::now();
     crate::run::run_locked(&cell.config, reg, Some(&study_dir.join("cells")), &lock)
@@ -223,7 +223,7 @@ pub fn run_cells(
             .map(|o| o.unwrap_or(Outcome::Skipped))
             .collect());
     }
-    let bar = crate::progress::bar(
+    let bar = crate::io::progress::bar(
         cells.len() as u64,
         "cells [{bar:30}] {pos}/{len} done  {msg}",
     );
@@ -243,14 +243,14 @@ pub fn run_cells(
             s.spawn(move || {
                 while let Ok(i) = rx.recv() {
                     let cell = &cells[i];
-                    crate::progress::set_label(Some(cell.name.clone()));
+                    crate::io::progress::set_label(Some(cell.name.clone()));
                     let r = (|| -> Result<()> {
                         let mut dirs = extra_dirs.to_vec();
                         dirs.extend(cell.config.plugins.dirs.iter().cloned());
                         let reg = Registry::load(&dirs)?;
                         run_cell(cell, &reg, study_dir)
                     })();
-                    crate::progress::set_label(None);
+                    crate::io::progress::set_label(None);
                     let outcome = match r {
                         Ok(()) => Outcome::Finished,
                         Err(e) => {
@@ -278,7 +278,7 @@ pub fn run_cells(
                     cells.len()
                 ),
             };
-            crate::progress::println(&line);
+            crate::io::progress::println(&line);
             if let Some(b) = &bar {
                 b.inc(1);
                 b.set_message(cells[i].name.clone());

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::exec::Manifest;
 use super::results::{self, CellStatus, Row};
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::plot::{Bar, BarChart, LineChart, Series, bar_chart, line_chart};
 
 /// What `report` produced.
@@ -149,19 +149,24 @@ fn log_scale(rows: &[Row], x: &str) -> bool {
     lo > 0.0 && hi / lo >= 4.0
 }
 
-/// A ratio figure: lines along `x` (one per legend value and per label `value` returns), or
-/// grouped bars per cell when the sweep has no numeric axis.
-#[allow(clippy::too_many_arguments)]
+/// The finished cells a figure is drawn over, and its numeric x axis if the sweep has one.
+struct Over<'a> {
+    manifest: &'a Manifest,
+    done: &'a [Row],
+    x: Option<&'a str>,
+}
+
+/// A ratio figure: lines along `over.x` (one per legend value and per label `value` returns),
+/// or grouped bars per cell when the sweep has no numeric axis.
 fn ratio_figure(
     path: &Path,
     title: &str,
-    m: &Manifest,
-    done: &[Row],
-    x: Option<&str>,
+    over: &Over,
     criterion: &str,
     value: impl Fn(&Row) -> Vec<(String, f64)>,
 ) -> Result<()> {
-    match x {
+    let (m, done) = (over.manifest, over.done);
+    match over.x {
         Some(x) => {
             let s = series(done, &legend_keys(m, x), x, value);
             line_chart(
@@ -217,13 +222,18 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
         .collect();
     let mut out = Vec::new();
     let x = x_key(m, &done);
+    let over = Over {
+        manifest: m,
+        done: &done,
+        x: x.as_deref(),
+    };
     for c in &m.criteria {
         let overall = |r: &Row| -> Vec<(String, f64)> {
             r.ratio(c).map(|v| (String::new(), v)).into_iter().collect()
         };
         let file = format!("ratio-{}.png", slug(c));
         let title = format!("{}: memorization ratio ({c})", m.name);
-        ratio_figure(&dir.join(&file), &title, m, &done, x.as_deref(), c, overall)?;
+        ratio_figure(&dir.join(&file), &title, &over, c, overall)?;
         out.push(file);
         // Per-class ratios (class-conditional studies, e.g. Yoon et al. H3).
         if done
@@ -243,7 +253,7 @@ pub fn figures(dir: &Path, m: &Manifest, rows: &[Row]) -> Result<Vec<String>> {
             };
             let file = format!("ratio-per-class-{}.png", slug(c));
             let title = format!("{}: memorization ratio per class ({c})", m.name);
-            ratio_figure(&dir.join(&file), &title, m, &done, x.as_deref(), c, per)?;
+            ratio_figure(&dir.join(&file), &title, &over, c, per)?;
             out.push(file);
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::exec::Manifest;
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 use crate::run::RunReport;
 
 /// One criterion's numbers in a row.
@@ -147,7 +147,7 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             }
             let done = cdir.join("cell.json").exists();
             let rep_path = cdir.join("replication.json");
-            let rep = match read_replication(&rep_path) {
+            let rep = match RunReport::read(&rep_path) {
                 Ok(r) => r,
                 Err(e) => {
                     row.status = CellStatus::Corrupt;
@@ -198,20 +198,6 @@ pub fn collect(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             row
         })
         .collect()
-}
-
-/// A cell's `replication.json`: `None` when it does not exist (the cell has not finished),
-/// an error naming the file when it cannot be read or does not hold a run record (a damaged
-/// file is not reported as a cell that never ran; a record missing a field says which).
-pub fn read_replication(path: &Path) -> Result<Option<RunReport>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .with_context(|| format!("{} is not a memlab run record", path.display()))
 }
 
 /// Total training wall time from `metrics.jsonl`: `elapsed_s` restarts at each resume, so the
@@ -409,15 +395,15 @@ mod tests {
         assert!(e.contains("EOF while parsing"), "{e}");
         assert!(rows[2].error.is_none());
         assert!(to_csv(&m, &rows).contains(",corrupt,"));
-        assert!(read_replication(&file).is_err());
+        assert!(RunReport::read(&file).is_err());
         // A record whose field was renamed or lost is corrupt, naming the field (never an empty
         // column).
         let renamed = d.path().join("renamed.json");
         std::fs::write(&renamed, rep.replace("\"snapshot\": 6", "\"snap\": 6")).unwrap();
-        let e = format!("{:#}", read_replication(&renamed).unwrap_err());
+        let e = format!("{:#}", RunReport::read(&renamed).unwrap_err());
         assert!(e.contains("missing field `snapshot`"), "{e}");
         assert!(
-            read_replication(&d.path().join("nope.json"))
+            RunReport::read(&d.path().join("nope.json"))
                 .unwrap()
                 .is_none()
         );

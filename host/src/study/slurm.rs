@@ -155,7 +155,7 @@ pub fn script(job: &Job) -> String {
 pub fn write(job: &Job) -> Result<PathBuf> {
     let path = job.study_dir.join("slurm.sh");
     std::fs::create_dir_all(job.study_dir.join("slurm"))?;
-    crate::output::write_atomic(&path, script(job).as_bytes())
+    crate::io::output::write_atomic(&path, script(job).as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {

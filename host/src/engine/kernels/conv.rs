@@ -10,7 +10,7 @@
 //! convolution (stride 1, output as large as the input: the UNets' 3×3 convolutions) skips it too:
 //! each kernel tap is a shifted view of a zero-padded copy of the image, one GEMM per tap
 //! ([`forward_taps`]; the input gradient is the same convolution of `dy` with the kernel flipped
-//! and transposed; [`backward_weight_taps`]). Images run in parallel, each GEMM on one thread; the
+//! and transposed; `backward_weight_taps`). Images run in parallel, each GEMM on one thread; the
 //! weight gradient sums per-chunk partials in chunk order.
 
 use super::gemm::{Mat, par_items, sgemm, threads, zeros};
@@ -243,7 +243,7 @@ fn pad_image(s: &ConvShape, pd: &Padded, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Forward of a [`same`] convolution as one GEMM per kernel tap over shifted views of a padded
+/// Forward of a `same` convolution as one GEMM per kernel tap over shifted views of a padded
 /// copy of the image (no im2col matrix): `ŷ += W[:, :, ki, kj] · view(ki·wp + kj)`.
 pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let pd = padded(s);

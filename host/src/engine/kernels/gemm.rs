@@ -38,6 +38,8 @@ impl Mat {
 /// # Safety
 /// Every pointer must address a matrix of the given shape and strides, `dst` must not alias
 /// `lhs` or `rhs`, and no other thread may write `dst` meanwhile.
+// BLAS's sgemm signature (shape, then each matrix's pointer and strides), which kernel code
+// is read against; a struct per operand would hide the strides at the call sites.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(
     m: usize,

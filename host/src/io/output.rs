@@ -424,36 +424,41 @@ pub fn grid_rgb(
 pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize, scale: usize) -> Result<()> {
     let s = scale.max(1);
     let (sw, sh) = (w * s, h * s);
-    let mut big = vec![0u8; sw * sh * 3];
-    for y in 0..sh {
-        for x in 0..sw {
-            let src = ((y / s) * w + x / s) * 3;
-            big[(y * sw + x) * 3..(y * sw + x) * 3 + 3].copy_from_slice(&rgb[src..src + 3]);
+    let scaled;
+    let pixels = if s == 1 {
+        rgb
+    } else {
+        let mut big = vec![0u8; sw * sh * 3];
+        for y in 0..sh {
+            for x in 0..sw {
+                let src = ((y / s) * w + x / s) * 3;
+                big[(y * sw + x) * 3..(y * sw + x) * 3 + 3].copy_from_slice(&rgb[src..src + 3]);
+            }
         }
-    }
+        scaled = big;
+        &scaled
+    };
     let mut buf = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut buf, sw as u32, sh as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header()?;
-        wr.write_image_data(&big)?;
+        wr.write_image_data(pixels)?;
     }
     write_atomic(path, &buf)
 }
 
-/// Writes NCHW images as a PNG grid.
-#[allow(clippy::too_many_arguments)]
+/// Writes NCHW images of `shape` `[n, c, h, w]` as a PNG grid of `cols` columns, each pixel
+/// drawn `scale`×`scale`.
 pub fn write_grid(
     path: &Path,
     images: &[f32],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
+    shape: [usize; 4],
     cols: usize,
     scale: usize,
 ) -> Result<()> {
+    let [n, c, h, w] = shape;
     let (rgb, gw, gh) = grid_rgb(images, n, c, h, w, cols);
     write_png(path, &rgb, gw, gh, scale)
 }

@@ -1,5 +1,8 @@
 //! Command-line interface (`clap`).
 
+pub mod bench;
+pub mod scaffold;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -88,28 +91,7 @@ pub enum Command {
         out: Option<PathBuf>,
     },
     /// Run a study: every cell of its `[sweep]` grid (resuming), then results, figures and report.
-    Study {
-        /// The study config.
-        config: PathBuf,
-        /// Override a config value before expansion, e.g. `--set train.steps=100` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Cells run at once on CPU (worker threads, at least 1); a GPU runs one cell at a time.
-        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
-        jobs: usize,
-        /// Parent directory of the study directory (default: `[study] out_dir`, else `studies`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Run only this cell (0-based grid index), e.g. from a Slurm array task.
-        #[arg(long, conflicts_with = "slurm")]
-        cell: Option<usize>,
-        /// Write a Slurm array script (one task per cell) instead of running.
-        #[arg(long)]
-        slurm: bool,
-        /// List the cells and exit.
-        #[arg(long, conflicts_with_all = ["slurm", "cell"])]
-        list: bool,
-    },
+    Study(StudyArgs),
     /// Effective model memorization: the largest training-set size still memorized (ratio ≥ 1 − ε).
     Emm {
         /// The study config (with an optional `[emm]` table and `[sweep]`).
@@ -168,41 +150,35 @@ pub enum Command {
 }
 
 /// `memlab bench` targets.
+/// `memlab study` arguments.
+#[derive(clap::Args, Debug)]
+pub struct StudyArgs {
+    /// The study config.
+    pub config: PathBuf,
+    /// Override a config value before expansion, e.g. `--set train.steps=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Cells run at once on CPU (worker threads, at least 1); a GPU runs one cell at a time.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub jobs: usize,
+    /// Parent directory of the study directory (default: `[study] out_dir`, else `studies`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only this cell (0-based grid index), e.g. from a Slurm array task.
+    #[arg(long, conflicts_with = "slurm")]
+    pub cell: Option<usize>,
+    /// Write a Slurm array script (one task per cell) instead of running.
+    #[arg(long)]
+    pub slurm: bool,
+    /// List the cells and exit.
+    #[arg(long, conflicts_with_all = ["slurm", "cell"])]
+    pub list: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
     /// Training-step and forward-pass time of an architecture (compare with bench/torch_unet.py).
-    Train {
-        /// Architecture component.
-        #[arg(long, default_value = "unet")]
-        arch: String,
-        /// Its parameters (TOML).
-        #[arg(
-            long,
-            default_value = "channels = 32\nchannel_mult = [1, 2, 2]\nres_blocks = 2\nattention_resolutions = [8]\nheads = 4\ndropout = 0.0\nscale_shift = false\nlearn_sigma = false"
-        )]
-        params: String,
-        /// Training batch size.
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Image side.
-        #[arg(long, default_value_t = 32)]
-        res: usize,
-        /// Timed training steps (the median is reported).
-        #[arg(long, default_value_t = 8)]
-        steps: usize,
-        /// Inference batch size.
-        #[arg(long, default_value_t = 256)]
-        forward_batch: usize,
-        /// Timed forward passes, at `forward_batch` and again at `batch`.
-        #[arg(long, default_value_t = 8)]
-        forward_reps: usize,
-        /// Images sampled with Heun for the throughput measurement (0 skips it).
-        #[arg(long, default_value_t = 256)]
-        sample_batch: usize,
-        /// Heun steps of that measurement (2·steps − 1 network evaluations).
-        #[arg(long, default_value_t = 18)]
-        sample_steps: usize,
-    },
+    Train(crate::cli::bench::TrainBench),
     /// Forward + backward time of each hand-written CPU kernel against burn's own op.
     Kernels {
         /// Timed repetitions (the median is reported).
@@ -240,7 +216,7 @@ pub enum DataAction {
     Fetch {
         /// Dataset name.
         name: String,
-        /// Destination directory (default: data/<name>).
+        /// Destination directory (default: data/NAME).
         #[arg(long)]
         dest: Option<PathBuf>,
         /// Import from this local file or directory instead of downloading (no internet
@@ -274,7 +250,7 @@ pub fn main() -> i32 {
         // Lines from a study's worker threads carry the cell they belong to.
         .format(|buf, record| {
             let ts = buf.timestamp_seconds();
-            let cell = crate::progress::label()
+            let cell = crate::io::progress::label()
                 .map(|l| format!(" [{l}]"))
                 .unwrap_or_default();
             writeln!(buf, "[{ts} {}{cell}] {}", record.level(), record.args())
@@ -348,7 +324,7 @@ fn run(cli: Cli) -> Result<i32> {
             sets,
             out,
         } => {
-            let r = crate::run::eval_dir(
+            let r = crate::run::evaluate::eval_dir(
                 &run_dir,
                 &sets,
                 &cli.plugin_dirs,
@@ -374,8 +350,13 @@ fn run(cli: Cli) -> Result<i32> {
             sets,
             out,
         } => {
-            let b =
-                crate::baseline::run(&config, &sets, &heldout, &cli.plugin_dirs, out.as_deref())?;
+            let b = crate::run::baseline::run(
+                &config,
+                &sets,
+                &heldout,
+                &cli.plugin_dirs,
+                out.as_deref(),
+            )?;
             println!("{}", b.markdown);
             println!(
                 "wrote {} and {}",
@@ -384,24 +365,7 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Study {
-            config,
-            sets,
-            jobs,
-            out,
-            cell,
-            slurm,
-            list,
-        } => study_command(
-            &config,
-            &sets,
-            jobs,
-            out.as_deref(),
-            cell,
-            slurm,
-            list,
-            &cli.plugin_dirs,
-        ),
+        Command::Study(args) => study_command(&args, &cli.plugin_dirs),
         Command::Emm {
             config,
             sets,
@@ -456,8 +420,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Data {
             action: DataAction::Fetch { name, dest, from },
         } => {
-            if !crate::fetch::datasets().iter().any(|(n, _)| *n == name) {
-                let known: Vec<&str> = crate::fetch::datasets().iter().map(|(n, _)| *n).collect();
+            if !crate::data::fetch::datasets()
+                .iter()
+                .any(|(n, _)| *n == name)
+            {
+                let known: Vec<&str> = crate::data::fetch::datasets()
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
                 eprintln!(
                     "error: unknown dataset `{name}`; memlab can fetch: {}",
                     known.join(", ")
@@ -466,14 +436,14 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
             if let Some(from) = from {
-                let done = crate::import::import(&name, &from, &dest)?;
+                let done = crate::data::import::import(&name, &from, &dest)?;
                 for f in &done.files {
                     println!("{}", f.display());
                 }
                 println!("{}", done.note);
                 return Ok(0);
             }
-            let files = crate::fetch::fetch(&name, &dest)?;
+            let files = crate::data::fetch::fetch(&name, &dest)?;
             for f in &files {
                 println!("{}", f.display());
             }
@@ -481,33 +451,11 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bench {
-            what:
-                BenchWhat::Train {
-                    arch,
-                    params,
-                    batch,
-                    res,
-                    steps,
-                    forward_batch,
-                    forward_reps,
-                    sample_batch,
-                    sample_steps,
-                },
+            what: BenchWhat::Train(spec),
         } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
-            let r = crate::bench::train(
-                &reg,
-                &arch,
-                &params,
-                batch,
-                res,
-                steps,
-                forward_batch,
-                forward_reps,
-                sample_batch,
-                sample_steps,
-            )?;
+            let r = crate::cli::bench::train(&reg, &spec)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(0)
         }
@@ -518,7 +466,7 @@ fn run(cli: Cli) -> Result<i32> {
                 "{:<40} {:>10} {:>10} {:>7}",
                 "op (forward + backward)", "memlab ms", "burn ms", "ratio"
             );
-            for r in crate::bench::kernels(reps.max(1))? {
+            for r in crate::cli::bench::kernels(reps.max(1))? {
                 println!(
                     "{:<40} {:>10.2} {:>10.2} {:>7.2}",
                     r.op,
@@ -542,7 +490,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let reg = Registry::load(&cli.plugin_dirs)?;
             report_failures(&reg);
-            let r = crate::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
+            let r = crate::cli::bench::dispatch(&reg, &arch, &params, batch, res, steps)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -621,18 +569,18 @@ fn load_for(cells: &[crate::study::Cell], dirs: &[PathBuf]) -> Result<Registry> 
     Ok(reg)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn study_command(
-    config: &std::path::Path,
-    sets: &[String],
-    jobs: usize,
-    out: Option<&std::path::Path>,
-    cell: Option<usize>,
-    slurm: bool,
-    list: bool,
-    plugin_dirs: &[PathBuf],
-) -> Result<i32> {
+fn study_command(args: &StudyArgs, plugin_dirs: &[PathBuf]) -> Result<i32> {
     use crate::study::{Study, exec, report, slurm as sl};
+    let StudyArgs {
+        config,
+        sets,
+        jobs,
+        out,
+        cell,
+        slurm,
+        list,
+    } = args;
+    let (jobs, out, cell, slurm, list) = (*jobs, out.as_deref(), *cell, *slurm, *list);
     let study = Study::load(config, sets)?;
     let cells = study.cells()?;
     let dir = study.dir(out);
@@ -758,7 +706,7 @@ fn new_plugin(
     api_version: Option<&str>,
     api_path: Option<&std::path::Path>,
 ) -> Result<i32> {
-    use crate::scaffold::{self, ApiDependency, ScaffoldError};
+    use crate::cli::scaffold::{self, ApiDependency, ScaffoldError};
     let usage = |msg: String| {
         eprintln!("error: {msg}");
         Ok(EXIT_USAGE)

@@ -2,7 +2,7 @@
 //! machine without internet access, from archives the user already has.
 //!
 //! Accepted sources:
-//! - the official files ([`crate::fetch`]'s table: `cifar-10-python.tar.gz`, the four MNIST
+//! - the official files ([`crate::data::fetch`]'s table: `cifar-10-python.tar.gz`, the four MNIST
 //!   `*-ubyte.gz`), given as a file or as a directory holding them; each is verified against
 //!   its published md5 while it is copied into `dest` under its official name;
 //! - for CIFAR-10, images in class folders: a plain `.tar` of them (one top-level folder such
@@ -26,7 +26,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::fetch::{OfficialFile, official_files};
+use crate::data::fetch::{OfficialFile, official_files};
 
 /// The ten CIFAR-10 classes, in label order.
 pub const CIFAR10_CLASSES: [&str; 10] = [
@@ -130,7 +130,7 @@ fn import_with(
                 .map(|(s, h)| format!("{h}  {s}.tar\n"))
                 .collect();
             let sums_path = dir.join("SHA256SUMS");
-            crate::output::write_atomic(&sums_path, text.as_bytes())?;
+            crate::io::output::write_atomic(&sums_path, text.as_bytes())?;
             files.push(sums_path);
             let mut note = String::from(
                 "the image-folder dataset plugin reads these tars as they are; in a config \
@@ -509,7 +509,7 @@ fn copy_atomic<H: Digest + Write>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut tmp = crate::output::temp_builder()
+    let mut tmp = crate::io::output::temp_builder()
         .prefix(&format!(".{name}."))
         .suffix(".part")
         .tempfile_in(dir)
@@ -536,7 +536,7 @@ fn pack_atomic(
     target: &Path,
 ) -> Result<String> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    let mut tmp = crate::output::temp_builder()
+    let mut tmp = crate::io::output::temp_builder()
         .prefix(&format!(".{split}.tar."))
         .suffix(".part")
         .tempfile_in(dir)

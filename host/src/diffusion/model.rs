@@ -7,7 +7,7 @@ use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
 use indexmap::IndexMap;
 use memlab_plugin_api::ffi::{ArchInfo, ForwardArgs, HostOps};
 
-use crate::engine::graph::{Graph, Mode, Slot};
+use crate::engine::executor::{Executor, HostTensor, Mode};
 use crate::engine::params::ParamStore;
 use crate::engine::{self};
 use crate::plugins::{ArchitectureHandle, ScheduleHandle};
@@ -76,7 +76,7 @@ impl Model {
     /// Runs D(x; σ) on `graph` (training or inference) and returns the `[n, c, h, w]` output.
     fn denoise_on(
         &self,
-        graph: &mut Graph<'_>,
+        graph: &mut Executor<'_>,
         x: Tensor<4>,
         sigma: &[f64],
         labels: Option<&[i64]>,
@@ -86,7 +86,7 @@ impl Model {
             bail!("{} noise levels for {n} images", sigma.len());
         }
         if let Some(ts) = &self.training_set {
-            let slot = Slot {
+            let slot = HostTensor {
                 t: ts.clone(),
                 shape: vec![
                     self.training_len,
@@ -107,7 +107,7 @@ impl Model {
         } else {
             x.clone() * col(&k.c_in)
         };
-        let xi = graph.insert(Slot {
+        let xi = graph.insert(HostTensor {
             t: x_in.into_dispatch(),
             shape: vec![n, c, h, w],
             int: false,
@@ -160,7 +160,7 @@ impl Model {
         sigma: &[f64],
         labels: Option<&[i64]>,
     ) -> Result<Tensor<4>> {
-        let mut graph = Graph::new(&self.device, Mode::Eval, params, 0);
+        let mut graph = Executor::new(&self.device, Mode::Eval, params, 0);
         self.denoise_on(&mut graph, x, sigma, labels)
     }
 
@@ -179,7 +179,7 @@ impl Model {
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
         let n = sigma.len();
         let [c, h, w] = self.image_shape;
-        let mut graph = Graph::new(&self.device, Mode::Train, params, dropout_seed);
+        let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
         let dev = graph.device().clone();
         let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
         let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
@@ -207,7 +207,7 @@ impl Model {
             .convert::<f64>()
             .try_to_vec::<f64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        let slot = Slot {
+        let slot = HostTensor {
             t: loss.into_dispatch(),
             shape: vec![1],
             int: false,

@@ -2,6 +2,8 @@
 //! and the numbers papers report (memorization ratio, mean d₁, distinct training images
 //! replicated, per class).
 
+pub mod knn;
+
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
@@ -9,7 +11,7 @@ use burn::tensor::Device;
 use memlab_plugin_api::ffi::Distance;
 use serde::{Deserialize, Serialize};
 
-use crate::knn::{Neighbours, knn};
+use crate::eval::knn::{Neighbours, knn};
 use crate::plugins::CriterionHandle;
 
 /// Results of one criterion.

@@ -9,7 +9,7 @@ use memlab_plugin_api::ffi::{BinaryOp, ForwardArgs};
 use memlab_plugin_api::{Ctx, SplitMix64};
 use serde::Serialize;
 
-use crate::engine::graph::{Graph, Mode};
+use crate::engine::executor::{Executor, Mode};
 use crate::engine::params::ParamStore;
 use crate::engine::{self, cpu};
 use crate::plugins::Registry;
@@ -58,7 +58,7 @@ pub fn dispatch(
 ) -> Result<DispatchReport> {
     let device = cpu();
     let mut store = ParamStore::new(0);
-    let graph = Graph::new(&device, Mode::Eval, &mut store, 0);
+    let graph = Executor::new(&device, Mode::Eval, &mut store, 0);
     let a = graph.insert_data(vec![1.0], &[1])?;
     let b = graph.insert_data(vec![2.0], &[1])?;
     let ops = graph.ops();
@@ -90,7 +90,7 @@ pub fn dispatch(
     let mut ops_per_step = 0;
     for _ in 0..steps + 1 {
         let t = Instant::now();
-        let graph = Graph::new(&device, Mode::Train, &mut store, 0);
+        let graph = Executor::new(&device, Mode::Train, &mut store, 0);
         let xi = graph.insert_data(x.clone(), &[batch, 3, res, res])?;
         let ni = graph.insert_data(noise.clone(), &[batch])?;
         let out = engine::forward(
@@ -164,25 +164,59 @@ pub struct TrainReport {
     pub threads: usize,
 }
 
-/// Times training steps and inference forward passes of `arch` under the EDM formulation on
+/// What `memlab bench train` measures (its command-line arguments).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainBench {
+    /// Architecture component.
+    #[arg(long, default_value = "unet")]
+    pub arch: String,
+    /// Its parameters (TOML).
+    #[arg(
+        long,
+        default_value = "channels = 32\nchannel_mult = [1, 2, 2]\nres_blocks = 2\nattention_resolutions = [8]\nheads = 4\ndropout = 0.0\nscale_shift = false\nlearn_sigma = false"
+    )]
+    pub params: String,
+    /// Training batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 32)]
+    pub res: usize,
+    /// Timed training steps (the median is reported).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 256)]
+    pub forward_batch: usize,
+    /// Timed forward passes, at `forward_batch` and again at `batch`.
+    #[arg(long, default_value_t = 8)]
+    pub forward_reps: usize,
+    /// Images sampled with Heun for the throughput measurement (0 skips it).
+    #[arg(long, default_value_t = 256)]
+    pub sample_batch: usize,
+    /// Heun steps of that measurement (2·steps − 1 network evaluations).
+    #[arg(long, default_value_t = 18)]
+    pub sample_steps: usize,
+}
+
+/// Times training steps and inference forward passes of `spec.arch` under the EDM formulation on
 /// `res`×`res`×3 images.
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    reg: &Registry,
-    arch: &str,
-    params: &str,
-    batch: usize,
-    res: usize,
-    steps: usize,
-    forward_batch: usize,
-    forward_reps: usize,
-    sample_batch: usize,
-    sample_steps: usize,
-) -> Result<TrainReport> {
-    use crate::model::Model;
-    use crate::optim::{AdamConfig, AdamState, adam_step};
+pub fn train(reg: &Registry, spec: &TrainBench) -> Result<TrainReport> {
+    use crate::diffusion::model::Model;
+    use crate::diffusion::optim::{AdamConfig, AdamState, adam_step};
+    let TrainBench {
+        arch,
+        params,
+        batch,
+        res,
+        steps,
+        forward_batch,
+        forward_reps,
+        sample_batch,
+        sample_steps,
+    } = spec.clone();
     let device = cpu();
-    let arch_h = reg.architecture(arch, params, 0)?;
+    let arch_h = reg.architecture(&arch, &params, 0)?;
     let info = arch_h.info()?;
     let model = Model {
         arch: arch_h,
@@ -195,7 +229,7 @@ pub fn train(
         training_len: 0,
     };
     let mut store = ParamStore::new(0);
-    crate::train::materialize(&model, &mut store)?;
+    crate::diffusion::train::materialize(&model, &mut store)?;
     let mut adam = AdamState::default();
     let cfg = AdamConfig {
         lr: 1e-4,
@@ -270,8 +304,8 @@ pub fn train(
             &device,
         );
         let t = Instant::now();
-        let out = crate::sampler::sample(
-            crate::sampler::SamplerSettings::plain(crate::sampler::Sampler::Heun),
+        let out = crate::diffusion::sampler::sample(
+            crate::config::choices::SamplerSettings::plain(crate::config::choices::Sampler::Heun),
             &sigmas,
             x,
             &mut |x, s| model.denoise(&mut store, x, &vec![s; sample_batch], None),

@@ -51,6 +51,22 @@ pub fn bar(len: u64, template: &str) -> Option<ProgressBar> {
     Some(b)
 }
 
+/// A spinner for work of unknown length (a download without a size), styled by an indicatif
+/// `template`, or `None` when standard error is not a terminal.
+pub fn spinner(template: &str) -> Option<ProgressBar> {
+    if !enabled() {
+        return None;
+    }
+    let b = multi().add(ProgressBar::new_spinner());
+    b.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    if let Some(l) = label() {
+        b.set_prefix(format!("{l} "));
+    }
+    Some(b)
+}
+
 /// Prints a line above the bars (or to standard error when there are none).
 pub fn println(line: &str) {
     if enabled() {

@@ -1,10 +1,11 @@
-//! The host side of the tensor API: [`Graph`] executes a plugin's ops on burn tensors.
+//! The host side of the tensor API: [`Executor`] executes a plugin's ops on burn tensors.
 //!
-//! A `Graph` lives for one forward pass. It owns a slab of rank-erased tensors addressed by
-//! [`TensorId`], lifts parameters from the [`ParamStore`] (as autodiff leaves when training),
+//! It is an eager executor, not a graph: each op runs when the plugin calls it (burn's autodiff
+//! records what training needs). An `Executor` lives for one forward pass. It owns a table of
+//! rank-erased tensors addressed by [`TensorId`], lifts parameters from the [`ParamStore`] (as autodiff leaves when training),
 //! and records the first error an op raises: ops never panic across the plugin boundary; a
 //! failed op returns `TensorId::INVALID`, ops on invalid ids return `INVALID` silently, and
-//! [`Graph::finish`] reports the first error with the op and the shapes involved.
+//! [`Executor::finish`] reports the first error with the op and the shapes involved.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,11 +27,11 @@ use memlab_plugin_api::shape::{broadcast_shape, resolve_shape};
 
 use super::kernels;
 use super::params::{ParamStore, read_f32};
-use super::rank::{arr, by_rank, to_dispatch, to_dispatch_int};
+use super::rank::{by_rank, dims_array, to_dispatch, to_dispatch_int};
 
-/// One live tensor.
+/// A tensor the host holds for a plugin: the burn tensor behind one [`TensorId`], with its shape.
 #[derive(Clone)]
-pub struct Slot {
+pub struct HostTensor {
     /// The tensor.
     pub t: DispatchTensor,
     /// Its shape.
@@ -39,9 +40,9 @@ pub struct Slot {
     pub int: bool,
 }
 
-impl Slot {
-    fn float(t: DispatchTensor, shape: Vec<usize>) -> Slot {
-        Slot {
+impl HostTensor {
+    fn float(t: DispatchTensor, shape: Vec<usize>) -> HostTensor {
+        HostTensor {
             t,
             shape,
             int: false,
@@ -52,14 +53,15 @@ impl Slot {
     }
 }
 
+/// The live tensors of one forward pass, indexed by [`TensorId`]; freed ids are reused.
 #[derive(Default)]
-struct Slab {
-    slots: Vec<Option<Slot>>,
+struct TensorTable {
+    slots: Vec<Option<HostTensor>>,
     free: Vec<usize>,
 }
 
-impl Slab {
-    fn insert(&mut self, s: Slot) -> TensorId {
+impl TensorTable {
+    fn insert(&mut self, s: HostTensor) -> TensorId {
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(s);
@@ -71,10 +73,10 @@ impl Slab {
             }
         }
     }
-    fn get(&self, id: TensorId) -> Option<&Slot> {
+    fn get(&self, id: TensorId) -> Option<&HostTensor> {
         self.slots.get(id.0 as usize).and_then(|s| s.as_ref())
     }
-    fn remove(&mut self, id: TensorId) -> Option<Slot> {
+    fn remove(&mut self, id: TensorId) -> Option<HostTensor> {
         let i = id.0 as usize;
         let s = self.slots.get_mut(i)?.take();
         if s.is_some() {
@@ -97,7 +99,7 @@ pub enum Mode {
 }
 
 /// One forward pass's worth of host-side state.
-pub struct Graph<'p> {
+pub struct Executor<'p> {
     device: Device,
     mode: Mode,
     params: RefCell<&'p mut ParamStore>,
@@ -105,23 +107,25 @@ pub struct Graph<'p> {
     leaves: RefCell<IndexMap<String, DispatchTensor>>,
     /// The buffers used in this pass (never gradient leaves).
     buffers: RefCell<IndexMap<String, DispatchTensor>>,
-    slab: RefCell<Slab>,
+    slab: RefCell<TensorTable>,
     error: RefCell<Option<String>>,
     rng: RefCell<SplitMix64>,
     training_set: Option<TensorId>,
     ops_run: Cell<u64>,
 }
 
-fn fl<const D: usize>(s: &Slot) -> Tensor<D> {
+/// The burn float tensor of rank `D` behind `s`.
+fn float_tensor<const D: usize>(s: &HostTensor) -> Tensor<D> {
     Tensor::<D>::from_dispatch(s.t.clone())
 }
 
-fn int1(s: &Slot) -> Tensor<1, Int> {
+/// The burn integer vector behind `s` (labels).
+fn int_vector(s: &HostTensor) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_dispatch(s.t.clone())
 }
 
 /// Reshapes a float tensor of any rank to `shape` (any rank).
-pub fn reshape_dyn(s: &Slot, shape: &[usize]) -> Result<Slot> {
+pub fn reshape_dyn(s: &HostTensor, shape: &[usize]) -> Result<HostTensor> {
     let n_in: usize = s.shape.iter().product();
     let n_out: usize = shape.iter().product();
     if n_in != n_out {
@@ -135,30 +139,30 @@ pub fn reshape_dyn(s: &Slot, shape: &[usize]) -> Result<Slot> {
     }
     let t = by_rank!(s.rank(), DI => {
         let x = Tensor::<DI>::from_dispatch(s.t.clone());
-        by_rank!(shape.len(), DO => x.reshape(arr::<DO>(shape)).into_dispatch())?
+        by_rank!(shape.len(), DO => x.reshape(dims_array::<DO>(shape)).into_dispatch())?
     })?;
-    Ok(Slot {
+    Ok(HostTensor {
         t,
         shape: shape.to_vec(),
         int: s.int,
     })
 }
 
-impl<'p> Graph<'p> {
+impl<'p> Executor<'p> {
     /// A forward pass on `device` (autodiff is enabled on it for [`Mode::Train`]) using and
     /// extending `params`; dropout masks come from `seed`.
-    pub fn new(device: &Device, mode: Mode, params: &'p mut ParamStore, seed: u64) -> Graph<'p> {
+    pub fn new(device: &Device, mode: Mode, params: &'p mut ParamStore, seed: u64) -> Executor<'p> {
         let device = match mode {
             Mode::Train => device.clone().autodiff(),
             Mode::Eval => device.clone().inner(),
         };
-        Graph {
+        Executor {
             device,
             mode,
             params: RefCell::new(params),
             leaves: RefCell::new(IndexMap::new()),
             buffers: RefCell::new(IndexMap::new()),
-            slab: RefCell::new(Slab::default()),
+            slab: RefCell::new(TensorTable::default()),
             error: RefCell::new(None),
             rng: RefCell::new(SplitMix64::for_index(seed, 0x64726f70)),
             training_set: None,
@@ -177,20 +181,20 @@ impl<'p> Graph<'p> {
     }
 
     /// Inserts a host tensor and returns its id.
-    pub fn insert(&self, slot: Slot) -> TensorId {
+    pub fn insert(&self, slot: HostTensor) -> TensorId {
         self.slab.borrow_mut().insert(slot)
     }
 
     /// Inserts float data.
     pub fn insert_data(&self, data: Vec<f32>, shape: &[usize]) -> Result<TensorId> {
         let t = to_dispatch(TensorData::new(data, shape.to_vec()), &self.device)?;
-        Ok(self.insert(Slot::float(t, shape.to_vec())))
+        Ok(self.insert(HostTensor::float(t, shape.to_vec())))
     }
 
     /// Inserts integer data.
     pub fn insert_int(&self, data: Vec<i64>, shape: &[usize]) -> Result<TensorId> {
         let t = to_dispatch_int(TensorData::new(data, shape.to_vec()), &self.device)?;
-        Ok(self.insert(Slot {
+        Ok(self.insert(HostTensor {
             t,
             shape: shape.to_vec(),
             int: true,
@@ -198,13 +202,13 @@ impl<'p> Graph<'p> {
     }
 
     /// Makes `data` (e.g. the training set) available through `HostOps::training_set`.
-    pub fn set_training_set(&mut self, slot: Slot) {
+    pub fn set_training_set(&mut self, slot: HostTensor) {
         let id = self.insert(slot);
         self.training_set = Some(id);
     }
 
     /// A copy of a live tensor.
-    pub fn slot(&self, id: TensorId) -> Result<Slot> {
+    pub fn slot(&self, id: TensorId) -> Result<HostTensor> {
         self.slab
             .borrow()
             .get(id)
@@ -228,7 +232,7 @@ impl<'p> Graph<'p> {
     }
 
     /// Checks the pass's error state and returns the output tensor `id`.
-    pub fn finish(&self, id: TensorId) -> Result<Slot> {
+    pub fn finish(&self, id: TensorId) -> Result<HostTensor> {
         if let Some(e) = self.error() {
             bail!("{e}");
         }
@@ -265,13 +269,13 @@ impl<'p> Graph<'p> {
         &self,
         op: &str,
         inputs: &[TensorId],
-        f: impl FnOnce(&[Slot]) -> Result<Slot>,
+        f: impl FnOnce(&[HostTensor]) -> Result<HostTensor>,
     ) -> TensorId {
         self.ops_run.set(self.ops_run.get() + 1);
         if self.error.borrow().is_some() {
             return TensorId::INVALID;
         }
-        let slots: Option<Vec<Slot>> = {
+        let slots: Option<Vec<HostTensor>> = {
             let slab = self.slab.borrow();
             inputs.iter().map(|id| slab.get(*id).cloned()).collect()
         };
@@ -301,7 +305,13 @@ impl<'p> Graph<'p> {
 
     /// A parameter request. `leaves` holds every parameter this pass has used, so a name in
     /// it was requested before in this pass: allowed only when the plugin declared sharing.
-    fn param_impl(&self, name: &str, shape: &[usize], init: Init, shared: bool) -> Result<Slot> {
+    fn param_impl(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        shared: bool,
+    ) -> Result<HostTensor> {
         if self.buffers.borrow().contains_key(name) {
             bail!("{}", memlab_plugin_api::shape::param_is_buffer(name));
         }
@@ -317,7 +327,7 @@ impl<'p> Graph<'p> {
             if stored != shape {
                 bail!("parameter `{name}` has shape {stored:?} but is requested with {shape:?}");
             }
-            return Ok(Slot::float(t.clone(), shape.to_vec()));
+            return Ok(HostTensor::float(t.clone(), shape.to_vec()));
         }
         let value = self.params.borrow_mut().get_or_create(
             name,
@@ -334,12 +344,12 @@ impl<'p> Graph<'p> {
         };
         // A stored shape may differ from the request only if get_or_create failed above.
         self.leaves.borrow_mut().insert(name.to_string(), t.clone());
-        Ok(Slot::float(t, shape.to_vec()))
+        Ok(HostTensor::float(t, shape.to_vec()))
     }
 
     /// A buffer request: the stored value (created from `data` if new), never a gradient
     /// leaf; once per pass.
-    fn buffer_impl(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Slot> {
+    fn buffer_impl(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<HostTensor> {
         if self.leaves.borrow().contains_key(name) {
             bail!("{}", memlab_plugin_api::shape::buffer_is_param(name));
         }
@@ -361,11 +371,11 @@ impl<'p> Graph<'p> {
         self.buffers
             .borrow_mut()
             .insert(name.to_string(), t.clone());
-        Ok(Slot::float(t, shape.to_vec()))
+        Ok(HostTensor::float(t, shape.to_vec()))
     }
 }
 
-fn float_only(op: &str, s: &[Slot]) -> Result<()> {
+fn float_only(op: &str, s: &[HostTensor]) -> Result<()> {
     for x in s {
         if x.int {
             bail!("`{op}` needs float tensors, got an integer tensor");
@@ -374,9 +384,9 @@ fn float_only(op: &str, s: &[Slot]) -> Result<()> {
     Ok(())
 }
 
-fn unary_impl(op: UnaryOp, s: &Slot) -> Result<Slot> {
+fn unary_impl(op: UnaryOp, s: &HostTensor) -> Result<HostTensor> {
     let t = by_rank!(s.rank(), D => {
-        let x = fl::<D>(s);
+        let x = float_tensor::<D>(s);
         let y = match op {
             UnaryOp::Neg => -x,
             UnaryOp::Exp => x.exp(),
@@ -395,12 +405,12 @@ fn unary_impl(op: UnaryOp, s: &Slot) -> Result<Slot> {
         };
         y.into_dispatch()
     })?;
-    Ok(Slot::float(t, s.shape.clone()))
+    Ok(HostTensor::float(t, s.shape.clone()))
 }
 
-fn scalar_impl(op: ScalarOp, s: &Slot, v: f64) -> Result<Slot> {
+fn scalar_impl(op: ScalarOp, s: &HostTensor, v: f64) -> Result<HostTensor> {
     let t = by_rank!(s.rank(), D => {
-        let x = fl::<D>(s);
+        let x = float_tensor::<D>(s);
         let y = match op {
             ScalarOp::Add => x.add_scalar(v),
             ScalarOp::Mul => x.mul_scalar(v),
@@ -412,14 +422,14 @@ fn scalar_impl(op: ScalarOp, s: &Slot, v: f64) -> Result<Slot> {
         };
         y.into_dispatch()
     })?;
-    Ok(Slot::float(t, s.shape.clone()))
+    Ok(HostTensor::float(t, s.shape.clone()))
 }
 
-fn binary_impl(op: BinaryOp, a: &Slot, b: &Slot) -> Result<Slot> {
+fn binary_impl(op: BinaryOp, a: &HostTensor, b: &HostTensor) -> Result<HostTensor> {
     let out = broadcast_shape(&a.shape, &b.shape)
         .ok_or_else(|| anyhow!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape))?;
     let r = out.len();
-    let lift = |s: &Slot| -> Result<Slot> {
+    let lift = |s: &HostTensor| -> Result<HostTensor> {
         if s.rank() == r {
             return Ok(s.clone());
         }
@@ -429,32 +439,32 @@ fn binary_impl(op: BinaryOp, a: &Slot, b: &Slot) -> Result<Slot> {
     };
     let (a, b) = (lift(a)?, lift(b)?);
     let t = by_rank!(r, D => {
-        let (x, y) = (fl::<D>(&a), fl::<D>(&b));
+        let (x, y) = (float_tensor::<D>(&a), float_tensor::<D>(&b));
         let z = match op {
             BinaryOp::Add => x + y,
             BinaryOp::Sub => x - y,
             BinaryOp::Mul => x * y,
             BinaryOp::Div => x / y,
             BinaryOp::Max => {
-                let (x, y) = (x.expand(arr::<D>(&out)), y.expand(arr::<D>(&out)));
+                let (x, y) = (x.expand(dims_array::<D>(&out)), y.expand(dims_array::<D>(&out)));
                 x.max_pair(y)
             }
             BinaryOp::Min => {
-                let (x, y) = (x.expand(arr::<D>(&out)), y.expand(arr::<D>(&out)));
+                let (x, y) = (x.expand(dims_array::<D>(&out)), y.expand(dims_array::<D>(&out)));
                 x.min_pair(y)
             }
         };
         z.into_dispatch()
     })?;
-    Ok(Slot::float(t, out))
+    Ok(HostTensor::float(t, out))
 }
 
-fn reduce_impl(op: ReduceOp, s: &Slot, dim: usize, keepdim: bool) -> Result<Slot> {
+fn reduce_impl(op: ReduceOp, s: &HostTensor, dim: usize, keepdim: bool) -> Result<HostTensor> {
     if dim >= s.rank() {
         bail!("dimension {dim} out of range for rank {}", s.rank());
     }
     let t = by_rank!(s.rank(), D => {
-        let x = fl::<D>(s);
+        let x = float_tensor::<D>(s);
         let y = match op {
             ReduceOp::Sum => x.sum_dim(dim),
             ReduceOp::Mean => x.mean_dim(dim),
@@ -466,7 +476,7 @@ fn reduce_impl(op: ReduceOp, s: &Slot, dim: usize, keepdim: bool) -> Result<Slot
     })?;
     let mut shape = s.shape.clone();
     shape[dim] = 1;
-    let kept = Slot::float(t, shape.clone());
+    let kept = HostTensor::float(t, shape.clone());
     if keepdim || s.rank() == 1 {
         return Ok(kept);
     }
@@ -475,25 +485,25 @@ fn reduce_impl(op: ReduceOp, s: &Slot, dim: usize, keepdim: bool) -> Result<Slot
 }
 
 /// Normalises `x` over groups of channels (`groups` divides `C`: checked by `group_norm`).
-fn norm_groups(x: &Slot, groups: usize, eps: f64) -> Result<Slot> {
+fn norm_groups(x: &HostTensor, groups: usize, eps: f64) -> Result<HostTensor> {
     // [N, C, ...] → [N, G, C/G·rest]; normalise over the last dim.
     let n = x.shape[0];
     let grouped = reshape_dyn(
         x,
         &[n, groups, x.shape[1..].iter().product::<usize>() / groups],
     )?;
-    let g = fl::<3>(&grouped);
+    let g = float_tensor::<3>(&grouped);
     let mean = g.clone().mean_dim(2);
     let centered = g - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(2);
     let y = centered / var.add_scalar(eps).sqrt();
     reshape_dyn(
-        &Slot::float(y.into_dispatch(), grouped.shape.clone()),
+        &HostTensor::float(y.into_dispatch(), grouped.shape.clone()),
         &x.shape,
     )
 }
 
-impl HostOps for Graph<'_> {
+impl HostOps for Executor<'_> {
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId {
         let name = name.as_str();
         self.run(&format!("param `{name}`"), &[], |_| {
@@ -522,7 +532,7 @@ impl HostOps for Graph<'_> {
                 bail!("{} values for shape {:?}", data.len(), shape.as_slice());
             }
             let t = to_dispatch(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
-            Ok(Slot::float(t, shape.to_vec()))
+            Ok(HostTensor::float(t, shape.to_vec()))
         })
     }
 
@@ -533,7 +543,7 @@ impl HostOps for Graph<'_> {
                 bail!("{} values for shape {:?}", data.len(), shape.as_slice());
             }
             let t = to_dispatch_int(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
-            Ok(Slot {
+            Ok(HostTensor {
                 t,
                 shape: shape.to_vec(),
                 int: true,
@@ -543,8 +553,8 @@ impl HostOps for Graph<'_> {
 
     fn full(&self, shape: RSlice<'_, usize>, value: f64) -> TensorId {
         self.run("full", &[], |_| {
-            let t = by_rank!(shape.len(), D => Tensor::<D>::full(arr::<D>(&shape), value, &self.device).into_dispatch())?;
-            Ok(Slot::float(t, shape.to_vec()))
+            let t = by_rank!(shape.len(), D => Tensor::<D>::full(dims_array::<D>(&shape), value, &self.device).into_dispatch())?;
+            Ok(HostTensor::float(t, shape.to_vec()))
         })
     }
 
@@ -593,8 +603,9 @@ impl HostOps for Graph<'_> {
 
     fn clamp(&self, x: TensorId, lo: f64, hi: f64) -> TensorId {
         self.run("clamp", &[x], |s| {
-            let t = by_rank!(s[0].rank(), D => fl::<D>(&s[0]).clamp(lo, hi).into_dispatch())?;
-            Ok(Slot::float(t, s[0].shape.clone()))
+            let t =
+                by_rank!(s[0].rank(), D => float_tensor::<D>(&s[0]).clamp(lo, hi).into_dispatch())?;
+            Ok(HostTensor::float(t, s[0].shape.clone()))
         })
     }
 
@@ -616,9 +627,9 @@ impl HostOps for Graph<'_> {
             {
                 bail!("axes {:?} are not a permutation of 0..{r}", axes.as_slice());
             }
-            let t = by_rank!(r, D => fl::<D>(&s[0]).permute(arr::<D>(&axes)).into_dispatch())?;
+            let t = by_rank!(r, D => float_tensor::<D>(&s[0]).permute(dims_array::<D>(&axes)).into_dispatch())?;
             let shape = axes.iter().map(|&a| s[0].shape[a]).collect();
-            Ok(Slot::float(t, shape))
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -637,8 +648,8 @@ impl HostOps for Graph<'_> {
                 }
                 shape[dim] += x.shape[dim];
             }
-            let t = by_rank!(r, D => Tensor::cat(s.iter().map(fl::<D>).collect(), dim).into_dispatch())?;
-            Ok(Slot::float(t, shape))
+            let t = by_rank!(r, D => Tensor::cat(s.iter().map(float_tensor::<D>).collect(), dim).into_dispatch())?;
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -649,10 +660,10 @@ impl HostOps for Graph<'_> {
                 bail!("range {start}..{end} of dimension {dim} is out of bounds");
             }
             let t =
-                by_rank!(r, D => fl::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
+                by_rank!(r, D => float_tensor::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
             let mut shape = s[0].shape.clone();
             shape[dim] = end - start;
-            Ok(Slot::float(t, shape))
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -677,16 +688,16 @@ impl HostOps for Graph<'_> {
             let batch = broadcast_shape(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
                 .ok_or_else(|| anyhow!("batch dimensions do not broadcast"))?;
             let r = batch.len() + 2;
-            let lift = |s: &Slot| -> Result<Slot> {
+            let lift = |s: &HostTensor| -> Result<HostTensor> {
                 let mut shape = vec![1; r - s.rank()];
                 shape.extend_from_slice(&s.shape);
                 reshape_dyn(s, &shape)
             };
             let (x, y) = (lift(x)?, lift(y)?);
-            let t = by_rank!(r, D => fl::<D>(&x).matmul(fl::<D>(&y)).into_dispatch())?;
+            let t = by_rank!(r, D => float_tensor::<D>(&x).matmul(float_tensor::<D>(&y)).into_dispatch())?;
             let mut shape = batch;
             shape.extend([m, n]);
-            Ok(Slot::float(t, shape))
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -695,8 +706,8 @@ impl HostOps for Graph<'_> {
             if dim >= s[0].rank() {
                 bail!("dimension {dim} out of range");
             }
-            let t = by_rank!(s[0].rank(), D => activation::softmax(fl::<D>(&s[0]), dim).into_dispatch())?;
-            Ok(Slot::float(t, s[0].shape.clone()))
+            let t = by_rank!(s[0].rank(), D => activation::softmax(float_tensor::<D>(&s[0]), dim).into_dispatch())?;
+            Ok(HostTensor::float(t, s[0].shape.clone()))
         })
     }
 
@@ -715,11 +726,11 @@ impl HostOps for Graph<'_> {
             {
                 bail!("bias must have shape [{}]", w.shape[1]);
             }
-            let bias = s.get(2).map(fl::<1>);
-            let t = by_rank!(x.rank(), D => fmod::linear(fl::<D>(x), fl::<2>(w), bias).into_dispatch())?;
+            let bias = s.get(2).map(float_tensor::<1>);
+            let t = by_rank!(x.rank(), D => fmod::linear(float_tensor::<D>(x), float_tensor::<2>(w), bias).into_dispatch())?;
             let mut shape = x.shape.clone();
             *shape.last_mut().unwrap() = w.shape[1];
-            Ok(Slot::float(t, shape))
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -750,10 +761,11 @@ impl HostOps for Graph<'_> {
                 Ok((padded - eff) / o.stride[i] + 1)
             };
             let (oh, ow) = (out_hw(0)?, out_hw(1)?);
-            let bias = s.get(2).map(fl::<1>);
+            let bias = s.get(2).map(float_tensor::<1>);
             let opts = ConvOptions::new(o.stride, o.padding, o.dilation, g);
-            let t = kernels::conv2d(fl::<4>(x), fl::<4>(w), bias, opts).into_dispatch();
-            Ok(Slot::float(t, vec![x.shape[0], w.shape[0], oh, ow]))
+            let t = kernels::conv2d(float_tensor::<4>(x), float_tensor::<4>(w), bias, opts)
+                .into_dispatch();
+            Ok(HostTensor::float(t, vec![x.shape[0], w.shape[0], oh, ow]))
         })
     }
 
@@ -783,8 +795,8 @@ impl HostOps for Graph<'_> {
                 if s[1].shape != [c] || s[2].shape != [c] {
                     bail!("affine parameters must have shape [{c}]");
                 }
-                let t = by_rank!(x.rank(), D => kernels::group_norm(fl::<D>(x), fl::<1>(&s[1]), fl::<1>(&s[2]), groups, eps).into_dispatch())?;
-                return Ok(Slot::float(t, x.shape.clone()));
+                let t = by_rank!(x.rank(), D => kernels::group_norm(float_tensor::<D>(x), float_tensor::<1>(&s[1]), float_tensor::<1>(&s[2]), groups, eps).into_dispatch())?;
+                return Ok(HostTensor::float(t, x.shape.clone()));
             }
             let y = norm_groups(x, groups, eps)?;
             let mut bshape = vec![1; x.rank()];
@@ -831,13 +843,13 @@ impl HostOps for Graph<'_> {
             let d = *x.shape.last().ok_or_else(|| anyhow!("empty shape"))?;
             let r = x.rank();
             let t = by_rank!(r, D => {
-                let t = fl::<D>(x);
+                let t = float_tensor::<D>(x);
                 let mean = t.clone().mean_dim(D - 1);
                 let c = t - mean;
                 let var = (c.clone() * c.clone()).mean_dim(D - 1);
                 (c / var.add_scalar(eps).sqrt()).into_dispatch()
             })?;
-            let mut y = Slot::float(t, x.shape.clone());
+            let mut y = HostTensor::float(t, x.shape.clone());
             let mut k = 1;
             for (present, is_gamma) in [(has_g, true), (has_b, false)] {
                 if !present {
@@ -882,7 +894,7 @@ impl HostOps for Graph<'_> {
                 TensorData::new(mask, s[0].shape.clone()),
                 &self.device.clone().inner(),
             )?;
-            let m = Slot::float(mask, s[0].shape.clone());
+            let m = HostTensor::float(mask, s[0].shape.clone());
             binary_impl(BinaryOp::Mul, &s[0], &m)
         })
     }
@@ -894,10 +906,10 @@ impl HostOps for Graph<'_> {
                 bail!("avg_pool2d(kernel {kernel}, stride {stride}) needs NCHW input at least that large");
             }
             let opts = AvgPoolOptions::new([kernel, kernel]).with_stride([stride, stride]);
-            let t = fmod::avg_pool2d(fl::<4>(x), opts).into_dispatch();
+            let t = fmod::avg_pool2d(float_tensor::<4>(x), opts).into_dispatch();
             let oh = (x.shape[2] - kernel) / stride + 1;
             let ow = (x.shape[3] - kernel) / stride + 1;
-            Ok(Slot::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+            Ok(HostTensor::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
         })
     }
 
@@ -909,8 +921,8 @@ impl HostOps for Graph<'_> {
             }
             let (oh, ow) = (x.shape[2] * factor, x.shape[3] * factor);
             let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([oh, ow]);
-            let t = fmod::interpolate(fl::<4>(x), opts).into_dispatch();
-            Ok(Slot::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+            let t = fmod::interpolate(float_tensor::<4>(x), opts).into_dispatch();
+            Ok(HostTensor::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
         })
     }
 
@@ -920,8 +932,10 @@ impl HostOps for Graph<'_> {
             if t.rank() != 2 || t.int || !i.int || i.rank() != 1 {
                 bail!("embedding needs a float [V, D] table and integer [N] ids");
             }
-            let out = fl::<2>(t).select(0, int1(i)).into_dispatch();
-            Ok(Slot::float(out, vec![i.shape[0], t.shape[1]]))
+            let out = float_tensor::<2>(t)
+                .select(0, int_vector(i))
+                .into_dispatch();
+            Ok(HostTensor::float(out, vec![i.shape[0], t.shape[1]]))
         })
     }
 

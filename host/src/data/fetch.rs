@@ -14,7 +14,7 @@
 //! message that names the URL and tells how to place the files by hand instead.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -203,7 +203,7 @@ fn fetch_file(
         );
     }
     // Downloaded files get the umask's mode, like any created file (not tempfile's 0o600).
-    let mut tmp = crate::output::temp_builder()
+    let mut tmp = crate::io::output::temp_builder()
         .prefix(&format!(".{name}."))
         .suffix(".part")
         .tempfile_in(dest)
@@ -338,25 +338,19 @@ impl Progress {
     const UNKNOWN_STEP: u64 = 16 << 20;
 
     fn new(label: &str, total: Option<u64>) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let (bar, template) = match total {
-                Some(t) => (
-                    indicatif::ProgressBar::new(t),
-                    "{msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
-                ),
-                None => (
-                    indicatif::ProgressBar::new_spinner(),
-                    "{msg} {spinner} {bytes}  {bytes_per_sec}",
-                ),
-            };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_message(label.to_string());
-            bar
-        });
+        // The shared bars (io::progress), so a download sits with any other bar on screen.
+        let bar = match total {
+            Some(t) => crate::io::progress::bar(
+                t,
+                "{prefix}{msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+            ),
+            None => {
+                crate::io::progress::spinner("{prefix}{msg} {spinner} {bytes}  {bytes_per_sec}")
+            }
+        };
+        if let Some(b) = &bar {
+            b.set_message(label.to_string());
+        }
         let next_log = match total {
             Some(t) => (t / 10).max(1),
             None => Self::UNKNOWN_STEP,

@@ -27,10 +27,10 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::diffusion::optim::AdamState;
 use crate::engine::params::{Param, ParamStore, read_f32};
 use crate::engine::rank::to_dispatch;
-use crate::optim::AdamState;
-use crate::output::write_atomic;
+use crate::io::output::write_atomic;
 
 /// Metadata key of the content checksum: lower-case hex SHA-256 of a stream of fields, each
 /// written as its byte length (u64 little-endian) then its bytes. First, for every other

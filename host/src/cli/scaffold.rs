@@ -27,31 +27,31 @@ pub const KINDS: [ComponentKind; 5] = [
 fn templates(kind: ComponentKind) -> (&'static str, &'static str) {
     match kind {
         ComponentKind::Architecture => (
-            include_str!("../templates/architecture/lib.rs"),
-            include_str!("../templates/architecture/example.toml"),
+            include_str!("../../templates/architecture/lib.rs"),
+            include_str!("../../templates/architecture/example.toml"),
         ),
         ComponentKind::Schedule => (
-            include_str!("../templates/schedule/lib.rs"),
-            include_str!("../templates/schedule/example.toml"),
+            include_str!("../../templates/schedule/lib.rs"),
+            include_str!("../../templates/schedule/example.toml"),
         ),
         ComponentKind::Conditioning => (
-            include_str!("../templates/conditioning/lib.rs"),
-            include_str!("../templates/conditioning/example.toml"),
+            include_str!("../../templates/conditioning/lib.rs"),
+            include_str!("../../templates/conditioning/example.toml"),
         ),
         ComponentKind::Dataset => (
-            include_str!("../templates/dataset/lib.rs"),
-            include_str!("../templates/dataset/example.toml"),
+            include_str!("../../templates/dataset/lib.rs"),
+            include_str!("../../templates/dataset/example.toml"),
         ),
         ComponentKind::Criterion => (
-            include_str!("../templates/criterion/lib.rs"),
-            include_str!("../templates/criterion/example.toml"),
+            include_str!("../../templates/criterion/lib.rs"),
+            include_str!("../../templates/criterion/example.toml"),
         ),
     }
 }
 
-const CARGO_TOML: &str = include_str!("../templates/Cargo.toml");
-const README: &str = include_str!("../templates/README.md");
-const GITIGNORE: &str = include_str!("../templates/gitignore");
+const CARGO_TOML: &str = include_str!("../../templates/Cargo.toml");
+const README: &str = include_str!("../../templates/README.md");
+const GITIGNORE: &str = include_str!("../../templates/gitignore");
 
 /// How the scaffolded crate depends on `memlab-plugin-api`.
 #[derive(Debug, Clone, PartialEq, Eq)]

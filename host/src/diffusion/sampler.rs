@@ -18,105 +18,16 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
 
-/// Which sampler (`[sample] sampler` in a config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sampler {
-    /// EDM Heun (2nd order), with optional churn.
-    Heun,
-    /// Euler (1st order ODE), with optional churn.
-    Euler,
-    /// DDIM (η = 0): the Euler update on the schedule's σ.
-    Ddim,
-    /// DDPM ancestral.
-    Ddpm,
-}
+use crate::config::choices::{Churn, Sampler, SamplerSettings};
 
-impl Sampler {
-    /// Denoiser evaluations for `steps` steps.
-    pub fn evaluations(self, steps: usize) -> usize {
-        match self {
-            Sampler::Heun => 2 * steps - 1,
-            _ => steps,
-        }
-    }
-
-    /// The config name (`heun`, `euler`, `ddim`, `ddpm`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Sampler::Heun => "heun",
-            Sampler::Euler => "euler",
-            Sampler::Ddim => "ddim",
-            Sampler::Ddpm => "ddpm",
-        }
-    }
-
-    /// Whether D is clamped to [−1, 1] unless the config says otherwise: yes for the
-    /// improved-diffusion samplers (`ddpm`, `ddim`), whose loops clip by default; no for EDM's.
-    pub fn clips_by_default(self) -> bool {
-        matches!(self, Sampler::Ddpm | Sampler::Ddim)
-    }
-}
-
-impl std::fmt::Display for Sampler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// EDM's stochasticity ("churn"): `S_churn`, `S_min`, `S_max`, `S_noise` of `edm_sampler`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Churn {
-    /// Total churn S_churn (0: deterministic); γ = min(S_churn / N, √2 − 1) per step.
-    pub s_churn: f64,
-    /// Churn only for σ ≥ S_min.
-    pub s_min: f64,
-    /// Churn only for σ ≤ S_max.
-    pub s_max: f64,
-    /// Scale of the added noise, S_noise (slightly above 1 offsets detail loss).
-    pub s_noise: f64,
-}
-
-impl Churn {
-    /// No churn: the deterministic sampler.
-    pub const NONE: Churn = Churn {
-        s_churn: 0.0,
-        s_min: 0.0,
-        s_max: f64::INFINITY,
-        s_noise: 1.0,
-    };
-
-    /// γ at σ = `s` for a run of `steps` steps.
-    fn gamma(&self, s: f64, steps: usize) -> f64 {
-        if self.s_churn > 0.0 && self.s_min <= s && s <= self.s_max {
-            (self.s_churn / steps as f64).min(std::f64::consts::SQRT_2 - 1.0)
-        } else {
-            0.0
-        }
-    }
-}
-
-/// Everything that defines a sampler run besides the σ sequence.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SamplerSettings {
-    /// The update rule.
-    pub kind: Sampler,
-    /// Churn (Heun and Euler only).
-    pub churn: Churn,
-    /// Clamp D to [−1, 1] before use.
-    pub clip_denoised: bool,
-}
-
-impl SamplerSettings {
-    /// `kind` with no churn and its default clipping.
-    pub fn plain(kind: Sampler) -> SamplerSettings {
-        SamplerSettings {
-            kind,
-            churn: Churn::NONE,
-            clip_denoised: kind.clips_by_default(),
-        }
+/// γ of EDM's churn at σ = `s` for a run of `steps` steps: min(S_churn/N, √2 − 1) inside
+/// [S_min, S_max], else 0.
+fn gamma(churn: &Churn, s: f64, steps: usize) -> f64 {
+    if churn.s_churn > 0.0 && churn.s_min <= s && s <= churn.s_max {
+        (churn.s_churn / steps as f64).min(std::f64::consts::SQRT_2 - 1.0)
+    } else {
+        0.0
     }
 }
 
@@ -151,7 +62,7 @@ pub fn sample(
     for i in 0..n {
         let (s_cur, s_next) = (sigmas[i], sigmas[i + 1]);
         // Churn: raise the noise level from σ to σ̂ with fresh noise.
-        let gamma = churn.gamma(s_cur, n);
+        let gamma = gamma(&churn, s_cur, n);
         let s = s_cur + gamma * s_cur;
         if gamma > 0.0 {
             let z = noise(&x);

@@ -12,7 +12,8 @@
 //!    arithmetic (an overflow is itself a "cannot fit"). The total is compared with the memory
 //!    available ([`available`]) and a run that cannot fit is refused with every key involved
 //!    and its share in human units.
-//! 2. Allocations sized by user or plugin input use [`try_zeroed`] / [`try_with_capacity`]
+//! 2. Allocations sized by user or plugin input use [`try_zeroed`](crate::io::alloc::try_zeroed) /
+//!    [`try_with_capacity`](crate::io::alloc::try_with_capacity)
 //!    (`Vec::try_reserve_exact` after checked arithmetic), so an estimate that was too low
 //!    still ends in an error, not an abort.
 //!
@@ -20,9 +21,8 @@
 //! magnitude, not to predict peak memory. Measured on CPU, it is above the peak resident size
 //! by 1.2–1.7× (quickstart: 277 MB estimated, 167 MB peak; a UNet-128 at 32×32 with batch 8:
 //! 4.3 GB estimated, 3.6 GB peak), so a refused run would not have fit either. Values that make no
-//! sense whatever the memory are bounded by [`check_limits`].
-
-use std::fmt;
+//! sense whatever the memory (`sample.steps` above
+//! [`crate::config::MAX_SAMPLE_STEPS`]) are refused by the config check itself.
 
 use anyhow::{Result, anyhow, bail};
 use memlab_plugin_api::ffi::DataSummary;
@@ -30,13 +30,8 @@ use memlab_plugin_api::testing::elements;
 
 use crate::config::Config;
 use crate::engine::device;
+use crate::io::alloc::Bytes;
 use crate::plugins::Registry;
-
-/// Most sampling steps a config may ask for. Samplers allocate σ schedules of `steps + 1`
-/// values and run at least one network evaluation per step and batch; DDPM's 1000 steps are
-/// the longest schedule in use, so 10⁵ leaves two orders of magnitude of room while refusing
-/// 10⁹ (an 8 GB schedule and years of sampling).
-pub const MAX_SAMPLE_STEPS: usize = 100_000;
 
 /// The bytes no machine can hold: 2⁴⁷ (128 TiB), the user address space of x86-64 and
 /// AArch64 with 4-level page tables. Used when the available memory is unknown.
@@ -46,38 +41,6 @@ pub const ADDRESS_SPACE: u128 = 1 << 47;
 /// decimal suffix `K`, `M`, `G`, `T` (`8G`, `512M`). For tests, and for machines shared with
 /// other jobs.
 pub const MEMORY_LIMIT_ENV: &str = "MEMLAB_MEMORY_LIMIT";
-
-/// Images one dataset `fill` call may produce at most, whatever their size.
-pub const FILL_CHUNK_IMAGES: usize = 256;
-
-/// Bytes one dataset `fill` call may produce at most (at least one image per call).
-pub const FILL_CHUNK_BYTES: usize = 64 << 20;
-
-/// Images per dataset `fill` call for images of `per` values: at most [`FILL_CHUNK_IMAGES`]
-/// and [`FILL_CHUNK_BYTES`], at least one.
-pub fn fill_chunk(per: usize) -> usize {
-    (FILL_CHUNK_BYTES / per.saturating_mul(4).max(1)).clamp(1, FILL_CHUNK_IMAGES)
-}
-
-/// A byte count printed in decimal units (`12.3 TB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Bytes(pub u128);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 7] = ["kB", "MB", "GB", "TB", "PB", "EB", "ZB"];
-        if self.0 < 1000 {
-            return write!(f, "{} B", self.0);
-        }
-        let mut v = self.0 as f64 / 1000.0;
-        let mut u = 0;
-        while v >= 999.95 && u + 1 < UNITS.len() {
-            v /= 1000.0;
-            u += 1;
-        }
-        write!(f, "{v:.1} {}", UNITS[u])
-    }
-}
 
 /// Memory the run may use, and where the figure comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,23 +224,6 @@ impl Estimate {
         }
         Err(anyhow!(msg))
     }
-}
-
-/// Bounds on values that make no sense whatever the memory: `Err((key, message))`.
-/// Called from [`Config::check_values`], so `memlab check` reports them too.
-pub fn check_limits(cfg: &Config) -> Result<(), (&'static str, String)> {
-    if cfg.sample.steps > MAX_SAMPLE_STEPS {
-        return Err((
-            "sample.steps",
-            format!(
-                "{} sampling steps is more than the {MAX_SAMPLE_STEPS} memlab accepts (each step \
-                 is at least one network evaluation per batch; the σ schedule alone would take {})",
-                cfg.sample.steps,
-                Bytes((cfg.sample.steps as u128 + 1) * 8)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Estimates what `cfg` needs and refuses it, naming the keys, when it cannot fit (see the
@@ -486,33 +432,6 @@ pub fn estimate(cfg: &Config, reg: &Registry) -> Result<Estimate> {
     Ok(e)
 }
 
-/// A vector of `n` copies of `value`, or an error naming `what` when it cannot be allocated.
-pub fn try_zeroed<T: Clone>(n: usize, value: T, what: impl FnOnce() -> String) -> Result<Vec<T>> {
-    let mut v = try_with_capacity(n, what)?;
-    v.resize(n, value);
-    Ok(v)
-}
-
-/// An empty vector with room for exactly `n` elements, or an error naming `what` when it
-/// cannot be allocated (instead of the abort of `Vec::with_capacity`).
-pub fn try_with_capacity<T>(n: usize, what: impl FnOnce() -> String) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|e| {
-        anyhow!(
-            "{}: cannot allocate {} ({e})",
-            what(),
-            Bytes(n as u128 * std::mem::size_of::<T>() as u128)
-        )
-    })?;
-    Ok(v)
-}
-
-/// `a × b` as `usize`, or an error naming `what` on overflow.
-pub fn mul(a: usize, b: usize, what: impl FnOnce() -> String) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or_else(|| anyhow!("{}: {a} × {b} values overflow the address space", what()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,23 +490,5 @@ mod tests {
         e.add(Place::Device, "w", "absurd", &[u128::MAX, 2]);
         let msg = e.check(None, true).unwrap_err().to_string();
         assert!(msg.starts_with("w cannot fit"), "{msg}");
-    }
-
-    #[test]
-    fn fill_chunks_are_bounded_in_images_and_bytes() {
-        assert_eq!(fill_chunk(3 * 32 * 32), FILL_CHUNK_IMAGES);
-        assert_eq!(fill_chunk(3 * 1024 * 1024), 5);
-        assert_eq!(fill_chunk(usize::MAX), 1);
-    }
-
-    #[test]
-    fn failed_allocations_are_errors() {
-        let e = try_with_capacity::<f32>(usize::MAX / 2, || "sample.count".into()).unwrap_err();
-        assert!(
-            e.to_string().starts_with("sample.count: cannot allocate"),
-            "{e}"
-        );
-        assert!(mul(usize::MAX, 2, || "x".into()).is_err());
-        assert_eq!(try_zeroed(3, 1u8, || "y".into()).unwrap(), vec![1, 1, 1]);
     }
 }

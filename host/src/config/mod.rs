@@ -1,4 +1,5 @@
-//! Study configuration: the TOML file that describes a run, parsed and validated.
+//! Run configuration: the TOML file that describes a run (or, with `[sweep]`/`[emm]`, a study's
+//! base run), parsed and validated.
 //!
 //! Every error names the file, the key (dotted path) and the problem. Component parameters
 //! are validated by the plugin that owns them (it is constructed with them), so a misspelled
@@ -10,9 +11,16 @@ use std::path::{Path, PathBuf};
 use memlab_plugin_api::ffi::{ArchInfo, Component, ComponentKind, DataSummary};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::device::DeviceChoice;
+pub mod choices;
+
 use crate::plugins::{ArchitectureHandle, ConditioningHandle, Registry};
-use crate::sampler::{Churn, Sampler, SamplerSettings};
+use choices::{Churn, DeviceChoice, Sampler, SamplerSettings};
+
+/// Most sampling steps a config may ask for. Samplers allocate σ schedules of `steps + 1`
+/// values and run at least one network evaluation per step and batch; DDPM's 1000 steps are
+/// the longest schedule in use, so 10⁵ leaves two orders of magnitude of room while refusing
+/// 10⁹ (an 8 GB schedule and years of sampling).
+pub const MAX_SAMPLE_STEPS: usize = 100_000;
 
 /// A configuration error: file, key and cause. `memlab` exits with code 2 on these.
 #[derive(Debug, Clone)]
@@ -942,7 +950,19 @@ impl Config {
         if self.dataset.resolution == Some(0) {
             return Err(err("dataset.resolution", "must be at least 1".into()));
         }
-        crate::budget::check_limits(self).map_err(|(key, m)| err(key, m))
+        if self.sample.steps > MAX_SAMPLE_STEPS {
+            return Err(err(
+                "sample.steps",
+                format!(
+                    "{} sampling steps is more than the {MAX_SAMPLE_STEPS} memlab accepts (each \
+                     step is at least one network evaluation per batch; the σ schedule alone \
+                     would take {})",
+                    self.sample.steps,
+                    crate::io::alloc::Bytes((self.sample.steps as u128 + 1) * 8)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every component reference with its config key.

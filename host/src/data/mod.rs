@@ -1,14 +1,17 @@
 //! The training set in host memory: drawn from a dataset component, subset, labelled by the
 //! conditioning scheme, and served in seeded batches.
 
+pub mod fetch;
+pub mod import;
+
 use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::ffi::DataSummary;
 
-use crate::budget;
 use crate::config::{DatasetSection, SubsetMode};
+use crate::io::alloc;
 use crate::plugins::{ConditioningHandle, DatasetHandle, Registry};
 
 /// Random-stream purposes, so every random quantity of a run has its own stream.
@@ -80,9 +83,9 @@ impl TrainingSet {
         indices.sort_unstable();
         let per = info.channels * info.height * info.width;
         let what = || format!("{}: {n} training images", dataset.label());
-        let mut images = budget::try_with_capacity(budget::mul(n as usize, per, what)?, what)?;
-        let mut labels = budget::try_with_capacity(n as usize, what)?;
-        for chunk in indices.chunks(budget::fill_chunk(per)) {
+        let mut images = alloc::try_with_capacity(alloc::mul(n as usize, per, what)?, what)?;
+        let mut labels = alloc::try_with_capacity(n as usize, what)?;
+        for chunk in indices.chunks(alloc::fill_chunk(per)) {
             let (im, lb) = dataset.fill(chunk)?;
             images.extend_from_slice(&im);
             labels.extend_from_slice(&lb);
@@ -188,7 +191,7 @@ impl TrainingSet {
 fn choose_virtual(n: u64, k: usize, seed: u64, at: impl Fn(u64) -> u64) -> Result<Vec<u64>> {
     let mut g = SplitMix64(seed);
     let k = (k as u64).min(n);
-    let mut out = budget::try_with_capacity(k as usize, || format!("a subset of {k} images"))?;
+    let mut out = alloc::try_with_capacity(k as usize, || format!("a subset of {k} images"))?;
     // Position → value, for positions whose value is no longer `at(position)`.
     let mut moved: HashMap<u64, u64> = HashMap::new();
     for i in 0..k {
@@ -377,10 +380,10 @@ pub fn load(
         let per = native.iter().product::<usize>();
         let what = || format!("{}: {} training images", h.label(), idx.len());
         let (mut im, mut lb) = (
-            budget::try_with_capacity(budget::mul(idx.len(), per, what)?, what)?,
-            budget::try_with_capacity(idx.len(), what)?,
+            alloc::try_with_capacity(alloc::mul(idx.len(), per, what)?, what)?,
+            alloc::try_with_capacity(idx.len(), what)?,
         );
-        for chunk in idx.chunks(budget::fill_chunk(per)) {
+        for chunk in idx.chunks(alloc::fill_chunk(per)) {
             let (a, b) = h.fill(chunk)?;
             im.extend_from_slice(&a);
             lb.extend_from_slice(&b);
@@ -407,7 +410,7 @@ pub fn load(
             )?;
             hi.sort_unstable();
             let mut buf = Vec::new();
-            for chunk in hi.chunks(budget::fill_chunk(per)) {
+            for chunk in hi.chunks(alloc::fill_chunk(per)) {
                 buf.extend_from_slice(&h.fill(chunk)?.0);
             }
             heldout_native = Some(buf);
@@ -497,7 +500,7 @@ fn per_class(h: &mut DatasetHandle, n: u64, classes: usize) -> Result<Vec<u64>> 
         .collect();
     let mut out = Vec::with_capacity(n as usize);
     let mut start = 0u64;
-    let chunk_len = budget::fill_chunk(elements_per_image(h)?) as u64;
+    let chunk_len = alloc::fill_chunk(elements_per_image(h)?) as u64;
     while out.len() < n as usize && start < len {
         let end = (start + chunk_len).min(len);
         let chunk: Vec<u64> = (start..end).collect();

@@ -94,7 +94,7 @@ pub fn run(
         &cfg.conditioning.params_toml(),
         seed,
     )?;
-    let criteria = crate::run::build_criteria(&cfg, &reg, seed)?;
+    let criteria = crate::run::evaluate::build_criteria(&cfg, &reg, seed)?;
     let t = Instant::now();
     let train = crate::data::load(&reg, &cfg.dataset, seed, &cond)?.train;
     let test = crate::data::load(&reg, &held, seed, &cond)
@@ -145,8 +145,8 @@ pub fn run(
         .unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
     let json = dir.join("baseline.json");
     let markdown_file = dir.join("baseline.md");
-    crate::output::write_atomic(&json, serde_json::to_string_pretty(&record)?.as_bytes())?;
-    crate::output::write_atomic(&markdown_file, markdown.as_bytes())?;
+    crate::io::output::write_atomic(&json, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    crate::io::output::write_atomic(&markdown_file, markdown.as_bytes())?;
     Ok(Baseline {
         json,
         markdown_file,

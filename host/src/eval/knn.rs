@@ -64,7 +64,11 @@ pub fn knn(
         return knn_cpu_l2(samples, train, dim, k, 256, 1024);
     }
     let nc = 16_000_000usize.checked_div(dim).unwrap_or(1);
-    knn_chunked(samples, train, dim, k, distance, device, nc, 512)
+    let chunks = Chunks {
+        train: nc,
+        samples: 512,
+    };
+    knn_chunked(samples, train, dim, k, distance, device, chunks)
 }
 
 /// A sample's best candidates so far, ascending by (screening distance, index).
@@ -200,9 +204,16 @@ fn rerank(
     Neighbours { k, dist, idx }
 }
 
-/// [`knn`] with explicit chunk sizes: `nc` training images per device upload, `ms` samples
-/// per distance block.
-#[allow(clippy::too_many_arguments)]
+/// Block sizes of [`knn_chunked`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chunks {
+    /// Training images per device upload.
+    pub train: usize,
+    /// Samples per distance block.
+    pub samples: usize,
+}
+
+/// [`knn`] with explicit block sizes.
 pub fn knn_chunked(
     samples: &[f32],
     train: &[f32],
@@ -210,9 +221,9 @@ pub fn knn_chunked(
     k: usize,
     distance: Distance,
     device: &Device,
-    nc: usize,
-    ms: usize,
+    chunks: Chunks,
 ) -> Result<Neighbours> {
+    let (nc, ms) = (chunks.train, chunks.samples);
     let (m, n, keep) = check(samples, train, dim, k)?;
     // Training images are the outer loop, so each is uploaded to the device once: chunks of
     // ≤ 16M values (64 MiB); samples go in blocks of `ms`, so a distance block is ms × nc.
@@ -357,7 +368,19 @@ mod tests {
             (Distance::L2, 37, 7),
             (Distance::Linf, 37, 7),
         ] {
-            let got = knn_chunked(&samples, &train, dim, 3, d, &Device::flex(), nc, ms).unwrap();
+            let got = knn_chunked(
+                &samples,
+                &train,
+                dim,
+                3,
+                d,
+                &Device::flex(),
+                Chunks {
+                    train: nc,
+                    samples: ms,
+                },
+            )
+            .unwrap();
             let want = brute(&samples, &train, dim, 3, d);
             if d == Distance::L2 {
                 // The CPU kernel with blocks that do not divide the data, and the default.

@@ -12,11 +12,13 @@ use serde::Serialize;
 
 use crate::config::TrainSection;
 use crate::data::{TrainingSet, derive_seed, stream};
+use crate::diffusion::model::Model;
+use crate::diffusion::optim::{
+    AdamConfig, AdamState, adam_step, ema_update, global_norm, scale_grads,
+};
+use crate::diffusion::snapshot::{self, Snapshot};
 use crate::engine::params::ParamStore;
-use crate::model::Model;
-use crate::optim::{AdamConfig, AdamState, adam_step, ema_update, global_norm, scale_grads};
-use crate::output::write_atomic;
-use crate::snapshot::{self, Snapshot};
+use crate::io::output::write_atomic;
 
 /// What training produced.
 pub struct Trained {
@@ -143,7 +145,7 @@ fn read_metrics(path: &Path, upto: u64) -> Vec<String> {
 
 /// Trains `model` on `data` in `run_dir` (snapshots under `run_dir/snapshots`, metrics in
 /// `run_dir/metrics.jsonl`), resuming from the newest snapshot written with the same config.
-/// A fresh run starts from the weights in `init_from` when given (see [`crate::weights`]).
+/// A fresh run starts from the weights in `init_from` when given (see [`crate::diffusion::weights`]).
 pub fn train(
     model: &Model,
     data: &TrainingSet,
@@ -181,7 +183,7 @@ pub fn train(
             let mut p = ParamStore::new(derive_seed(seed, stream::INIT));
             materialize(model, &mut p)?;
             if let Some(file) = init_from {
-                crate::weights::load_into(&mut p, file, &model.device)?;
+                crate::diffusion::weights::load_into(&mut p, file, &model.device)?;
                 log::info!("starting from the weights in {}", file.display());
             }
             let e = (cfg.ema_beta() > 0.0).then(|| p.clone());
@@ -351,7 +353,7 @@ fn newest_intact(snap_dir: &Path, device: &burn::tensor::Device) -> Result<Resum
 }
 
 fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
-    let b = crate::progress::bar(
+    let b = crate::io::progress::bar(
         total,
         "{prefix}train [{bar:30}] {pos}/{len} steps  {per_sec}  loss {msg}  eta {eta}",
     )?;
