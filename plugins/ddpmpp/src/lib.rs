@@ -951,6 +951,22 @@ mod tests {
     }
 
     #[test]
+    fn documented_defaults_are_the_defaults() {
+        // Every key of DDPMPP_PARAMS, set to its documented default, parses to Default.
+        let toml: String = DDPMPP_PARAMS
+            .iter()
+            .map(|p| format!("{} = {}\n", p.name, p.default))
+            .collect();
+        let documented: RawParams = Params::from_toml(&toml).unwrap().parse().unwrap();
+        assert_eq!(
+            format!("{documented:?}"),
+            format!("{:?}", RawParams::default())
+        );
+        let empty: RawParams = Params::from_toml("").unwrap().parse().unwrap();
+        assert_eq!(format!("{empty:?}"), format!("{:?}", RawParams::default()));
+    }
+
+    #[test]
     fn width_sweep_counts_match_diffmemorize_at_two_blocks() {
         // DM's width sweep (78.98M / 140.37M / 219.29M) uses its basic setup, num_blocks = 2.
         assert_eq!(count("num_blocks = 2\nchannels = 192"), 78_984_195);
