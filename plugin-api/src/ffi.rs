@@ -13,7 +13,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec, Tuple2},
 };
 
 /// The five kinds of component a plugin can provide.
@@ -91,6 +91,48 @@ pub struct ComponentInfo {
     pub description: RString,
     /// Accepted parameters.
     pub params: RVec<ParamDoc>,
+}
+
+/// One published file of a dataset: what `memlab data fetch` downloads and verifies.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PublishedFile {
+    /// File name, both on the server and on disk.
+    pub name: RString,
+    /// Where it is downloaded from.
+    pub url: RString,
+    /// Lower-case hex md5 of the whole file, as published.
+    pub md5: RString,
+}
+
+/// A copy of a dataset as images in class folders (`<split>/<class>/<image>`), which `memlab
+/// data fetch NAME --from PATH` accepts besides the published files, checks against this layout
+/// and packs into `DEST/<dir>/<split>.tar` for the `image-folder` dataset.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ClassFolderLayout {
+    /// Sub-folder of the destination that receives the split tars (e.g. `cifar10-jpeg`).
+    pub dir: RString,
+    /// The class folder names, in label order.
+    pub classes: RVec<RString>,
+    /// Each split's name and number of images per class (e.g. `train` 5,000, `test` 1,000).
+    pub splits: RVec<Tuple2<RString, u64>>,
+}
+
+/// What a dataset component declares about its data on disk, for `memlab data fetch`.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct DatasetFiles {
+    /// The dataset component's name (`memlab data fetch NAME`).
+    pub dataset: RString,
+    /// One line about the files (what, from where, how large), for help texts.
+    pub about: RString,
+    /// The published files, downloaded and verified by md5.
+    pub files: RVec<PublishedFile>,
+    /// How to point the dataset's parameters at the files once they are in place.
+    pub usage: RString,
+    /// A class-folder copy the host can import too, if the dataset has one.
+    pub class_folders: ROption<ClassFolderLayout>,
 }
 
 /// What a library says about itself.
@@ -684,6 +726,10 @@ pub struct PluginMod {
         params: RStr<'_>,
         seed: u64,
     ) -> RResult<Component, RString>,
+    /// The published files of the library's datasets, for `memlab data fetch` (added in 0.2.1:
+    /// absent from libraries built against 0.2.0, which then declare none).
+    #[sabi(missing_field(option))]
+    pub downloads: extern "C" fn() -> RResult<RVec<DatasetFiles>, RString>,
 }
 
 impl RootModule for PluginModRef {

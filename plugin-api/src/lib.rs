@@ -121,7 +121,7 @@ pub use component::{
 };
 pub use ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
 pub use params::{Param, Params, param};
-pub use plugin::Plugin;
+pub use plugin::{ClassFolders, DataFiles, Plugin, Published};
 pub use tensor::{Ctx, Tensor};
 
 /// Version of this crate; plugins built against a different minor version are refused.

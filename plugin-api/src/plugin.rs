@@ -1,7 +1,7 @@
 //! Declaring what a plugin library provides, and exporting it to the host.
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString};
+use abi_stable::std_types::{RResult, RStr, RString, Tuple2};
 
 use crate::adapter::{
     ArchitectureAdapter, ConditioningAdapter, CriterionAdapter, DatasetAdapter, ScheduleAdapter,
@@ -24,6 +24,47 @@ pub struct Plugin {
     name: String,
     version: String,
     entries: Vec<Entry>,
+    files: Vec<DatasetFiles>,
+}
+
+/// The published files of a dataset, declared with [`Plugin::dataset_files`] so that `memlab
+/// data fetch NAME` can download them (or import a local copy) without the host knowing the
+/// dataset.
+#[derive(Debug, Clone, Copy)]
+pub struct DataFiles<'a> {
+    /// One line about the files (what, from where, how large), shown in `memlab data fetch
+    /// --help`-style listings.
+    pub about: &'a str,
+    /// The published files.
+    pub files: &'a [Published<'a>],
+    /// How to point the dataset's parameters at the files once they are in place (printed
+    /// after a fetch and in the by-hand instructions when there is no internet).
+    pub usage: &'a str,
+    /// A copy as images in class folders that `--from` accepts too, if the dataset has one.
+    pub class_folders: Option<ClassFolders<'a>>,
+}
+
+/// One published file: its name (on the server and on disk), URL and md5.
+#[derive(Debug, Clone, Copy)]
+pub struct Published<'a> {
+    /// File name, e.g. `cifar-10-python.tar.gz`.
+    pub name: &'a str,
+    /// Download URL (`https://` or `http://`).
+    pub url: &'a str,
+    /// Lower-case hex md5 of the whole file (32 digits).
+    pub md5: &'a str,
+}
+
+/// A dataset's class-folder layout (`<split>/<class>/<image>`): the class names in label order
+/// and each split's images per class; imported into `DEST/<dir>/<split>.tar`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassFolders<'a> {
+    /// Sub-folder of the destination, e.g. `cifar10-jpeg`.
+    pub dir: &'a str,
+    /// Class folder names in label order.
+    pub classes: &'a [&'a str],
+    /// `(split, images per class)`, e.g. `[("train", 5000), ("test", 1000)]`.
+    pub splits: &'a [(&'a str, u64)],
 }
 
 impl Plugin {
@@ -33,6 +74,7 @@ impl Plugin {
             name: name.to_string(),
             version: version.to_string(),
             entries: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -83,6 +125,118 @@ impl Plugin {
         });
         self.push(ComponentKind::Dataset, name, description, params, maker);
         self
+    }
+
+    /// Declares the published files of the dataset `dataset`, registered before with
+    /// [`Plugin::dataset`]: `memlab data fetch DATASET` then downloads them (verifying each md5,
+    /// every file written atomically), or imports a local copy with `--from`.
+    ///
+    /// # Panics
+    /// When `dataset` is not a registered dataset, is declared twice, or a file entry is
+    /// malformed (a name with a `/`, a URL without `http(s)://`, an md5 that is not 32 hex
+    /// digits, a class-folder layout without classes or splits). The host reports the panic as
+    /// an error of this plugin naming the problem.
+    ///
+    /// ```
+    /// use memlab_plugin_api::prelude::*;
+    /// use memlab_plugin_api::plugin::{DataFiles, Published};
+    /// # struct Flat;
+    /// # impl Dataset for Flat {
+    /// #     fn shape(&self) -> PResult<DatasetShape> {
+    /// #         Ok(DatasetShape { channels: 1, height: 4, width: 4, len: 10, class_names: vec![] })
+    /// #     }
+    /// #     fn fill(&self, _: &[u64], i: &mut [f32], l: &mut [i64]) -> PResult<()> {
+    /// #         i.fill(0.0);
+    /// #         l.fill(0);
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// let mut p = Plugin::new("my-data", "0.1.0");
+    /// p.dataset("flat", "Constant images", &[], |_, _| Ok(Flat));
+    /// p.dataset_files(
+    ///     "flat",
+    ///     DataFiles {
+    ///         about: "the flat images (1 kB)",
+    ///         files: &[Published {
+    ///             name: "flat.bin",
+    ///             url: "https://example.org/flat.bin",
+    ///             md5: "0123456789abcdef0123456789abcdef",
+    ///         }],
+    ///         usage: "set the flat dataset's `path` to the destination directory",
+    ///         class_folders: None,
+    ///     },
+    /// );
+    /// assert_eq!(p.files()[0].files[0].name.as_str(), "flat.bin");
+    /// ```
+    pub fn dataset_files(&mut self, dataset: &str, files: DataFiles<'_>) -> &mut Self {
+        let who = format!("plugin {}: files of dataset `{dataset}`", self.name);
+        if !self
+            .entries
+            .iter()
+            .any(|e| e.info.kind == ComponentKind::Dataset && e.info.name.as_str() == dataset)
+        {
+            panic!("{who}: no dataset `{dataset}` is registered (register it first)");
+        }
+        if self.files.iter().any(|f| f.dataset.as_str() == dataset) {
+            panic!("{who}: declared twice");
+        }
+        if files.files.is_empty() && files.class_folders.is_none() {
+            panic!("{who}: no files and no class-folder layout");
+        }
+        for f in files.files {
+            if f.name.is_empty() || f.name.contains(['/', '\\']) || f.name.starts_with('.') {
+                panic!("{who}: `{}` is not a plain file name", f.name);
+            }
+            if !(f.url.starts_with("https://") || f.url.starts_with("http://")) {
+                panic!("{who}: the URL of `{}` is not http(s): `{}`", f.name, f.url);
+            }
+            if f.md5.len() != 32
+                || !f
+                    .md5
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                panic!(
+                    "{who}: the md5 of `{}` is not 32 lower-case hex digits: `{}`",
+                    f.name, f.md5
+                );
+            }
+        }
+        let class_folders = files.class_folders.map(|c| {
+            if c.classes.is_empty()
+                || c.splits.is_empty()
+                || c.dir.is_empty()
+                || c.dir.contains('/')
+            {
+                panic!("{who}: the class-folder layout needs a folder name, classes and splits");
+            }
+            ClassFolderLayout {
+                dir: c.dir.into(),
+                classes: c.classes.iter().map(|&c| c.into()).collect(),
+                splits: c.splits.iter().map(|&(n, k)| Tuple2(n.into(), k)).collect(),
+            }
+        });
+        self.files.push(DatasetFiles {
+            dataset: dataset.into(),
+            about: files.about.into(),
+            files: files
+                .files
+                .iter()
+                .map(|f| PublishedFile {
+                    name: f.name.into(),
+                    url: f.url.into(),
+                    md5: f.md5.into(),
+                })
+                .collect(),
+            usage: files.usage.into(),
+            class_folders: class_folders.into(),
+        });
+        self
+    }
+
+    /// The dataset files declared with [`Plugin::dataset_files`].
+    pub fn files(&self) -> &[DatasetFiles] {
+        &self.files
     }
 
     /// Registers a noise schedule.
@@ -227,6 +381,16 @@ pub fn __manifest(lib: &str, get: fn() -> &'static Plugin) -> RResult<PluginMani
 }
 
 #[doc(hidden)]
+pub fn __downloads(
+    lib: &str,
+    get: fn() -> &'static Plugin,
+) -> RResult<abi_stable::std_types::RVec<DatasetFiles>, RString> {
+    guard(&format!("plugin {lib} (listing its dataset files)"), || {
+        Ok(get().files().iter().cloned().collect())
+    })
+}
+
+#[doc(hidden)]
 pub fn __create(
     lib: &str,
     get: fn() -> &'static Plugin,
@@ -327,10 +491,22 @@ macro_rules! export_plugin {
         }
 
         #[doc(hidden)]
+        extern "C" fn __memlab_downloads() -> $crate::abi_stable::std_types::RResult<
+            $crate::abi_stable::std_types::RVec<$crate::ffi::DatasetFiles>,
+            $crate::abi_stable::std_types::RString,
+        > {
+            $crate::plugin::__downloads(env!("CARGO_PKG_NAME"), __memlab_plugin)
+        }
+
+        #[doc(hidden)]
         fn __memlab_root_module() -> $crate::ffi::PluginModRef {
             use $crate::abi_stable::prefix_type::PrefixTypeTrait;
-            $crate::ffi::PluginMod { manifest: __memlab_manifest, create: __memlab_create }
-                .leak_into_prefix()
+            $crate::ffi::PluginMod {
+                manifest: __memlab_manifest,
+                create: __memlab_create,
+                downloads: __memlab_downloads,
+            }
+            .leak_into_prefix()
         }
 
         /// The abi_stable library header the host looks up (what `#[export_root_module]`
@@ -349,4 +525,76 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::DatasetShape;
+
+    struct Empty;
+    impl Dataset for Empty {
+        fn shape(&self) -> PResult<DatasetShape> {
+            Ok(DatasetShape {
+                channels: 1,
+                height: 1,
+                width: 1,
+                len: 0,
+                class_names: vec![],
+            })
+        }
+        fn fill(&self, _: &[u64], _: &mut [f32], _: &mut [i64]) -> PResult<()> {
+            Ok(())
+        }
+    }
+
+    fn declare(dataset: &str, file: Published<'_>) -> String {
+        let r = std::panic::catch_unwind(|| {
+            let mut p = Plugin::new("p", "0");
+            p.dataset("d", "", &[], |_, _| Ok(Empty));
+            p.dataset_files(
+                dataset,
+                DataFiles {
+                    about: "",
+                    files: &[file],
+                    usage: "",
+                    class_folders: None,
+                },
+            );
+        });
+        match r {
+            Ok(()) => String::new(),
+            Err(e) => crate::adapter::panic_message(&*e),
+        }
+    }
+
+    #[test]
+    fn malformed_file_declarations_are_named() {
+        let good = Published {
+            name: "a.bin",
+            url: "https://x/a.bin",
+            md5: "0123456789abcdef0123456789abcdef",
+        };
+        assert_eq!(declare("d", good), "");
+        let e = declare("nope", good);
+        assert!(e.contains("no dataset `nope` is registered"), "{e}");
+        let e = declare(
+            "d",
+            Published {
+                name: "../a",
+                ..good
+            },
+        );
+        assert!(e.contains("not a plain file name"), "{e}");
+        let e = declare(
+            "d",
+            Published {
+                url: "ftp://x",
+                ..good
+            },
+        );
+        assert!(e.contains("not http(s)"), "{e}");
+        let e = declare("d", Published { md5: "ABC", ..good });
+        assert!(e.contains("32 lower-case hex digits"), "{e}");
+    }
 }

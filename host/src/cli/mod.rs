@@ -211,8 +211,9 @@ pub enum BenchWhat {
 /// `memlab data` actions.
 #[derive(Subcommand, Debug)]
 pub enum DataAction {
-    /// Download and verify a dataset's official files: `cifar10` or `mnist`; with `--from`,
-    /// import them (or, for CIFAR-10, a .tar / folder of class folders) from a local path.
+    /// Download and verify a dataset's published files (those its plugin declares; shipped:
+    /// `cifar10`, `mnist`); with `--from`, import them (or, for a dataset with a class-folder
+    /// layout such as CIFAR-10, a .tar / folder of class folders) from a local path.
     Fetch {
         /// Dataset name.
         name: String,
@@ -221,7 +222,8 @@ pub enum DataAction {
         dest: Option<PathBuf>,
         /// Import from this local file or directory instead of downloading (no internet
         /// needed): the official files (md5-verified), or for CIFAR-10 a .tar or directory of
-        /// the ten class folders (copied to DEST/cifar10-jpeg/ with a SHA256SUMS file).
+        /// the ten class folders (copied to DEST/cifar10-jpeg/ with a SHA256SUMS file; the
+        /// folder name and layout are the dataset plugin's declaration).
         #[arg(long, value_name = "PATH")]
         from: Option<PathBuf>,
     },
@@ -420,34 +422,30 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Data {
             action: DataAction::Fetch { name, dest, from },
         } => {
-            if !crate::data::fetch::datasets()
-                .iter()
-                .any(|(n, _)| *n == name)
-            {
-                let known: Vec<&str> = crate::data::fetch::datasets()
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect();
-                eprintln!(
-                    "error: unknown dataset `{name}`; memlab can fetch: {}",
-                    known.join(", ")
-                );
-                return Ok(EXIT_USAGE);
-            }
+            // What can be fetched, and how, is declared by the dataset plugins.
+            let reg = Registry::load(&cli.plugin_dirs)?;
+            report_failures(&reg);
+            let spec = match crate::data::fetch::lookup(&reg, &name) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
             let dest = dest.unwrap_or_else(|| PathBuf::from("data").join(&name));
             if let Some(from) = from {
-                let done = crate::data::import::import(&name, &from, &dest)?;
+                let done = crate::data::import::import(&spec, &from, &dest)?;
                 for f in &done.files {
                     println!("{}", f.display());
                 }
                 println!("{}", done.note);
                 return Ok(0);
             }
-            let files = crate::data::fetch::fetch(&name, &dest)?;
+            let files = crate::data::fetch::fetch(&spec, &dest)?;
             for f in &files {
                 println!("{}", f.display());
             }
-            println!("set the {name} dataset's `path` to {}", dest.display());
+            println!("{}\ndestination: {}", spec.usage, dest.display());
             Ok(0)
         }
         Command::Bench {

@@ -1,14 +1,15 @@
-//! Dataset downloads: what `memlab data fetch cifar10|mnist [--dest DIR]` runs.
+//! Dataset downloads: what `memlab data fetch NAME [--dest DIR]` runs.
 //!
-//! Each dataset is a fixed list of files with their official md5 digests. A file is streamed
+//! A dataset plugin declares its published files with their md5 digests
+//! ([`memlab_plugin_api::Plugin::dataset_files`]; the host knows no dataset by itself). A file is streamed
 //! into a temporary file inside the destination directory while its md5 is computed, checked,
 //! and only then renamed to its final name, so an interrupted or corrupt download never leaves a
 //! file under the real name. A file already present with the right digest is not downloaded
 //! again; one with a wrong digest is downloaded again and replaced.
 //!
-//! The files are kept as published (no extraction): the `cifar10` dataset plugin reads
-//! `cifar-10-python.tar.gz` as it is and the `mnist` plugin reads gzipped IDX files, so after a
-//! fetch either plugin's `path` is simply the destination directory.
+//! The files are kept as published (no extraction): the shipped `cifar10` dataset reads
+//! `cifar-10-python.tar.gz` as it is and `mnist` reads gzipped IDX files, so after a fetch
+//! either's `path` is simply the destination directory.
 //!
 //! Without internet access the download fails fast (connect timeout [`CONNECT_TIMEOUT`]) with a
 //! message that names the URL and tells how to place the files by hand instead.
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use md5::{Digest, Md5};
 
+use crate::plugins::Registry;
+
 /// How long to wait for a name lookup and for a connection (TCP and TLS) to a server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,93 +31,120 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One published file of a dataset.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OfficialFile {
     /// File name, both on the server and on disk.
-    pub name: &'static str,
+    pub name: String,
     /// Where it is downloaded from.
-    pub url: &'static str,
+    pub url: String,
     /// Lower-case hex md5 of the whole file.
-    pub md5: &'static str,
+    pub md5: String,
 }
 
-/// A dataset that `fetch` knows how to download.
-struct Dataset {
-    name: &'static str,
-    about: &'static str,
-    files: &'static [OfficialFile],
-    /// How the matching dataset plugin reads the files, for the by-hand instructions.
-    plugin_note: &'static str,
+/// A dataset's class-folder layout (`<split>/<class>/<image>`), which `--from` imports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassFolderLayout {
+    /// Sub-folder of the destination receiving `<split>.tar`.
+    pub dir: String,
+    /// Class folder names, in label order.
+    pub classes: Vec<String>,
+    /// `(split, images per class)`.
+    pub splits: Vec<(String, usize)>,
 }
 
-const MNIST_MIRROR: &str = "https://ossci-datasets.s3.amazonaws.com/mnist/";
-
-const DATASETS: &[Dataset] = &[
-    Dataset {
-        name: "cifar10",
-        about: "CIFAR-10 python archive (cifar-10-python.tar.gz, ~163 MiB) from the University of Toronto",
-        files: &[OfficialFile {
-            name: "cifar-10-python.tar.gz",
-            url: "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-            md5: "c58f30108f718f92721af3b95e74349a",
-        }],
-        plugin_note: "The cifar10 dataset plugin reads the .tar.gz archive as it is, or the extracted \
-                      cifar-10-batches-py directory: set its `path` to the directory holding \
-                      either (or to the archive or extracted directory itself).",
-    },
-    Dataset {
-        name: "mnist",
-        about: "MNIST, the four gzipped IDX files (train/t10k images and labels, ~11 MiB)",
-        files: &[
-            OfficialFile {
-                name: "train-images-idx3-ubyte.gz",
-                url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
-                md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            },
-            OfficialFile {
-                name: "train-labels-idx1-ubyte.gz",
-                url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-labels-idx1-ubyte.gz",
-                md5: "d53e105ee54ea40749a09fcbcd1e9432",
-            },
-            OfficialFile {
-                name: "t10k-images-idx3-ubyte.gz",
-                url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz",
-                md5: "9fb629c4189551a2d022fa330f9573f3",
-            },
-            OfficialFile {
-                name: "t10k-labels-idx1-ubyte.gz",
-                url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz",
-                md5: "ec29112dd5afa0611ce80d1b7f02629c",
-            },
-        ],
-        plugin_note: "The mnist dataset plugin reads a directory of these IDX files, gzipped or \
-                      not (gunzipped names drop the .gz): set its `path` to that directory.",
-    },
-];
-
-/// The datasets [`fetch`] knows, as `(name, one-line description)`, for help texts.
-pub fn datasets() -> Vec<(&'static str, &'static str)> {
-    DATASETS.iter().map(|d| (d.name, d.about)).collect()
+/// What a dataset plugin declares about its files ([`memlab_plugin_api::Plugin::dataset_files`]):
+/// everything `memlab data fetch` knows about a dataset comes from here, none of it from the
+/// host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSpec {
+    /// The dataset component's name.
+    pub name: String,
+    /// One line about the files.
+    pub about: String,
+    /// The published files.
+    pub files: Vec<OfficialFile>,
+    /// How to point the dataset at the files.
+    pub usage: String,
+    /// A class-folder copy `--from` accepts too.
+    pub class_folders: Option<ClassFolderLayout>,
 }
 
-/// Downloads `dataset` (`"cifar10"` or `"mnist"`) into the directory `dest` (created if
-/// missing) and returns the paths of its files, in a fixed order.
+impl DatasetSpec {
+    fn from_ffi(f: &memlab_plugin_api::ffi::DatasetFiles) -> DatasetSpec {
+        DatasetSpec {
+            name: f.dataset.to_string(),
+            about: f.about.to_string(),
+            files: f
+                .files
+                .iter()
+                .map(|p| OfficialFile {
+                    name: p.name.to_string(),
+                    url: p.url.to_string(),
+                    md5: p.md5.to_string(),
+                })
+                .collect(),
+            usage: f.usage.to_string(),
+            class_folders: f
+                .class_folders
+                .as_ref()
+                .into_option()
+                .map(|c| ClassFolderLayout {
+                    dir: c.dir.to_string(),
+                    classes: c.classes.iter().map(|s| s.to_string()).collect(),
+                    splits: c
+                        .splits
+                        .iter()
+                        .map(|t| (t.0.to_string(), t.1 as usize))
+                        .collect(),
+                }),
+        }
+    }
+}
+
+/// Every dataset whose plugin declares files, by name.
+pub fn specs(reg: &Registry) -> Vec<DatasetSpec> {
+    let mut v: Vec<DatasetSpec> = reg
+        .dataset_files()
+        .iter()
+        .map(DatasetSpec::from_ffi)
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// The spec of `dataset`, or an error listing the datasets that declare files.
+pub fn lookup(reg: &Registry, dataset: &str) -> Result<DatasetSpec> {
+    let all = specs(reg);
+    let known: Vec<String> = all.iter().map(|d| d.name.clone()).collect();
+    all.into_iter().find(|d| d.name == dataset).ok_or_else(|| {
+        anyhow!(
+            "unknown dataset {dataset:?}: no loaded plugin declares its files; memlab can fetch: {}",
+            if known.is_empty() {
+                "nothing (no dataset plugin declares files)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
+    })
+}
+
+/// Downloads the files of `ds` into the directory `dest` (created if missing) and returns
+/// their paths, in the declared order.
 ///
 /// Files already in `dest` with the right md5 are kept without downloading. Each download goes
 /// to a temporary file in `dest`, is verified against the published md5, then renamed into
 /// place; a wrong digest is an error naming the file with the expected and actual digests (the
-/// temporary file is removed). An unknown name is an error listing the known ones. A server
-/// that cannot be reached is an error naming the URL that failed and telling how to place the
-/// files by hand. Progress is drawn on stderr when it is a terminal, logged otherwise.
-pub fn fetch(dataset: &str, dest: &Path) -> Result<Vec<PathBuf>> {
-    let ds = lookup(dataset)?;
+/// temporary file is removed). A server that cannot be reached is an error naming the URL that
+/// failed and telling how to place the files by hand. Progress is drawn on stderr when it is a
+/// terminal, logged otherwise.
+pub fn fetch(ds: &DatasetSpec, dest: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dest)
         .with_context(|| format!("cannot create destination directory {}", dest.display()))?;
     let hint = manual_hint(ds, dest);
     let agent = agent(true);
     let mut paths = Vec::with_capacity(ds.files.len());
-    for f in ds.files {
-        paths.push(fetch_file(&agent, f.url, f.name, f.md5, dest, &hint)?);
+    for f in &ds.files {
+        paths.push(fetch_file(&agent, &f.url, &f.name, &f.md5, dest, &hint)?);
     }
     log::info!(
         "{}: {} file(s) ready in {}",
@@ -125,39 +155,18 @@ pub fn fetch(dataset: &str, dest: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The official files of `dataset` with their md5 digests (an unknown name is an error
-/// listing the known ones).
-pub fn official_files(dataset: &str) -> Result<&'static [OfficialFile]> {
-    Ok(lookup(dataset)?.files)
-}
-
-fn lookup(dataset: &str) -> Result<&'static Dataset> {
-    DATASETS.iter().find(|d| d.name == dataset).ok_or_else(|| {
-        let known: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
-        anyhow!(
-            "unknown dataset {dataset:?}; memlab can fetch: {}",
-            known.join(", ")
-        )
-    })
-}
-
 /// The by-hand instructions for `ds` into `dest`, appended to download errors.
-fn manual_hint(ds: &Dataset, dest: &Path) -> String {
+fn manual_hint(ds: &DatasetSpec, dest: &Path) -> String {
     let mut s = format!(
         "To place the files by hand instead, download on a machine with internet access and copy \
          into {}:",
         dest.display()
     );
-    for f in ds.files {
+    for f in &ds.files {
         s.push_str(&format!("\n  {}  (md5 {}, from {})", f.name, f.md5, f.url));
     }
-    if ds.name == "mnist" {
-        s.push_str(&format!(
-            "\n(any MNIST mirror serving these names works, e.g. {MNIST_MIRROR})"
-        ));
-    }
-    s.push('\n');
-    s.push_str(ds.plugin_note);
+    s.push_str("\n(any mirror serving these names works: the md5 is what is checked)\n");
+    s.push_str(&ds.usage);
     s
 }
 
@@ -416,6 +425,22 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A declared dataset as a plugin would declare it (test data: two files).
+    fn spec(name: &str, usage: &str) -> DatasetSpec {
+        let file = |n: &str| OfficialFile {
+            name: format!("{name}-{n}"),
+            url: format!("https://example.invalid/{name}-{n}"),
+            md5: "0123456789abcdef0123456789abcdef".into(),
+        };
+        DatasetSpec {
+            name: name.into(),
+            about: format!("{name} files"),
+            files: vec![file("file.bin"), file("other.bin")],
+            usage: usage.into(),
+            class_folders: None,
+        }
+    }
+
     /// A one-route HTTP server on 127.0.0.1 answering every request with `status` and `body`.
     /// It serves at most `max_requests` and stops by itself after 20 s either way.
     /// Returns the URL of a file on it and a count of requests served.
@@ -586,8 +611,11 @@ mod tests {
     #[test]
     fn unreachable_server_explains_how_to_work_offline() {
         let dir = tempfile::tempdir().unwrap();
-        let ds = lookup("mnist").unwrap();
-        let hint = manual_hint(ds, dir.path());
+        let ds = spec(
+            "mnist",
+            "The mnist dataset reads a directory of these IDX files, gzipped or not.",
+        );
+        let hint = manual_hint(&ds, dir.path());
         let url = closed_port_url();
         let t0 = Instant::now();
         let err = fetch_file(
@@ -605,8 +633,8 @@ mod tests {
         assert!(err.contains("internet"), "{err}");
         assert!(err.contains("memlab data fetch"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
-        for f in ds.files {
-            assert!(err.contains(f.name), "{err}");
+        for f in &ds.files {
+            assert!(err.contains(&f.name), "{err}");
         }
         assert!(err.contains("gzipped or not"), "{err}");
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
@@ -616,45 +644,26 @@ mod tests {
     fn http_error_status_names_the_url_and_the_manual_route() {
         let (url, _) = serve("404 Not Found", b"gone".to_vec(), 1);
         let dir = tempfile::tempdir().unwrap();
-        let hint = manual_hint(lookup("cifar10").unwrap(), dir.path());
+        let hint = manual_hint(
+            &spec("cifar10", "or the extracted cifar-10-batches-py directory"),
+            dir.path(),
+        );
         let err = fetch_file(&agent(false), &url, "file.bin", "00", dir.path(), &hint)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&url) && err.contains("404"), "{err}");
-        assert!(err.contains("cifar-10-python.tar.gz"), "{err}");
+        assert!(err.contains("cifar10-file.bin"), "{err}");
         assert!(err.contains("cifar-10-batches-py"), "{err}");
         assert!(entries(dir.path()).is_empty());
     }
 
     #[test]
-    fn unknown_dataset_lists_the_known_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = fetch("imagenet", dir.path()).unwrap_err().to_string();
-        assert!(err.contains("imagenet"), "{err}");
-        assert!(err.contains("cifar10") && err.contains("mnist"), "{err}");
-        // Nothing is created for an unknown name.
-        assert!(entries(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn dataset_table_is_well_formed() {
-        let names: Vec<&str> = datasets().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["cifar10", "mnist"]);
-        for ds in DATASETS {
-            for f in ds.files {
-                assert_eq!(f.md5.len(), 32, "{}", f.name);
-                assert!(
-                    f.md5
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                );
-                assert!(
-                    f.url.starts_with("https://") && f.url.ends_with(f.name),
-                    "{}",
-                    f.url
-                );
-            }
-        }
-        assert_eq!(lookup("mnist").unwrap().files.len(), 4);
+    fn unknown_dataset_says_what_can_be_fetched() {
+        let reg = Registry::from_files(&[]).unwrap();
+        let err = lookup(&reg, "imagenet").unwrap_err().to_string();
+        assert!(
+            err.contains("imagenet") && err.contains("no dataset plugin"),
+            "{err}"
+        );
     }
 }

@@ -1,17 +1,18 @@
-//! Local import: what `memlab data fetch cifar10|mnist --from PATH [--dest DIR]` runs on a
-//! machine without internet access, from archives the user already has.
+//! Local import: what `memlab data fetch NAME --from PATH [--dest DIR]` runs on a machine
+//! without internet access, from archives the user already has. What is accepted comes from
+//! the dataset plugin's declaration ([`DatasetSpec`]), not from the host:
 //!
-//! Accepted sources:
-//! - the official files ([`crate::data::fetch`]'s table: `cifar-10-python.tar.gz`, the four MNIST
+//! - the published files (for the shipped datasets `cifar-10-python.tar.gz`, the four MNIST
 //!   `*-ubyte.gz`), given as a file or as a directory holding them; each is verified against
 //!   its published md5 while it is copied into `dest` under its official name;
-//! - for CIFAR-10, images in class folders: a plain `.tar` of them (one top-level folder such
-//!   as `train/` is looked through), a directory of them, or a directory holding `train.tar` /
-//!   `test.tar` or `train/` / `test/`. The layout must be exactly the ten CIFAR-10 classes with
-//!   5,000 (training split) or 1,000 (test split) images each. A `.tar` is copied as it is, a
-//!   directory is packed into a tar (sorted entries, fixed times and modes); either lands in
-//!   `dest/cifar10-jpeg/{train,test}.tar`, beside a `SHA256SUMS` file for them, and the
-//!   `image-folder` dataset plugin reads it as it is.
+//! - when the dataset declares a class-folder layout (CIFAR-10: its ten classes, 5,000 training
+//!   and 1,000 test images per class), images in class folders: a plain `.tar` of them (one
+//!   top-level folder such as `train/` is looked through), a directory of them, or a directory
+//!   holding `<split>.tar` or `<split>/` per split. The layout must be exactly the declared
+//!   classes with one split's count of images each. A `.tar` is copied as it is, a directory is
+//!   packed into a tar (sorted entries, fixed times and modes); either lands in
+//!   `dest/<layout dir>/<split>.tar` (`cifar10-jpeg/train.tar`), beside a `SHA256SUMS` file for
+//!   them, and the `image-folder` dataset plugin reads it as it is.
 //!
 //! Every source is inspected before anything is copied, and every file is written to a
 //! temporary file beside its target and renamed into place once complete and verified: an
@@ -26,27 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::data::fetch::{OfficialFile, official_files};
-
-/// The ten CIFAR-10 classes, in label order.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
-/// CIFAR-10's splits: name and images per class.
-const CIFAR10_SPLITS: &[(&str, usize)] = &[("train", 5000), ("test", 1000)];
-
-/// Sub-folder of `dest` that receives CIFAR-10 class-folder tars.
-pub const CLASS_FOLDER_DIR: &str = "cifar10-jpeg";
+use crate::data::fetch::{ClassFolderLayout, DatasetSpec, OfficialFile};
 
 /// What an import put in place.
 #[derive(Debug)]
@@ -57,24 +38,13 @@ pub struct Imported {
     pub note: String,
 }
 
-/// Imports `dataset` (`cifar10` or `mnist`) from the local file or directory `from` into `dest`
-/// (created if missing). Errors say what was found at `from` and what is accepted.
-pub fn import(dataset: &str, from: &Path, dest: &Path) -> Result<Imported> {
-    import_with(dataset, from, dest, CIFAR10_SPLITS)
-}
-
-/// [`import`] with the CIFAR-10 split sizes as a parameter (the tests use small ones).
-fn import_with(
-    dataset: &str,
-    from: &Path,
-    dest: &Path,
-    splits: &[(&'static str, usize)],
-) -> Result<Imported> {
-    let official = official_files(dataset)?;
+/// Imports the dataset `ds` from the local file or directory `from` into `dest` (created if
+/// missing). Errors say what was found at `from` and what is accepted.
+pub fn import(ds: &DatasetSpec, from: &Path, dest: &Path) -> Result<Imported> {
     if !from.exists() {
-        bail!("{} does not exist ({})", from.display(), accepted(dataset));
+        bail!("{} does not exist ({})", from.display(), accepted(ds));
     }
-    let plan = plan(dataset, from, official, splits)?;
+    let plan = plan(ds, from)?;
     std::fs::create_dir_all(dest)
         .with_context(|| format!("cannot create destination directory {}", dest.display()))?;
     match plan {
@@ -83,11 +53,12 @@ fn import_with(
             for (src, f) in list {
                 files.push(copy_official(&src, f, dest)?);
             }
-            let mut note = format!("set the {dataset} dataset's `path` to {}", dest.display());
-            let missing: Vec<&str> = official
+            let mut note = format!("{}\ndestination: {}", ds.usage, dest.display());
+            let missing: Vec<&str> = ds
+                .files
                 .iter()
-                .filter(|f| !dest.join(f.name).is_file())
-                .map(|f| f.name)
+                .filter(|f| !dest.join(&f.name).is_file())
+                .map(|f| f.name.as_str())
                 .collect();
             if !missing.is_empty() {
                 note.push_str(&format!(
@@ -95,14 +66,11 @@ fn import_with(
                     dest.display(),
                     missing.join(", ")
                 ));
-                if dataset == "mnist" && missing.iter().all(|m| m.starts_with("train")) {
-                    note.push_str("\nthe test split reads: params.split = \"test\"");
-                }
             }
             Ok(Imported { files, note })
         }
-        Plan::Splits(list) => {
-            let dir = dest.join(CLASS_FOLDER_DIR);
+        Plan::Splits(layout, list) => {
+            let dir = dest.join(&layout.dir);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let mut sums = BTreeMap::new();
@@ -111,18 +79,18 @@ fn import_with(
                 let target = dir.join(format!("{split}.tar"));
                 let digest = match &src {
                     SplitSource::Tar(t) => copy_atomic(t, &target, |_| Ok(()), Sha256::new())?,
-                    SplitSource::Dir(d, images) => pack_atomic(d, images, split, &target)?,
+                    SplitSource::Dir(d, images) => pack_atomic(d, images, &split, &target)?,
                 };
-                sums.insert(split, digest);
+                sums.insert(split.clone(), digest);
                 files.push(target);
             }
             // Splits imported earlier stay listed.
-            for (split, _) in splits {
+            for (split, _) in &layout.splits {
                 let t = dir.join(format!("{split}.tar"));
                 if !sums.contains_key(split) && t.is_file() {
                     let mut f =
                         File::open(&t).with_context(|| format!("cannot read {}", t.display()))?;
-                    sums.insert(split, hash_reader(&mut f, Sha256::new(), &t)?);
+                    sums.insert(split.clone(), hash_reader(&mut f, Sha256::new(), &t)?);
                 }
             }
             let text: String = sums
@@ -147,32 +115,37 @@ fn import_with(
     }
 }
 
-/// What `--from` accepts for `dataset`, for error messages.
-fn accepted(dataset: &str) -> String {
-    let names: Vec<&str> = official_files(dataset)
-        .map(|f| f.iter().map(|f| f.name).collect())
-        .unwrap_or_default();
+/// What `--from` accepts for `ds`, for error messages.
+fn accepted(ds: &DatasetSpec) -> String {
+    let names: Vec<&str> = ds.files.iter().map(|f| f.name.as_str()).collect();
     let mut s = format!(
         "accepted: the official file(s) {} (or a directory holding them)",
         names.join(", ")
     );
-    if dataset == "cifar10" {
+    if let Some(l) = &ds.class_folders {
+        let sizes: Vec<String> = l.splits.iter().map(|(s, n)| format!("{n} ({s})")).collect();
         s.push_str(&format!(
-            ", or CIFAR-10 images in class folders — a .tar of them, a directory of them, or a \
-             directory holding train.tar/test.tar or train/ and test/ — with exactly the ten \
-             classes {} and 5,000 (train) or 1,000 (test) PNG/JPEG images each",
-            CIFAR10_CLASSES.join(" ")
+            ", or {} images in class folders — a .tar of them, a directory of them, or a \
+             directory holding {} — with exactly the classes {} and {} PNG/JPEG images each",
+            ds.name,
+            l.splits
+                .iter()
+                .map(|(s, _)| format!("{s}.tar or {s}/"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.classes.join(" "),
+            sizes.join(" or ")
         ));
     }
     s
 }
 
 /// What will be copied.
-enum Plan {
-    /// Official files: (source, table entry).
-    Official(Vec<(PathBuf, &'static OfficialFile)>),
-    /// CIFAR-10 class-folder splits: (split name, source).
-    Splits(Vec<(&'static str, SplitSource)>),
+enum Plan<'a> {
+    /// Official files: (source, declared file).
+    Official(Vec<(PathBuf, &'a OfficialFile)>),
+    /// Class-folder splits of the layout: (split name, source).
+    Splits(&'a ClassFolderLayout, Vec<(String, SplitSource)>),
 }
 
 enum SplitSource {
@@ -182,13 +155,10 @@ enum SplitSource {
 }
 
 /// Inspects `from` and decides what to copy; nothing is written.
-fn plan(
-    dataset: &str,
-    from: &Path,
-    official: &'static [OfficialFile],
-    splits: &[(&'static str, usize)],
-) -> Result<Plan> {
-    let by_name = |name: &str| official.iter().find(|f| f.name == name);
+fn plan<'a>(ds: &'a DatasetSpec, from: &Path) -> Result<Plan<'a>> {
+    let dataset = &ds.name;
+    let layout = ds.class_folders.as_ref();
+    let by_name = |name: &str| ds.files.iter().find(|f| f.name == name);
     if from.is_file() {
         let name = from
             .file_name()
@@ -197,70 +167,70 @@ fn plan(
         if let Some(f) = by_name(&name) {
             return Ok(Plan::Official(vec![(from.to_path_buf(), f)]));
         }
-        if dataset == "cifar10" && is_tar(from)? {
-            let split = tar_split(from, splits)?;
-            return Ok(Plan::Splits(vec![(
-                split,
-                SplitSource::Tar(from.to_path_buf()),
-            )]));
+        if let Some(l) = layout
+            && is_tar(from)?
+        {
+            let split = tar_split(from, l)?;
+            return Ok(Plan::Splits(
+                l,
+                vec![(split, SplitSource::Tar(from.to_path_buf()))],
+            ));
         }
         bail!(
             "{} is neither an official {dataset} file (by name) nor {}; {}",
             from.display(),
-            if dataset == "cifar10" {
+            if layout.is_some() {
                 "a tar archive"
             } else {
                 "a directory"
             },
-            accepted(dataset)
+            accepted(ds)
         );
     }
     let entries = list_dir(from)?;
-    let found: Vec<(PathBuf, &'static OfficialFile)> = official
+    let found: Vec<(PathBuf, &OfficialFile)> = ds
+        .files
         .iter()
-        .filter(|f| from.join(f.name).is_file())
-        .map(|f| (from.join(f.name), f))
+        .filter(|f| from.join(&f.name).is_file())
+        .map(|f| (from.join(&f.name), f))
         .collect();
     if !found.is_empty() {
         return Ok(Plan::Official(found));
     }
-    if dataset == "cifar10" {
+    if let Some(l) = layout {
         let mut list = Vec::new();
-        for (split, _) in splits {
+        for (split, _) in &l.splits {
             let t = from.join(format!("{split}.tar"));
             let d = from.join(split);
             if t.is_file() {
-                let got = tar_split(&t, splits)?;
+                let got = tar_split(&t, l)?;
                 if got != *split {
                     bail!(
                         "{} holds the {got} split's image count, not the {split} split's",
                         t.display()
                     );
                 }
-                list.push((*split, SplitSource::Tar(t)));
+                list.push((split.clone(), SplitSource::Tar(t)));
             } else if d.is_dir() && !class_dirs(&d)?.is_empty() {
-                let (got, images) = dir_split(&d, splits)?;
+                let (got, images) = dir_split(&d, l)?;
                 if got != *split {
                     bail!(
                         "{} holds the {got} split's image count, not the {split} split's",
                         d.display()
                     );
                 }
-                list.push((*split, SplitSource::Dir(d, images)));
+                list.push((split.clone(), SplitSource::Dir(d, images)));
             }
         }
         if !list.is_empty() {
-            return Ok(Plan::Splits(list));
+            return Ok(Plan::Splits(l, list));
         }
-        if class_dirs(from)?
-            .iter()
-            .any(|c| CIFAR10_CLASSES.contains(&c.as_str()))
-        {
-            let (split, images) = dir_split(from, splits)?;
-            return Ok(Plan::Splits(vec![(
-                split,
-                SplitSource::Dir(from.to_path_buf(), images),
-            )]));
+        if class_dirs(from)?.iter().any(|c| l.classes.contains(c)) {
+            let (split, images) = dir_split(from, l)?;
+            return Ok(Plan::Splits(
+                l,
+                vec![(split, SplitSource::Dir(from.to_path_buf(), images))],
+            ));
         }
     }
     bail!(
@@ -271,7 +241,7 @@ fn plan(
         } else {
             entries.join(", ")
         },
-        accepted(dataset)
+        accepted(ds)
     )
 }
 
@@ -314,7 +284,7 @@ fn is_image(name: &str) -> bool {
 
 /// Images per class folder of a tar (hidden entries and non-images skipped; one top-level
 /// folder shared by every image is looked through), then the split this layout is.
-fn tar_split(path: &Path, splits: &[(&'static str, usize)]) -> Result<&'static str> {
+fn tar_split(path: &Path, layout: &ClassFolderLayout) -> Result<String> {
     let what = path.display().to_string();
     let bad = |e: std::io::Error| anyhow!("{what} is not a readable tar archive: {e}");
     let f = File::open(path).with_context(|| format!("cannot read {what}"))?;
@@ -355,7 +325,7 @@ fn tar_split(path: &Path, splits: &[(&'static str, usize)]) -> Result<&'static s
             *counts.entry(p[skip].clone()).or_insert(0usize) += 1;
         }
     }
-    check_layout(&what, &counts, loose, splits)
+    check_layout(&what, &counts, loose, layout)
 }
 
 /// Sorted, non-hidden sub-folders of `dir`.
@@ -373,10 +343,7 @@ fn class_dirs(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Images of a directory of class folders (any depth, sorted), and the split it is.
-fn dir_split(
-    dir: &Path,
-    splits: &[(&'static str, usize)],
-) -> Result<(&'static str, Vec<(String, PathBuf)>)> {
+fn dir_split(dir: &Path, layout: &ClassFolderLayout) -> Result<(String, Vec<(String, PathBuf)>)> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut es: Vec<_> = std::fs::read_dir(d)
             .with_context(|| format!("cannot read {}", d.display()))?
@@ -410,23 +377,28 @@ fn dir_split(
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_file() && is_image(&e.file_name().to_string_lossy()))
         .count();
-    let split = check_layout(&dir.display().to_string(), &counts, loose, splits)?;
+    let split = check_layout(&dir.display().to_string(), &counts, loose, layout)?;
     Ok((split, images))
 }
 
 /// Checks images-per-class `counts` (plus `loose` images outside any class folder) against
-/// CIFAR-10's layout and returns the split whose per-class count they match.
+/// the declared layout and returns the split whose per-class count they match.
 fn check_layout(
     what: &str,
     counts: &BTreeMap<String, usize>,
     loose: usize,
-    splits: &[(&'static str, usize)],
-) -> Result<&'static str> {
+    layout: &ClassFolderLayout,
+) -> Result<String> {
     let expected = || {
-        let sizes: Vec<String> = splits.iter().map(|(s, n)| format!("{n} ({s})")).collect();
+        let sizes: Vec<String> = layout
+            .splits
+            .iter()
+            .map(|(s, n)| format!("{n} ({s})"))
+            .collect();
         format!(
-            "expected exactly the ten CIFAR-10 class folders ({}) with {} images each",
-            CIFAR10_CLASSES.join(" "),
+            "expected exactly the {} class folders ({}) with {} images each",
+            layout.classes.len(),
+            layout.classes.join(" "),
             sizes.join(" or ")
         )
     };
@@ -446,26 +418,26 @@ fn check_layout(
         );
     }
     let names: Vec<&str> = counts.keys().map(String::as_str).collect();
-    let mut want = CIFAR10_CLASSES.to_vec();
+    let mut want: Vec<&str> = layout.classes.iter().map(String::as_str).collect();
     want.sort_unstable();
     if names != want {
         bail!("{what}: found {}; {}", found(), expected());
     }
     let n = counts.values().next().copied().unwrap_or(0);
-    match splits.iter().find(|(_, per)| *per == n) {
-        Some((split, _)) if counts.values().all(|&c| c == n) => Ok(split),
+    match layout.splits.iter().find(|(_, per)| *per == n) {
+        Some((split, _)) if counts.values().all(|&c| c == n) => Ok(split.clone()),
         _ => bail!("{what}: found {}; {}", found(), expected()),
     }
 }
 
 /// Copies the official file `src` into `dest` under its official name, verifying its md5.
 fn copy_official(src: &Path, f: &OfficialFile, dest: &Path) -> Result<PathBuf> {
-    let target = dest.join(f.name);
+    let target = dest.join(&f.name);
     copy_atomic(
         src,
         &target,
         |actual| {
-            if actual.eq_ignore_ascii_case(f.md5) {
+            if actual.eq_ignore_ascii_case(&f.md5) {
                 Ok(())
             } else {
                 Err(anyhow!(
@@ -615,7 +587,70 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const SMALL: &[(&str, usize)] = &[("train", 3), ("test", 1)];
+    /// CIFAR-10's declared classes (test data, as the image-datasets plugin declares them).
+    const CIFAR10_CLASSES: [&str; 10] = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    const CLASS_FOLDER_DIR: &str = "cifar10-jpeg";
+
+    /// A dataset declared like the shipped ones, with small split sizes (3 train, 1 test
+    /// images per class) for `cifar10`, and MNIST's four files for `mnist`.
+    fn spec(name: &str) -> DatasetSpec {
+        let file = |n: &str, md5: &str| OfficialFile {
+            name: n.into(),
+            url: format!("https://example.invalid/{n}"),
+            md5: md5.into(),
+        };
+        match name {
+            "cifar10" => DatasetSpec {
+                name: "cifar10".into(),
+                about: String::new(),
+                files: vec![file(
+                    "cifar-10-python.tar.gz",
+                    "c58f30108f718f92721af3b95e74349a",
+                )],
+                usage: "set the cifar10 dataset's `path`".into(),
+                class_folders: Some(ClassFolderLayout {
+                    dir: CLASS_FOLDER_DIR.into(),
+                    classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+                    splits: vec![("train".into(), 3), ("test".into(), 1)],
+                }),
+            },
+            _ => DatasetSpec {
+                name: "mnist".into(),
+                about: String::new(),
+                files: vec![
+                    file(
+                        "train-images-idx3-ubyte.gz",
+                        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                    ),
+                    file(
+                        "train-labels-idx1-ubyte.gz",
+                        "d53e105ee54ea40749a09fcbcd1e9432",
+                    ),
+                    file(
+                        "t10k-images-idx3-ubyte.gz",
+                        "9fb629c4189551a2d022fa330f9573f3",
+                    ),
+                    file(
+                        "t10k-labels-idx1-ubyte.gz",
+                        "ec29112dd5afa0611ce80d1b7f02629c",
+                    ),
+                ],
+                usage: "set the mnist dataset's `path`".into(),
+                class_folders: None,
+            },
+        }
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -659,7 +694,7 @@ mod tests {
         std::fs::write(src.join("train.tar"), &train).unwrap();
         std::fs::write(src.join("test.tar"), &test).unwrap();
         let dest = tmp.path().join("dest");
-        let got = import_with("cifar10", &src, &dest, SMALL).unwrap();
+        let got = import(&spec("cifar10"), &src, &dest).unwrap();
         let dir = dest.join(CLASS_FOLDER_DIR);
         assert_eq!(entries(&dir), ["SHA256SUMS", "test.tar", "train.tar"]);
         assert_eq!(std::fs::read(dir.join("train.tar")).unwrap(), train);
@@ -672,7 +707,7 @@ mod tests {
         assert!(got.note.contains("image-folder"), "{}", got.note);
         // One tar alone (named anything) is recognised by its counts; SHA256SUMS keeps both.
         let dest2 = tmp.path().join("dest2");
-        import_with("cifar10", &src.join("test.tar"), &dest2, SMALL).unwrap();
+        import(&spec("cifar10"), &src.join("test.tar"), &dest2).unwrap();
         assert_eq!(
             entries(&dest2.join(CLASS_FOLDER_DIR)),
             ["SHA256SUMS", "test.tar"]
@@ -685,8 +720,8 @@ mod tests {
         let src = tmp.path().join("train");
         tree(&src, &CIFAR10_CLASSES, 3);
         let (d1, d2) = (tmp.path().join("d1"), tmp.path().join("d2"));
-        import_with("cifar10", &src, &d1, SMALL).unwrap();
-        import_with("cifar10", &src, &d2, SMALL).unwrap();
+        import(&spec("cifar10"), &src, &d1).unwrap();
+        import(&spec("cifar10"), &src, &d2).unwrap();
         let t1 = std::fs::read(d1.join(CLASS_FOLDER_DIR).join("train.tar")).unwrap();
         let t2 = std::fs::read(d2.join(CLASS_FOLDER_DIR).join("train.tar")).unwrap();
         assert_eq!(t1, t2);
@@ -709,9 +744,7 @@ mod tests {
         let t = tmp.path().join("nine.tar");
         std::fs::write(&t, tar_of(&nine, "train")).unwrap();
         let dest = tmp.path().join("dest");
-        let e = import_with("cifar10", &t, &dest, SMALL)
-            .unwrap_err()
-            .to_string();
+        let e = import(&spec("cifar10"), &t, &dest).unwrap_err().to_string();
         assert!(
             e.contains("nine.tar") && e.contains("9 class folder(s)"),
             "{e}"
@@ -725,25 +758,25 @@ mod tests {
         let uneven = tmp.path().join("uneven");
         tree(&uneven, &CIFAR10_CLASSES, 3);
         std::fs::remove_file(uneven.join("cat/0000.jpg")).unwrap();
-        let e = import_with("cifar10", &uneven, &dest, SMALL)
+        let e = import(&spec("cifar10"), &uneven, &dest)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cat: 2"), "{e}");
         // A file that is neither official nor a tar, and a directory with nothing usable.
         let junk = tmp.path().join("junk.bin");
         std::fs::write(&junk, b"hello").unwrap();
-        let e = import_with("cifar10", &junk, &dest, SMALL)
+        let e = import(&spec("cifar10"), &junk, &dest)
             .unwrap_err()
             .to_string();
         assert!(e.contains("junk.bin") && e.contains("accepted"), "{e}");
-        let e = import_with("mnist", &nine, &dest, SMALL)
+        let e = import(&spec("mnist"), &nine, &dest)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("airplane/") && e.contains("t10k-images-idx3-ubyte.gz"),
             "{e}"
         );
-        let e = import_with("cifar10", &tmp.path().join("nope"), &dest, SMALL)
+        let e = import(&spec("cifar10"), &tmp.path().join("nope"), &dest)
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
@@ -757,7 +790,7 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("cifar-10-python.tar.gz"), b"not the archive").unwrap();
         let dest = tmp.path().join("dest");
-        let e = import_with("cifar10", &src, &dest, SMALL)
+        let e = import(&spec("cifar10"), &src, &dest)
             .unwrap_err()
             .to_string();
         assert!(
@@ -771,7 +804,7 @@ mod tests {
         assert!(entries(&dest).is_empty(), "{:?}", entries(&dest));
         // An existing good file under the target name survives a failed replacement.
         std::fs::write(dest.join("cifar-10-python.tar.gz"), b"keep me").unwrap();
-        import_with("cifar10", &src, &dest, SMALL).unwrap_err();
+        import(&spec("cifar10"), &src, &dest).unwrap_err();
         assert_eq!(entries(&dest), ["cifar-10-python.tar.gz"]);
         assert_eq!(
             std::fs::read(dest.join("cifar-10-python.tar.gz")).unwrap(),
@@ -786,16 +819,15 @@ mod tests {
 
     #[test]
     fn official_files_with_the_right_md5_are_copied() {
-        // The verification is the table's: check the copy path with a file whose digest is
-        // known by substituting the table entry.
+        // The verification is the declaration's: a declared file whose digest is known.
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("x.gz");
         std::fs::write(&src, b"payload").unwrap();
-        let f: &'static OfficialFile = Box::leak(Box::new(OfficialFile {
-            name: "x.gz",
-            url: "https://example.invalid/x.gz",
-            md5: Box::leak(hex(Md5::digest(b"payload").as_slice()).into_boxed_str()),
-        }));
+        let f = &OfficialFile {
+            name: "x.gz".into(),
+            url: "https://example.invalid/x.gz".into(),
+            md5: hex(Md5::digest(b"payload").as_slice()),
+        };
         let dest = tmp.path().join("dest");
         std::fs::create_dir_all(&dest).unwrap();
         let p = copy_official(&src, f, &dest).unwrap();

@@ -126,6 +126,33 @@ impl Registry {
         &self.libraries
     }
 
+    /// The files every dataset declares for `memlab data fetch`, from the libraries that declare
+    /// any (libraries built against plugin-api 0.2.0 have no such entry and declare none). A
+    /// library whose declaration fails (its registration panicked) is skipped with a warning
+    /// naming it; a dataset declared by two libraries is taken from the first, as components
+    /// are.
+    pub fn dataset_files(&self) -> Vec<memlab_plugin_api::ffi::DatasetFiles> {
+        let mut out: Vec<memlab_plugin_api::ffi::DatasetFiles> = Vec::new();
+        for lib in &self.libraries {
+            let Some(list) = lib.module.downloads() else {
+                continue;
+            };
+            match list().into_result() {
+                Ok(files) => {
+                    for f in files {
+                        let owner = self.library_of(ComponentKind::Dataset, f.dataset.as_str());
+                        let ours = owner.is_some_and(|o| o.path == lib.path);
+                        if ours && !out.iter().any(|o| o.dataset == f.dataset) {
+                            out.push(f);
+                        }
+                    }
+                }
+                Err(e) => log::warn!("{}: cannot list its dataset files: {e}", lib.path.display()),
+            }
+        }
+        out
+    }
+
     /// Libraries that failed to load, with reasons.
     pub fn failures(&self) -> &[LoadFailure] {
         &self.failures
