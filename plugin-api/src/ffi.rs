@@ -458,8 +458,8 @@ pub trait HostOps {
     /// Raises an error from plugin code; the host reports it after `forward` returns.
     #[sabi(last_prefix_field)]
     fn fail(&self, message: RStr<'_>);
-    // Methods after the last prefix field were added in later minor versions: a plugin that
-    // calls them needs a host of that version or newer (older plugins never call them).
+    // Appended after the last prefix field in 0.2.1: a plugin that calls them needs a 0.2.1
+    // host (0.2.0 plugins never call them).
     /// A named non-trainable tensor (PyTorch's `register_buffer`), created from the row-major
     /// `data` the first time `name` is seen and looked up afterwards: saved in snapshots and
     /// loaded from checkpoints (`init_from`) like a parameter, but never optimised and not
