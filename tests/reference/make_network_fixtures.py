@@ -19,8 +19,8 @@ outputs trivial), and writes, as safetensors under OUT_DIR:
   only), the raw output `F` (all output channels, learned-variance ones included), and for
   SongUNet configs `sigma` [N] with `D_edm`, `D_vp`, `D_ve`: the preconditioned denoisers
   D(x; σ) of EDMPrecond / VPPrecond / VEPrecond (default constants) wrapping the same network
-  (no `D_vp` for Fourier embeddings: VP's c_noise reaches ~10², where a Fourier argument of
-  ~10⁴ leaves float32 no digits to compare). `augment_dim` configs run with
+  (no `D_vp` for Fourier embeddings: VP's c_noise reaches ~10², so Fourier arguments reach
+  ~10⁴, whose float32 rounding, ~10⁻³, alone exceeds the 1e-4 tolerance). `augment_dim` configs run with
   `augment_labels = None` (memlab has no augmentation pipeline and feeds zeros: the same).
 All references run in float32 (as they do in practice), in eval mode.
 
