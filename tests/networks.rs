@@ -183,7 +183,8 @@ fn unet_matches_improved_diffusion_classes_learned_sigma() {
 }
 
 /// F and D(x; σ) under the `edm`, `vp` and `ve` schedules against EDMPrecond, VPPrecond and
-/// VEPrecond wrapping the same SongUNet (those the fixture has: Fourier configs have no VP).
+/// VEPrecond wrapping the same SongUNet (for Fourier embeddings, VPPrecond's network gets the
+/// float32 rounding of the exact c_noise, as memlab's: see the fixture script).
 fn check_ddpmpp(name: &str, classes: u32) {
     check_raw(name, classes);
     let io = Io::load(name);

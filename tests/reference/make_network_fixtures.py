@@ -19,8 +19,8 @@ outputs trivial), and writes, as safetensors under OUT_DIR:
   only), the raw output `F` (all output channels, learned-variance ones included), and for
   SongUNet configs `sigma` [N] with `D_edm`, `D_vp`, `D_ve`: the preconditioned denoisers
   D(x; σ) of EDMPrecond / VPPrecond / VEPrecond (default constants) wrapping the same network
-  (no `D_vp` for Fourier embeddings: VP's c_noise reaches ~10², so Fourier arguments reach
-  ~10⁴, whose float32 rounding, ~10⁻³, alone exceeds the 1e-4 tolerance). `augment_dim` configs run with
+  (for Fourier embeddings, `D_vp`'s network gets the float32 rounding of VP's exact c_noise:
+  see `ExactNoise` below). `augment_dim` configs run with
   `augment_labels = None` (memlab has no augmentation pipeline and feeds zeros: the same).
 All references run in float32 (as they do in practice), in eval mode.
 
@@ -175,8 +175,6 @@ for i, (name, res, c_img, label_dim, kw) in enumerate(SONGS):
         "ve": edm.VEPrecond(res, c_img, label_dim=label_dim, model_type="SongUNet", **kw),
     }
     fourier = kw["embedding_type"] == "fourier"
-    if fourier:
-        del pre["vp"]
     net = pre["edm"].model
     randomize(net, gen)
     if fourier:
@@ -189,6 +187,25 @@ for i, (name, res, c_img, label_dim, kw) in enumerate(SONGS):
     x = torch.randn([N, c_img, res, res], generator=gen)
     noise = torch.tensor([-0.7, 1.1])
     sigma = torch.tensor([0.3, 2.5])
+    if fourier:
+        # VPPrecond's c_noise = (M − 1)·sigma_inv(σ) reaches ~440 here, and computed in float32
+        # it is one ulp (3e-5) away from the float32 rounding of its exact value, which is what
+        # memlab feeds the network; Fourier features multiply it by 2π·f ~ 10², so that ulp
+        # moves D by ~1e-3. The VP wrapper's network therefore gets the rounded exact c_noise
+        # (everything else in VPPrecond runs unchanged).
+        vp = pre["vp"]
+        exact = ((vp.M - 1) * vp.sigma_inv(sigma.double())).float()
+
+        class ExactNoise(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x, noise_labels, class_labels=None, **kw):
+                return self.net(x, exact.to(noise_labels.dtype), class_labels, **kw)
+
+        vp.model = ExactNoise(net)
+
     labels = torch.tensor([2, 0]) if label_dim else None
     onehot = torch.nn.functional.one_hot(labels, label_dim).float() if label_dim else None
     io = {"x": x, "noise": noise, "sigma": sigma}
