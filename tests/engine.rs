@@ -381,3 +381,173 @@ fn buffers_are_stored_and_loaded_but_never_trained() {
     .expect("an error");
     assert!(e.contains("`emb.freqs` is a buffer"), "{e}");
 }
+
+/// The host's executor and the shape-only host (`testing::ShapeOps`) accept and refuse the same
+/// ops with the same output shapes: both check every op with `memlab_plugin_api::shape`'s rules.
+/// Each case builds its inputs and one op through the ABI on both hosts.
+#[test]
+fn executor_and_shape_only_host_agree_on_every_op() {
+    use memlab_plugin_api::Conv2dOptions;
+    use memlab_plugin_api::ffi::{BinaryOp, HostOpsDyn, ReduceOp, TensorId, UnaryOp};
+    use memlab_plugin_api::testing::ShapeOps;
+
+    type Case = (&'static str, fn(&HostOpsDyn<'_>) -> TensorId);
+    fn f(ops: &HostOpsDyn<'_>, shape: &[usize]) -> TensorId {
+        let n = shape.iter().product::<usize>();
+        ops.constant(vec![0.5f32; n].as_slice().into(), shape.into())
+    }
+    fn i(ops: &HostOpsDyn<'_>, v: &[i64]) -> TensorId {
+        ops.constant_int(v.into(), [v.len()].as_slice().into())
+    }
+    let cases: Vec<Case> = vec![
+        ("unary", |o| o.unary(UnaryOp::Exp, f(o, &[2, 3]))),
+        ("unary on ints", |o| o.unary(UnaryOp::Exp, i(o, &[1, 2]))),
+        ("binary broadcast", |o| {
+            o.binary(BinaryOp::Add, f(o, &[2, 1, 4]), f(o, &[3, 1]))
+        }),
+        ("binary mismatch", |o| {
+            o.binary(BinaryOp::Mul, f(o, &[2, 3]), f(o, &[4]))
+        }),
+        ("reshape -1", |o| {
+            o.reshape(f(o, &[2, 3, 4]), [6i64, -1].as_slice().into())
+        }),
+        ("reshape bad", |o| {
+            o.reshape(f(o, &[2, 3]), [4i64].as_slice().into())
+        }),
+        ("permute", |o| {
+            o.permute(f(o, &[2, 3, 4]), [2usize, 0, 1].as_slice().into())
+        }),
+        ("permute bad", |o| {
+            o.permute(f(o, &[2, 3]), [0usize, 0].as_slice().into())
+        }),
+        ("permute ints", |o| {
+            o.permute(i(o, &[1, 2]), [0usize].as_slice().into())
+        }),
+        ("concat", |o| {
+            o.concat([f(o, &[2, 3]), f(o, &[2, 5])].as_slice().into(), 1)
+        }),
+        ("concat bad", |o| {
+            o.concat([f(o, &[2, 3]), f(o, &[3, 3])].as_slice().into(), 1)
+        }),
+        ("slice", |o| o.slice(f(o, &[4, 6]), 1, 2, 5)),
+        ("slice bad", |o| o.slice(f(o, &[4, 6]), 1, 5, 7)),
+        ("reduce", |o| {
+            o.reduce(ReduceOp::Mean, f(o, &[2, 3, 4]), 1, false)
+        }),
+        ("reduce keepdim", |o| {
+            o.reduce(ReduceOp::Sum, f(o, &[2, 3]), 1, true)
+        }),
+        ("reduce bad dim", |o| {
+            o.reduce(ReduceOp::Sum, f(o, &[2, 3]), 2, true)
+        }),
+        ("matmul batched", |o| {
+            o.matmul(f(o, &[5, 2, 3]), f(o, &[3, 4]))
+        }),
+        ("matmul bad", |o| o.matmul(f(o, &[2, 3]), f(o, &[4, 2]))),
+        ("softmax", |o| o.softmax(f(o, &[2, 3]), 1)),
+        ("linear", |o| {
+            o.linear(f(o, &[2, 3]), f(o, &[3, 4]), Some(f(o, &[4])).into())
+        }),
+        ("linear bad bias", |o| {
+            o.linear(f(o, &[2, 3]), f(o, &[3, 4]), Some(f(o, &[3])).into())
+        }),
+        ("conv2d", |o| {
+            let c = Conv2dOptions {
+                stride: [2; 2],
+                padding: [1; 2],
+                dilation: [1; 2],
+                groups: 1,
+            };
+            o.conv2d(
+                f(o, &[1, 2, 7, 7]),
+                f(o, &[4, 2, 3, 3]),
+                Some(f(o, &[4])).into(),
+                c,
+            )
+        }),
+        ("conv2d bad bias", |o| {
+            let c = Conv2dOptions {
+                stride: [1; 2],
+                padding: [0; 2],
+                dilation: [1; 2],
+                groups: 1,
+            };
+            o.conv2d(
+                f(o, &[1, 2, 5, 5]),
+                f(o, &[4, 2, 3, 3]),
+                Some(f(o, &[2])).into(),
+                c,
+            )
+        }),
+        ("conv2d kernel too large", |o| {
+            let c = Conv2dOptions {
+                stride: [1; 2],
+                padding: [0; 2],
+                dilation: [1; 2],
+                groups: 1,
+            };
+            o.conv2d(f(o, &[1, 2, 2, 2]), f(o, &[4, 2, 3, 3]), None.into(), c)
+        }),
+        ("group_norm", |o| {
+            o.group_norm(
+                f(o, &[2, 4, 3, 3]),
+                2,
+                Some(f(o, &[4])).into(),
+                Some(f(o, &[4])).into(),
+                1e-5,
+            )
+        }),
+        ("group_norm bad groups", |o| {
+            o.group_norm(f(o, &[2, 4, 3, 3]), 3, None.into(), None.into(), 1e-5)
+        }),
+        ("layer_norm bad affine", |o| {
+            o.layer_norm(f(o, &[2, 4]), Some(f(o, &[3])).into(), None.into(), 1e-5)
+        }),
+        ("dropout bad p", |o| o.dropout(f(o, &[2, 3]), 1.5)),
+        ("avg_pool2d", |o| o.avg_pool2d(f(o, &[1, 2, 8, 8]), 2, 2)),
+        ("avg_pool2d too small", |o| {
+            o.avg_pool2d(f(o, &[1, 2, 1, 1]), 2, 2)
+        }),
+        ("upsample", |o| o.upsample_nearest2d(f(o, &[1, 2, 3, 3]), 2)),
+        ("embedding", |o| o.embedding(f(o, &[5, 3]), i(o, &[0, 4]))),
+        ("embedding float ids", |o| {
+            o.embedding(f(o, &[5, 3]), f(o, &[2]))
+        }),
+    ];
+    let (mut accepted, mut refused) = (0, 0);
+    for (name, case) in cases {
+        let mut store = ParamStore::new(0);
+        let exec = Executor::new(&cpu(), Mode::Eval, &mut store, 0);
+        let host_ops = exec.ops();
+        let id = case(&host_ops);
+        let host = exec.finish(id).map(|t| t.shape).map_err(|e| e.to_string());
+        let shape_only = ShapeOps::new();
+        let sops = shape_only.ops();
+        let sid = case(&sops);
+        let shapes = match shape_only.error() {
+            None => Ok(shape_only.shape(sid).expect("live output")),
+            Some(e) => Err(e),
+        };
+        match (&host, &shapes) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{name}: output shapes differ");
+                accepted += 1;
+            }
+            (Err(a), Err(b)) => {
+                // Same rule, same message (the host may add context around it).
+                let core = b.split("]: ").last().unwrap_or(b);
+                assert!(
+                    a.contains(core),
+                    "{name}: host says {a:?}, shape-only says {b:?}"
+                );
+                refused += 1;
+            }
+            _ => panic!("{name}: host {host:?} but shape-only host {shapes:?}"),
+        }
+    }
+    assert_eq!(
+        (accepted, refused),
+        (16, 17),
+        "every case ran on both hosts"
+    );
+}

@@ -2,7 +2,11 @@
 //!
 //! Declare the struct with [`params!`](crate::params!), which derives serde's `Deserialize`
 //! through this crate's re-export (plugins need no serde dependency of their own) and refuses
-//! unknown keys, so a misspelled key is an error listing the valid ones:
+//! unknown keys, so a misspelled key is an error listing the valid ones. Defaults are written
+//! once, in the parameter list the component is registered with ([`Param`]): the host fills
+//! them in ([`Params::fill`]) before the constructor parses the table, so the struct carries no
+//! `#[serde(default)]` and no `Default` impl, and the documentation cannot disagree with the
+//! code.
 //!
 //! ```
 //! use memlab_plugin_api::prelude::*;
@@ -11,13 +15,14 @@
 //!     /// Parameters of my component.
 //!     #[derive(Debug)]
 //!     struct MyParams {
-//!         #[serde(default = "default_size")]
 //!         size: usize,
 //!     }
 //! }
-//! fn default_size() -> usize { 16 }
+//! const MY_PARAMS: &[Param] = &[param("size", "int", "16", "image side")];
 //!
-//! let p: MyParams = Params::from_toml("size = 32").unwrap().parse().unwrap();
+//! let p: MyParams = Params::with_defaults("", MY_PARAMS).unwrap().parse().unwrap();
+//! assert_eq!(p.size, 16);
+//! let p: MyParams = Params::with_defaults("size = 32", MY_PARAMS).unwrap().parse().unwrap();
 //! assert_eq!(p.size, 32);
 //! let err = Params::from_toml("sise = 32").unwrap().parse::<MyParams>().unwrap_err();
 //! assert!(err.contains("unknown field `sise`"), "{err}");
@@ -37,19 +42,19 @@ use serde::de::DeserializeOwned;
 /// must not be renamed in `Cargo.toml`.
 ///
 /// ```
+/// use memlab_plugin_api::{Param, Params, param};
+///
 /// memlab_plugin_api::params! {
 ///     /// Width of the network.
 ///     #[derive(Debug, Clone)]
-///     #[serde(default)]
 ///     pub struct Width {
 ///         /// Hidden channels.
 ///         pub channels: usize,
 ///     }
 /// }
-/// impl Default for Width {
-///     fn default() -> Self { Width { channels: 32 } }
-/// }
-/// let p = memlab_plugin_api::Params::from_toml("").unwrap();
+/// /// The one place the default is written (registered with the component).
+/// const WIDTH: &[Param] = &[param("channels", "int", "32", "hidden channels")];
+/// let p = Params::with_defaults("", WIDTH).unwrap();
 /// assert_eq!(p.parse::<Width>().unwrap().channels, 32);
 /// ```
 #[macro_export]
@@ -92,6 +97,60 @@ impl Params {
         })
     }
 
+    /// Adds the documented default of every parameter of `docs` the table does not set. The
+    /// host calls this with the component's registered parameter list before the constructor
+    /// sees the table, so that list is the one place a default is written: the struct needs no
+    /// `#[serde(default)]` and no `Default` impl, and `memlab plugins` shows exactly the values
+    /// used. A parameter documented with an empty default is required (serde reports it as a
+    /// missing field); a default in parentheses, such as `(all ten)` or `(unset)`, describes
+    /// what leaving an optional parameter out means (the field is an `Option`) and is not
+    /// filled in; any other default that is not a TOML value is an error naming it.
+    ///
+    /// ```
+    /// use memlab_plugin_api::prelude::*;
+    ///
+    /// params! {
+    ///     #[derive(Debug)]
+    ///     struct Size {
+    ///         side: usize,
+    ///         name: String,
+    ///     }
+    /// }
+    /// const DOCS: &[Param] = &[
+    ///     param("side", "int", "16", "image side"),
+    ///     param("name", "string", "", "a name (required)"),
+    /// ];
+    /// let p: Size = Params::from_toml("name = \"a\"").unwrap().fill(DOCS).unwrap().parse().unwrap();
+    /// assert_eq!(p.side, 16);
+    /// let e = Params::from_toml("").unwrap().fill(DOCS).unwrap().parse::<Size>().unwrap_err();
+    /// assert!(e.contains("missing field `name`"), "{e}");
+    /// ```
+    pub fn fill(mut self, docs: &[Param]) -> Result<Params, String> {
+        for d in docs {
+            if d.default.is_empty() || d.default.starts_with('(') || self.table.contains_key(d.name)
+            {
+                continue;
+            }
+            let v: toml::Table = toml::from_str(&format!("v = {}", d.default)).map_err(|e| {
+                format!(
+                    "parameter `{}`: its documented default `{}` is not a TOML value ({})",
+                    d.name,
+                    d.default,
+                    e.to_string().trim()
+                )
+            })?;
+            let v = v.get("v").cloned().expect("parsed `v = ..`");
+            self.table.insert(d.name.to_string(), v);
+        }
+        Ok(self)
+    }
+
+    /// The parameters `text` sets plus the documented defaults of `docs` (what a constructor
+    /// receives from the host; for tests that call a constructor directly).
+    pub fn with_defaults(text: &str, docs: &[Param]) -> Result<Params, String> {
+        Params::from_toml(text)?.fill(docs)
+    }
+
     /// Fails unless the table is empty (for components without parameters).
     pub fn expect_empty(&self) -> Result<(), String> {
         match self.table.keys().next() {
@@ -110,7 +169,9 @@ pub struct Param {
     pub name: &'static str,
     /// Type, as a reader would write it (`int`, `float`, `[int]`, `"a" | "b"`).
     pub ty: &'static str,
-    /// Default as TOML text, or `""` when required.
+    /// Default as TOML text (the value used when the key is absent: [`Params::fill`]), `""`
+    /// when required, or a description in parentheses (`"(all ten)"`) for an optional
+    /// parameter whose absence the component interprets (an `Option` field).
     pub default: &'static str,
     /// One line.
     pub doc: &'static str,

@@ -15,6 +15,8 @@ type Maker = Box<dyn Fn(&Params, u64) -> PResult<Component> + Send + Sync>;
 
 struct Entry {
     info: ComponentInfo,
+    /// The documented parameters: also the source of their defaults (see [`Params::fill`]).
+    docs: Vec<Param>,
     make: Maker,
 }
 
@@ -91,6 +93,11 @@ impl Plugin {
         params: &[Param],
         make: Maker,
     ) {
+        // A default that `Params::fill` cannot use would only fail when a config omits the
+        // key; refuse it when the plugin is loaded instead.
+        if let Err(e) = Params::default().fill(params) {
+            panic!("{}: {e}", self.who(kind, name));
+        }
         self.entries.push(Entry {
             info: ComponentInfo {
                 kind,
@@ -98,6 +105,7 @@ impl Plugin {
                 description: description.into(),
                 params: params.iter().map(|p| p.to_ffi()).collect(),
             },
+            docs: params.to_vec(),
             make,
         });
     }
@@ -366,8 +374,9 @@ impl Plugin {
             .iter()
             .find(|e| e.info.kind == kind && e.info.name.as_str() == name)
             .ok_or_else(|| format!("plugin {} has no {kind} named `{name}`", self.name))?;
-        let params =
-            Params::from_toml(params).map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        let params = Params::from_toml(params)
+            .and_then(|p| p.fill(&entry.docs))
+            .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
         (entry.make)(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
     }
 }
@@ -566,6 +575,24 @@ mod tests {
             Ok(()) => String::new(),
             Err(e) => crate::adapter::panic_message(&*e),
         }
+    }
+
+    #[test]
+    fn a_default_that_is_not_toml_is_refused_at_registration() {
+        let r = std::panic::catch_unwind(|| {
+            let mut p = Plugin::new("p", "0");
+            p.dataset(
+                "d",
+                "",
+                &[crate::param("size", "int", "sixteen", "image side")],
+                |_, _| Ok(Empty),
+            );
+        });
+        let e = crate::adapter::panic_message(&*r.unwrap_err());
+        assert!(
+            e.contains("dataset `d` (plugin p)") && e.contains("`size`") && e.contains("sixteen"),
+            "{e}"
+        );
     }
 
     #[test]

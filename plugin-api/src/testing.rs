@@ -36,29 +36,14 @@ use crate::ffi::{
     ArchitectureBox, BinaryOp, Conv2dOptions, ForwardArgs, HostOps, HostOps_TO, HostOpsDyn, Init,
     ReduceOp, ScalarOp, TensorId, UnaryOp,
 };
+use crate::shape::{self, Meta, Rule};
 pub use crate::shape::{broadcast_shape, resolve_shape};
 use crate::tensor::Ctx;
 
 /// Highest tensor rank the host supports (the host also refuses rank 0).
 pub const MAX_RANK: usize = 6;
 
-/// Shape of one live tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Meta {
-    shape: Vec<usize>,
-    int: bool,
-}
-
-impl Meta {
-    fn float(shape: Vec<usize>) -> Meta {
-        Meta { shape, int: false }
-    }
-    fn rank(&self) -> usize {
-        self.shape.len()
-    }
-}
-
-type OpResult = Result<Meta, String>;
+type OpResult = Rule;
 
 #[derive(Default)]
 struct State {
@@ -324,13 +309,6 @@ impl ShapeOps {
     }
 }
 
-fn float_only(op: &str, s: &[Meta]) -> Result<(), String> {
-    if s.iter().any(|m| m.int) {
-        return Err(format!("`{op}` needs float tensors, got an integer tensor"));
-    }
-    Ok(())
-}
-
 fn affine_ids(x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>) -> Vec<TensorId> {
     let mut ids = vec![x];
     ids.extend(gamma.into_option());
@@ -368,32 +346,13 @@ impl HostOps for ShapeOps {
 
     fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
         self.run("constant", &[], |_| {
-            let n: usize = shape.iter().product();
-            if n != data.len() {
-                return Err(format!(
-                    "{} values for shape {:?}",
-                    data.len(),
-                    shape.as_slice()
-                ));
-            }
-            Ok(Meta::float(shape.to_vec()))
+            shape::constant(data.len(), &shape, false)
         })
     }
 
     fn constant_int(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> TensorId {
         self.run("constant_int", &[], |_| {
-            let n: usize = shape.iter().product();
-            if n != data.len() {
-                return Err(format!(
-                    "{} values for shape {:?}",
-                    data.len(),
-                    shape.as_slice()
-                ));
-            }
-            Ok(Meta {
-                shape: shape.to_vec(),
-                int: true,
-            })
+            shape::constant(data.len(), &shape, true)
         })
     }
 
@@ -430,198 +389,55 @@ impl HostOps for ShapeOps {
     }
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
-        self.run(op.name(), &[x], |s| {
-            float_only("unary", s)?;
-            Ok(Meta::float(s[0].shape.clone()))
-        })
+        self.run(op.name(), &[x], |s| shape::elementwise("unary", s))
     }
 
     fn scalar(&self, _op: ScalarOp, x: TensorId, _s: f64) -> TensorId {
-        self.run("scalar", &[x], |s| {
-            float_only("scalar", s)?;
-            Ok(Meta::float(s[0].shape.clone()))
-        })
+        self.run("scalar", &[x], |s| shape::elementwise("scalar", s))
     }
 
     fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
-        self.run(op.name(), &[a, b], |s| {
-            float_only("binary", s)?;
-            broadcast_shape(&s[0].shape, &s[1].shape)
-                .map(Meta::float)
-                .ok_or_else(|| {
-                    format!(
-                        "shapes {:?} and {:?} do not broadcast",
-                        s[0].shape, s[1].shape
-                    )
-                })
-        })
+        self.run(op.name(), &[a, b], shape::binary)
     }
 
     fn clamp(&self, x: TensorId, _lo: f64, _hi: f64) -> TensorId {
-        self.run("clamp", &[x], |s| Ok(Meta::float(s[0].shape.clone())))
+        self.run("clamp", &[x], |s| shape::elementwise("clamp", s))
     }
 
-    fn reshape(&self, x: TensorId, shape: RSlice<'_, i64>) -> TensorId {
-        self.run("reshape", &[x], |s| {
-            Ok(Meta {
-                shape: resolve_shape(&s[0].shape, &shape)?,
-                int: s[0].int,
-            })
-        })
+    fn reshape(&self, x: TensorId, spec: RSlice<'_, i64>) -> TensorId {
+        self.run("reshape", &[x], |s| shape::reshape(s, &spec))
     }
 
     fn permute(&self, x: TensorId, axes: RSlice<'_, usize>) -> TensorId {
-        self.run("permute", &[x], |s| {
-            let r = s[0].rank();
-            let mut seen = vec![false; r];
-            if axes.len() != r
-                || axes
-                    .iter()
-                    .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
-            {
-                return Err(format!(
-                    "axes {:?} are not a permutation of 0..{r}",
-                    axes.as_slice()
-                ));
-            }
-            Ok(Meta {
-                shape: axes.iter().map(|&a| s[0].shape[a]).collect(),
-                int: s[0].int,
-            })
-        })
+        self.run("permute", &[x], |s| shape::permute(s, &axes))
     }
 
     fn concat(&self, xs: RSlice<'_, TensorId>, dim: usize) -> TensorId {
-        self.run("concat", &xs, |s| {
-            let first = s.first().ok_or("nothing to concatenate")?;
-            let r = first.rank();
-            if dim >= r {
-                return Err(format!("dimension {dim} out of range for rank {r}"));
-            }
-            let mut shape = first.shape.clone();
-            shape[dim] = 0;
-            for x in s {
-                if x.rank() != r || (0..r).any(|d| d != dim && x.shape[d] != first.shape[d]) {
-                    return Err(format!("shapes differ outside dimension {dim}"));
-                }
-                shape[dim] += x.shape[dim];
-            }
-            Ok(Meta {
-                shape,
-                int: first.int,
-            })
-        })
+        self.run("concat", &xs, |s| shape::concat(s, dim))
     }
 
     fn slice(&self, x: TensorId, dim: usize, start: usize, end: usize) -> TensorId {
-        self.run("slice", &[x], |s| {
-            let r = s[0].rank();
-            if dim >= r || start >= end || end > s[0].shape[dim] {
-                return Err(format!(
-                    "range {start}..{end} of dimension {dim} is out of bounds"
-                ));
-            }
-            let mut shape = s[0].shape.clone();
-            shape[dim] = end - start;
-            Ok(Meta {
-                shape,
-                int: s[0].int,
-            })
-        })
+        self.run("slice", &[x], |s| shape::slice(s, dim, start, end))
     }
 
     fn reduce(&self, _op: ReduceOp, x: TensorId, dim: usize, keepdim: bool) -> TensorId {
-        self.run("reduce", &[x], |s| {
-            float_only("reduce", s)?;
-            let r = s[0].rank();
-            if dim >= r {
-                return Err(format!("dimension {dim} out of range for rank {r}"));
-            }
-            let mut shape = s[0].shape.clone();
-            if keepdim || r == 1 {
-                shape[dim] = 1;
-            } else {
-                shape.remove(dim);
-            }
-            Ok(Meta::float(shape))
-        })
+        self.run("reduce", &[x], |s| shape::reduce(s, dim, keepdim))
     }
 
     fn matmul(&self, a: TensorId, b: TensorId) -> TensorId {
-        self.run("matmul", &[a, b], |s| {
-            let (x, y) = (&s[0], &s[1]);
-            if x.rank() < 2 || y.rank() < 2 {
-                return Err("matmul needs rank ≥ 2".into());
-            }
-            let (m, k1) = (x.shape[x.rank() - 2], x.shape[x.rank() - 1]);
-            let (k2, n) = (y.shape[y.rank() - 2], y.shape[y.rank() - 1]);
-            if k1 != k2 {
-                return Err(format!("inner dimensions differ: {k1} vs {k2}"));
-            }
-            let mut shape = broadcast_shape(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
-                .ok_or("batch dimensions do not broadcast")?;
-            shape.extend([m, n]);
-            Ok(Meta::float(shape))
-        })
+        self.run("matmul", &[a, b], shape::matmul)
     }
 
     fn softmax(&self, x: TensorId, dim: usize) -> TensorId {
-        self.run("softmax", &[x], |s| {
-            if dim >= s[0].rank() {
-                return Err(format!("dimension {dim} out of range"));
-            }
-            Ok(Meta::float(s[0].shape.clone()))
-        })
+        self.run("softmax", &[x], |s| shape::softmax(s, dim))
     }
 
     fn linear(&self, x: TensorId, w: TensorId, b: ROption<TensorId>) -> TensorId {
-        self.run("linear", &with_bias(x, w, b), |s| {
-            let (x, w) = (&s[0], &s[1]);
-            if w.rank() != 2 || x.shape.last() != Some(&w.shape[0]) {
-                return Err(
-                    "input's last dimension must equal the weight's first ([in, out])".into(),
-                );
-            }
-            if let Some(b) = s.get(2)
-                && b.shape != [w.shape[1]]
-            {
-                return Err(format!("bias must have shape [{}]", w.shape[1]));
-            }
-            let mut shape = x.shape.clone();
-            *shape.last_mut().expect("rank checked") = w.shape[1];
-            Ok(Meta::float(shape))
-        })
+        self.run("linear", &with_bias(x, w, b), shape::linear)
     }
 
     fn conv2d(&self, x: TensorId, w: TensorId, b: ROption<TensorId>, o: Conv2dOptions) -> TensorId {
-        self.run("conv2d", &with_bias(x, w, b), |s| {
-            let (x, w) = (&s[0], &s[1]);
-            if x.rank() != 4 || w.rank() != 4 {
-                return Err("conv2d needs NCHW input and a rank-4 weight".into());
-            }
-            let g = o.groups.max(1);
-            if x.shape[1] != w.shape[1] * g || !w.shape[0].is_multiple_of(g) {
-                return Err(format!(
-                    "input has {} channels; weight expects {}×{g} groups",
-                    x.shape[1], w.shape[1]
-                ));
-            }
-            if let Some(b) = s.get(2)
-                && b.shape != [w.shape[0]]
-            {
-                return Err(format!("bias must have shape [{}]", w.shape[0]));
-            }
-            let out_hw = |i: usize| -> Result<usize, String> {
-                let eff = o.dilation[i] * (w.shape[2 + i].max(1) - 1) + 1;
-                let padded = x.shape[2 + i] + 2 * o.padding[i];
-                if padded < eff || o.stride[i] == 0 {
-                    return Err("kernel larger than padded input".into());
-                }
-                Ok((padded - eff) / o.stride[i] + 1)
-            };
-            let (oh, ow) = (out_hw(0)?, out_hw(1)?);
-            Ok(Meta::float(vec![x.shape[0], w.shape[0], oh, ow]))
-        })
+        self.run("conv2d", &with_bias(x, w, b), |s| shape::conv2d(s, &o))
     }
 
     fn group_norm(
@@ -633,18 +449,7 @@ impl HostOps for ShapeOps {
         _eps: f64,
     ) -> TensorId {
         self.run("group_norm", &affine_ids(x, gamma, beta), |s| {
-            let x = &s[0];
-            if x.rank() < 2 {
-                return Err("group_norm needs [N, C, ...]".into());
-            }
-            let c = x.shape[1];
-            if groups == 0 || !c.is_multiple_of(groups) {
-                return Err(format!("{c} channels cannot be split into {groups} groups"));
-            }
-            if s[1..].iter().any(|p| p.shape != [c]) {
-                return Err(format!("affine parameters must have shape [{c}]"));
-            }
-            Ok(Meta::float(x.shape.clone()))
+            shape::group_norm(s, groups)
         })
     }
 
@@ -655,68 +460,25 @@ impl HostOps for ShapeOps {
         beta: ROption<TensorId>,
         _eps: f64,
     ) -> TensorId {
-        self.run("layer_norm", &affine_ids(x, gamma, beta), |s| {
-            let x = &s[0];
-            let d = *x.shape.last().ok_or("empty shape")?;
-            if s[1..].iter().any(|p| p.shape != [d]) {
-                return Err(format!("affine parameters must have shape [{d}]"));
-            }
-            Ok(Meta::float(x.shape.clone()))
-        })
+        self.run("layer_norm", &affine_ids(x, gamma, beta), shape::layer_norm)
     }
 
     fn dropout(&self, x: TensorId, p: f64) -> TensorId {
-        self.run("dropout", &[x], |s| {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("dropout probability {p} outside [0, 1)"));
-            }
-            Ok(s[0].clone())
-        })
+        self.run("dropout", &[x], |s| shape::dropout(s, p))
     }
 
     fn avg_pool2d(&self, x: TensorId, kernel: usize, stride: usize) -> TensorId {
-        self.run("avg_pool2d", &[x], |s| {
-            let x = &s[0];
-            if x.rank() != 4
-                || kernel == 0
-                || stride == 0
-                || x.shape[2] < kernel
-                || x.shape[3] < kernel
-            {
-                return Err(format!(
-                    "avg_pool2d(kernel {kernel}, stride {stride}) needs NCHW input at least that \
-                     large"
-                ));
-            }
-            let oh = (x.shape[2] - kernel) / stride + 1;
-            let ow = (x.shape[3] - kernel) / stride + 1;
-            Ok(Meta::float(vec![x.shape[0], x.shape[1], oh, ow]))
-        })
+        self.run("avg_pool2d", &[x], |s| shape::avg_pool2d(s, kernel, stride))
     }
 
     fn upsample_nearest2d(&self, x: TensorId, factor: usize) -> TensorId {
         self.run("upsample_nearest2d", &[x], |s| {
-            let x = &s[0];
-            if x.rank() != 4 || factor == 0 {
-                return Err("upsample needs NCHW input and a positive factor".into());
-            }
-            Ok(Meta::float(vec![
-                x.shape[0],
-                x.shape[1],
-                x.shape[2] * factor,
-                x.shape[3] * factor,
-            ]))
+            shape::upsample_nearest2d(s, factor)
         })
     }
 
     fn embedding(&self, table: TensorId, ids: TensorId) -> TensorId {
-        self.run("embedding", &[table, ids], |s| {
-            let (t, i) = (&s[0], &s[1]);
-            if t.rank() != 2 || t.int || !i.int || i.rank() != 1 {
-                return Err("embedding needs a float [V, D] table and integer [N] ids".into());
-            }
-            Ok(Meta::float(vec![i.shape[0], t.shape[1]]))
-        })
+        self.run("embedding", &[table, ids], shape::embedding)
     }
 
     fn training(&self) -> bool {

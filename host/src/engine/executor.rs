@@ -23,7 +23,7 @@ use memlab_plugin_api::ffi::{
     BinaryOp, Conv2dOptions, HostOps, HostOps_TO, HostOpsDyn, Init, ReduceOp, ScalarOp, TensorId,
     UnaryOp,
 };
-use memlab_plugin_api::shape::{broadcast_shape, resolve_shape};
+use memlab_plugin_api::shape::{self, Meta, broadcast_shape};
 
 use super::kernels;
 use super::params::{ParamStore, read_f32};
@@ -375,13 +375,21 @@ impl<'p> Executor<'p> {
     }
 }
 
-fn float_only(op: &str, s: &[HostTensor]) -> Result<()> {
-    for x in s {
-        if x.int {
-            bail!("`{op}` needs float tensors, got an integer tensor");
-        }
-    }
-    Ok(())
+/// What the shape rules see of the inputs.
+fn metas(s: &[HostTensor]) -> Vec<Meta> {
+    s.iter()
+        .map(|x| Meta {
+            shape: x.shape.clone(),
+            int: x.int,
+        })
+        .collect()
+}
+
+/// An op's output shape by the shared rules ([`memlab_plugin_api::shape`]), or their error.
+/// Every op checks its inputs with this before running on burn, so the host accepts exactly
+/// what the shape-only host (`memlab_plugin_api::testing::ShapeOps`) accepts.
+fn check(rule: shape::Rule) -> Result<Vec<usize>> {
+    rule.map(|m| m.shape).map_err(|e| anyhow!(e))
 }
 
 fn unary_impl(op: UnaryOp, s: &HostTensor) -> Result<HostTensor> {
@@ -459,10 +467,8 @@ fn binary_impl(op: BinaryOp, a: &HostTensor, b: &HostTensor) -> Result<HostTenso
     Ok(HostTensor::float(t, out))
 }
 
+/// `reduce` on a checked input (see [`shape::reduce`]).
 fn reduce_impl(op: ReduceOp, s: &HostTensor, dim: usize, keepdim: bool) -> Result<HostTensor> {
-    if dim >= s.rank() {
-        bail!("dimension {dim} out of range for rank {}", s.rank());
-    }
     let t = by_rank!(s.rank(), D => {
         let x = float_tensor::<D>(s);
         let y = match op {
@@ -527,10 +533,7 @@ impl HostOps for Executor<'_> {
 
     fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
         self.run("constant", &[], |_| {
-            let n: usize = shape.iter().product();
-            if n != data.len() {
-                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
-            }
+            check(shape::constant(data.len(), &shape, false))?;
             let t = to_dispatch(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
             Ok(HostTensor::float(t, shape.to_vec()))
         })
@@ -538,10 +541,7 @@ impl HostOps for Executor<'_> {
 
     fn constant_int(&self, data: RSlice<'_, i64>, shape: RSlice<'_, usize>) -> TensorId {
         self.run("constant_int", &[], |_| {
-            let n: usize = shape.iter().product();
-            if n != data.len() {
-                bail!("{} values for shape {:?}", data.len(), shape.as_slice());
-            }
+            check(shape::constant(data.len(), &shape, true))?;
             let t = to_dispatch_int(TensorData::new(data.to_vec(), shape.to_vec()), &self.device)?;
             Ok(HostTensor {
                 t,
@@ -582,27 +582,28 @@ impl HostOps for Executor<'_> {
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
         self.run(op.name(), &[x], |s| {
-            float_only("unary", s)?;
+            check(shape::elementwise("unary", &metas(s)))?;
             unary_impl(op, &s[0])
         })
     }
 
     fn scalar(&self, op: ScalarOp, x: TensorId, v: f64) -> TensorId {
         self.run("scalar", &[x], |s| {
-            float_only("scalar", s)?;
+            check(shape::elementwise("scalar", &metas(s)))?;
             scalar_impl(op, &s[0], v)
         })
     }
 
     fn binary(&self, op: BinaryOp, a: TensorId, b: TensorId) -> TensorId {
         self.run(op.name(), &[a, b], |s| {
-            float_only("binary", s)?;
+            check(shape::binary(&metas(s)))?;
             binary_impl(op, &s[0], &s[1])
         })
     }
 
     fn clamp(&self, x: TensorId, lo: f64, hi: f64) -> TensorId {
         self.run("clamp", &[x], |s| {
+            check(shape::elementwise("clamp", &metas(s)))?;
             let t =
                 by_rank!(s[0].rank(), D => float_tensor::<D>(&s[0]).clamp(lo, hi).into_dispatch())?;
             Ok(HostTensor::float(t, s[0].shape.clone()))
@@ -611,43 +612,24 @@ impl HostOps for Executor<'_> {
 
     fn reshape(&self, x: TensorId, shape: RSlice<'_, i64>) -> TensorId {
         self.run("reshape", &[x], |s| {
-            let target = resolve_shape(&s[0].shape, &shape).map_err(|e| anyhow!(e))?;
+            let target = check(shape::reshape(&metas(s), &shape))?;
             reshape_dyn(&s[0], &target)
         })
     }
 
     fn permute(&self, x: TensorId, axes: RSlice<'_, usize>) -> TensorId {
         self.run("permute", &[x], |s| {
+            let shape = check(shape::permute(&metas(s), &axes))?;
             let r = s[0].rank();
-            let mut seen = vec![false; r];
-            if axes.len() != r
-                || axes
-                    .iter()
-                    .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
-            {
-                bail!("axes {:?} are not a permutation of 0..{r}", axes.as_slice());
-            }
             let t = by_rank!(r, D => float_tensor::<D>(&s[0]).permute(dims_array::<D>(&axes)).into_dispatch())?;
-            let shape = axes.iter().map(|&a| s[0].shape[a]).collect();
             Ok(HostTensor::float(t, shape))
         })
     }
 
     fn concat(&self, xs: RSlice<'_, TensorId>, dim: usize) -> TensorId {
         self.run("concat", &xs, |s| {
-            let first = s.first().ok_or_else(|| anyhow!("nothing to concatenate"))?;
-            let r = first.rank();
-            if dim >= r {
-                bail!("dimension {dim} out of range for rank {r}");
-            }
-            let mut shape = first.shape.clone();
-            shape[dim] = 0;
-            for x in s {
-                if x.rank() != r || (0..r).any(|d| d != dim && x.shape[d] != first.shape[d]) {
-                    bail!("shapes differ outside dimension {dim}");
-                }
-                shape[dim] += x.shape[dim];
-            }
+            let shape = check(shape::concat(&metas(s), dim))?;
+            let r = shape.len();
             let t = by_rank!(r, D => Tensor::cat(s.iter().map(float_tensor::<D>).collect(), dim).into_dispatch())?;
             Ok(HostTensor::float(t, shape))
         })
@@ -655,39 +637,24 @@ impl HostOps for Executor<'_> {
 
     fn slice(&self, x: TensorId, dim: usize, start: usize, end: usize) -> TensorId {
         self.run("slice", &[x], |s| {
-            let r = s[0].rank();
-            if dim >= r || start >= end || end > s[0].shape[dim] {
-                bail!("range {start}..{end} of dimension {dim} is out of bounds");
-            }
-            let t =
-                by_rank!(r, D => float_tensor::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
-            let mut shape = s[0].shape.clone();
-            shape[dim] = end - start;
+            let shape = check(shape::slice(&metas(s), dim, start, end))?;
+            let t = by_rank!(shape.len(), D => float_tensor::<D>(&s[0]).narrow(dim, start, end - start).into_dispatch())?;
             Ok(HostTensor::float(t, shape))
         })
     }
 
     fn reduce(&self, op: ReduceOp, x: TensorId, dim: usize, keepdim: bool) -> TensorId {
         self.run("reduce", &[x], |s| {
-            float_only("reduce", s)?;
+            check(shape::reduce(&metas(s), dim, keepdim))?;
             reduce_impl(op, &s[0], dim, keepdim)
         })
     }
 
     fn matmul(&self, a: TensorId, b: TensorId) -> TensorId {
         self.run("matmul", &[a, b], |s| {
+            let shape = check(shape::matmul(&metas(s)))?;
             let (x, y) = (&s[0], &s[1]);
-            if x.rank() < 2 || y.rank() < 2 {
-                bail!("matmul needs rank ≥ 2");
-            }
-            let (m, k1) = (x.shape[x.rank() - 2], x.shape[x.rank() - 1]);
-            let (k2, n) = (y.shape[y.rank() - 2], y.shape[y.rank() - 1]);
-            if k1 != k2 {
-                bail!("inner dimensions differ: {k1} vs {k2}");
-            }
-            let batch = broadcast_shape(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
-                .ok_or_else(|| anyhow!("batch dimensions do not broadcast"))?;
-            let r = batch.len() + 2;
+            let r = shape.len();
             let lift = |s: &HostTensor| -> Result<HostTensor> {
                 let mut shape = vec![1; r - s.rank()];
                 shape.extend_from_slice(&s.shape);
@@ -695,17 +662,13 @@ impl HostOps for Executor<'_> {
             };
             let (x, y) = (lift(x)?, lift(y)?);
             let t = by_rank!(r, D => float_tensor::<D>(&x).matmul(float_tensor::<D>(&y)).into_dispatch())?;
-            let mut shape = batch;
-            shape.extend([m, n]);
             Ok(HostTensor::float(t, shape))
         })
     }
 
     fn softmax(&self, x: TensorId, dim: usize) -> TensorId {
         self.run("softmax", &[x], |s| {
-            if dim >= s[0].rank() {
-                bail!("dimension {dim} out of range");
-            }
+            check(shape::softmax(&metas(s), dim))?;
             let t = by_rank!(s[0].rank(), D => activation::softmax(float_tensor::<D>(&s[0]), dim).into_dispatch())?;
             Ok(HostTensor::float(t, s[0].shape.clone()))
         })
@@ -717,19 +680,10 @@ impl HostOps for Executor<'_> {
             ids.push(b);
         }
         self.run("linear", &ids, |s| {
+            let shape = check(shape::linear(&metas(s)))?;
             let (x, w) = (&s[0], &s[1]);
-            if w.rank() != 2 || x.shape.last() != Some(&w.shape[0]) {
-                bail!("input's last dimension must equal the weight's first ([in, out])");
-            }
-            if let Some(b) = s.get(2)
-                && b.shape != [w.shape[1]]
-            {
-                bail!("bias must have shape [{}]", w.shape[1]);
-            }
             let bias = s.get(2).map(float_tensor::<1>);
             let t = by_rank!(x.rank(), D => fmod::linear(float_tensor::<D>(x), float_tensor::<2>(w), bias).into_dispatch())?;
-            let mut shape = x.shape.clone();
-            *shape.last_mut().unwrap() = w.shape[1];
             Ok(HostTensor::float(t, shape))
         })
     }
@@ -740,32 +694,14 @@ impl HostOps for Executor<'_> {
             ids.push(b);
         }
         self.run("conv2d", &ids, |s| {
+            let shape = check(shape::conv2d(&metas(s), &o))?;
             let (x, w) = (&s[0], &s[1]);
-            if x.rank() != 4 || w.rank() != 4 {
-                bail!("conv2d needs NCHW input and a rank-4 weight");
-            }
             let g = o.groups.max(1);
-            if x.shape[1] != w.shape[1] * g || w.shape[0] % g != 0 {
-                bail!(
-                    "input has {} channels; weight expects {}×{g} groups",
-                    x.shape[1],
-                    w.shape[1]
-                );
-            }
-            let out_hw = |i: usize| -> Result<usize> {
-                let eff = o.dilation[i] * (w.shape[2 + i] - 1) + 1;
-                let padded = x.shape[2 + i] + 2 * o.padding[i];
-                if padded < eff || o.stride[i] == 0 {
-                    bail!("kernel larger than padded input");
-                }
-                Ok((padded - eff) / o.stride[i] + 1)
-            };
-            let (oh, ow) = (out_hw(0)?, out_hw(1)?);
             let bias = s.get(2).map(float_tensor::<1>);
             let opts = ConvOptions::new(o.stride, o.padding, o.dilation, g);
             let t = kernels::conv2d(float_tensor::<4>(x), float_tensor::<4>(w), bias, opts)
                 .into_dispatch();
-            Ok(HostTensor::float(t, vec![x.shape[0], w.shape[0], oh, ow]))
+            Ok(HostTensor::float(t, shape))
         })
     }
 
@@ -782,19 +718,11 @@ impl HostOps for Executor<'_> {
         ids.extend(beta.into_option());
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         self.run("group_norm", &ids, |s| {
+            check(shape::group_norm(&metas(s), groups))?;
             let x = &s[0];
-            if x.rank() < 2 {
-                bail!("group_norm needs [N, C, ...]");
-            }
             let c = x.shape[1];
-            if groups == 0 || !c.is_multiple_of(groups) {
-                bail!("{c} channels cannot be split into {groups} groups");
-            }
             if has_g && has_b {
                 // The common case (every shipped network): one fused op with its own backward.
-                if s[1].shape != [c] || s[2].shape != [c] {
-                    bail!("affine parameters must have shape [{c}]");
-                }
                 let t = by_rank!(x.rank(), D => kernels::group_norm(float_tensor::<D>(x), float_tensor::<1>(&s[1]), float_tensor::<1>(&s[2]), groups, eps).into_dispatch())?;
                 return Ok(HostTensor::float(t, x.shape.clone()));
             }
@@ -809,9 +737,6 @@ impl HostOps for Executor<'_> {
                 }
                 let p = &s[k];
                 k += 1;
-                if p.shape != [c] {
-                    bail!("affine parameters must have shape [{c}]");
-                }
                 let p = reshape_dyn(p, &bshape)?;
                 y = binary_impl(
                     if is_gamma {
@@ -839,8 +764,8 @@ impl HostOps for Executor<'_> {
         ids.extend(beta.into_option());
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         self.run("layer_norm", &ids, |s| {
+            check(shape::layer_norm(&metas(s)))?;
             let x = &s[0];
-            let d = *x.shape.last().ok_or_else(|| anyhow!("empty shape"))?;
             let r = x.rank();
             let t = by_rank!(r, D => {
                 let t = float_tensor::<D>(x);
@@ -854,9 +779,6 @@ impl HostOps for Executor<'_> {
             for (present, is_gamma) in [(has_g, true), (has_b, false)] {
                 if !present {
                     continue;
-                }
-                if s[k].shape != [d] {
-                    bail!("affine parameters must have shape [{d}]");
                 }
                 y = binary_impl(
                     if is_gamma {
@@ -875,9 +797,7 @@ impl HostOps for Executor<'_> {
 
     fn dropout(&self, x: TensorId, p: f64) -> TensorId {
         self.run("dropout", &[x], |s| {
-            if !(0.0..1.0).contains(&p) {
-                bail!("dropout probability {p} outside [0, 1)");
-            }
+            check(shape::dropout(&metas(s), p))?;
             if self.mode == Mode::Eval || p == 0.0 {
                 return Ok(s[0].clone());
             }
@@ -901,41 +821,30 @@ impl HostOps for Executor<'_> {
 
     fn avg_pool2d(&self, x: TensorId, kernel: usize, stride: usize) -> TensorId {
         self.run("avg_pool2d", &[x], |s| {
-            let x = &s[0];
-            if x.rank() != 4 || kernel == 0 || stride == 0 || x.shape[2] < kernel || x.shape[3] < kernel {
-                bail!("avg_pool2d(kernel {kernel}, stride {stride}) needs NCHW input at least that large");
-            }
+            let shape = check(shape::avg_pool2d(&metas(s), kernel, stride))?;
             let opts = AvgPoolOptions::new([kernel, kernel]).with_stride([stride, stride]);
-            let t = fmod::avg_pool2d(float_tensor::<4>(x), opts).into_dispatch();
-            let oh = (x.shape[2] - kernel) / stride + 1;
-            let ow = (x.shape[3] - kernel) / stride + 1;
-            Ok(HostTensor::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+            let t = fmod::avg_pool2d(float_tensor::<4>(&s[0]), opts).into_dispatch();
+            Ok(HostTensor::float(t, shape))
         })
     }
 
     fn upsample_nearest2d(&self, x: TensorId, factor: usize) -> TensorId {
         self.run("upsample_nearest2d", &[x], |s| {
-            let x = &s[0];
-            if x.rank() != 4 || factor == 0 {
-                bail!("upsample needs NCHW input and a positive factor");
-            }
-            let (oh, ow) = (x.shape[2] * factor, x.shape[3] * factor);
-            let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([oh, ow]);
-            let t = fmod::interpolate(float_tensor::<4>(x), opts).into_dispatch();
-            Ok(HostTensor::float(t, vec![x.shape[0], x.shape[1], oh, ow]))
+            let shape = check(shape::upsample_nearest2d(&metas(s), factor))?;
+            let opts = InterpolateOptions::new(InterpolateMode::Nearest)
+                .with_output_size([shape[2], shape[3]]);
+            let t = fmod::interpolate(float_tensor::<4>(&s[0]), opts).into_dispatch();
+            Ok(HostTensor::float(t, shape))
         })
     }
 
     fn embedding(&self, table: TensorId, ids: TensorId) -> TensorId {
         self.run("embedding", &[table, ids], |s| {
-            let (t, i) = (&s[0], &s[1]);
-            if t.rank() != 2 || t.int || !i.int || i.rank() != 1 {
-                bail!("embedding needs a float [V, D] table and integer [N] ids");
-            }
-            let out = float_tensor::<2>(t)
-                .select(0, int_vector(i))
+            let shape = check(shape::embedding(&metas(s)))?;
+            let out = float_tensor::<2>(&s[0])
+                .select(0, int_vector(&s[1]))
                 .into_dispatch();
-            Ok(HostTensor::float(out, vec![i.shape[0], t.shape[1]]))
+            Ok(HostTensor::float(out, shape))
         })
     }
 

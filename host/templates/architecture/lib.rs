@@ -9,23 +9,17 @@
 
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[param("channels", "int", "32", "hidden channels")];
 
 params! {
     /// The model's parameters: the config's `[architecture] params` table. `params!` derives
     /// serde's `Deserialize` and refuses unknown keys (a typo is an error naming the valid ones).
     #[derive(Debug)]
-    #[serde(default)]
     struct Model {
         /// Hidden channels.
         channels: usize,
-    }
-}
-
-impl Default for Model {
-    fn default() -> Self {
-        Model { channels: 32 }
     }
 }
 
@@ -104,7 +98,7 @@ mod tests {
     use memlab_plugin_api::testing::inspect;
 
     fn model(toml: &str) -> PResult<Model> {
-        Model::from_params(&Params::from_toml(toml)?, 0)
+        Model::from_params(&Params::with_defaults(toml, PARAMS)?, 0)
     }
 
     /// The shape-only host runs `forward` without tensor data: output shape, every parameter

@@ -8,22 +8,16 @@
 use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[param("classes", "int", "4", "number of label classes")];
 
 params! {
     /// The scheme's parameters: the config's `[conditioning] params` table.
     #[derive(Debug)]
-    #[serde(default)]
     struct Modulo {
         /// Number of classes the model sees.
         classes: u32,
-    }
-}
-
-impl Default for Modulo {
-    fn default() -> Self {
-        Modulo { classes: 4 }
     }
 }
 
@@ -90,7 +84,8 @@ mod tests {
 
     #[test]
     fn labels_follow_the_index_and_the_seed() {
-        let m = Modulo::from_params(&Params::from_toml("classes = 3").unwrap(), 0).unwrap();
+        let m =
+            Modulo::from_params(&Params::with_defaults("classes = 3", PARAMS).unwrap(), 0).unwrap();
         assert_eq!(m.classes(DATA), 3);
         let mut out = [0i64; 4];
         m.train_labels(DATA, &[0; 4], &[0, 1, 5, 9], &mut out)
@@ -105,7 +100,7 @@ mod tests {
 
     #[test]
     fn zero_classes_is_refused() {
-        let e = Modulo::from_params(&Params::from_toml("classes = 0").unwrap(), 0);
+        let e = Modulo::from_params(&Params::with_defaults("classes = 0", PARAMS).unwrap(), 0);
         assert!(e.is_err());
     }
 }

@@ -8,7 +8,8 @@
 
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[
     param("k", "int", "3", "neighbours in the mean (at least 2)"),
     param(
@@ -22,21 +23,11 @@ const PARAMS: &[Param] = &[
 params! {
     /// The criterion's parameters: one `[[criteria]] params` table.
     #[derive(Debug)]
-    #[serde(default)]
     struct MeanGap {
         /// Neighbours averaged.
         k: usize,
         /// Replicate iff d₁ / mean(d₁..d_k) < threshold.
         threshold: f32,
-    }
-}
-
-impl Default for MeanGap {
-    fn default() -> Self {
-        MeanGap {
-            k: 3,
-            threshold: 0.5,
-        }
     }
 }
 
@@ -94,7 +85,7 @@ mod tests {
 
     #[test]
     fn flags_samples_much_closer_to_one_image() {
-        let c = MeanGap::from_params(&Params::from_toml("k = 2").unwrap(), 0).unwrap();
+        let c = MeanGap::from_params(&Params::with_defaults("k = 2", PARAMS).unwrap(), 0).unwrap();
         assert_eq!((c.distance(), c.neighbours()), (Distance::L2, 2));
         // Rows: (0.1, 1.9) → 0.1; (1, 1) → 1; (0, 0) → 0 (exact copy).
         let d = [0.1, 1.9, 1.0, 1.0, 0.0, 0.0];
@@ -106,7 +97,7 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        let parse = |t: &str| MeanGap::from_params(&Params::from_toml(t).unwrap(), 0);
+        let parse = |t: &str| MeanGap::from_params(&Params::with_defaults(t, PARAMS).unwrap(), 0);
         assert!(parse("k = 1").is_err());
         assert!(parse("threshold = 0.0").is_err());
         assert!(parse("n = 3").is_err());

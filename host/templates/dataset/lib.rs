@@ -10,7 +10,8 @@
 use memlab_plugin_api::SplitMix64;
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[
     param("resolution", "int", "16", "image height and width"),
     param("size", "int", "1000", "number of images"),
@@ -19,21 +20,11 @@ const PARAMS: &[Param] = &[
 params! {
     /// The dataset's parameters: the config's `[dataset] params` table.
     #[derive(Debug)]
-    #[serde(default)]
     struct StripesParams {
         /// Image side in pixels.
         resolution: usize,
         /// Number of images.
         size: u64,
-    }
-}
-
-impl Default for StripesParams {
-    fn default() -> Self {
-        StripesParams {
-            resolution: 16,
-            size: 1000,
-        }
     }
 }
 
@@ -143,7 +134,7 @@ mod tests {
     use super::*;
 
     fn stripes(toml: &str) -> Stripes {
-        Stripes::from_params(&Params::from_toml(toml).unwrap(), 3).unwrap()
+        Stripes::from_params(&Params::with_defaults(toml, PARAMS).unwrap(), 3).unwrap()
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use memlab_plugin_api::prelude::*;
 
-/// Parameter documentation, shown by `memlab plugins --params` (defaults as TOML text).
+/// Parameter documentation, shown by `memlab plugins --params`, and the one place defaults
+/// are written (TOML text): the host fills them in before `from_params` sees the table.
 const PARAMS: &[Param] = &[
     param("sigma_min", "float", "0.002", "smallest σ"),
     param("sigma_max", "float", "80", "largest σ"),
@@ -22,7 +23,6 @@ const PARAMS: &[Param] = &[
 params! {
     /// The schedule's parameters: the config's `[schedule] params` table.
     #[derive(Debug)]
-    #[serde(default)]
     struct Schedule {
         /// Smallest σ (training and sampling).
         sigma_min: f64,
@@ -30,16 +30,6 @@ params! {
         sigma_max: f64,
         /// Standard deviation of the data, for the preconditioning.
         sigma_data: f64,
-    }
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Schedule {
-            sigma_min: 0.002,
-            sigma_max: 80.0,
-            sigma_data: 0.5,
-        }
     }
 }
 
@@ -118,7 +108,7 @@ mod tests {
     use super::*;
 
     fn schedule(toml: &str) -> PResult<Schedule> {
-        Schedule::from_params(&Params::from_toml(toml)?, 0)
+        Schedule::from_params(&Params::with_defaults(toml, PARAMS)?, 0)
     }
 
     #[test]

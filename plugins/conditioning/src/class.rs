@@ -10,12 +10,10 @@ pub struct TrueClass {
     sample: Sample,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct ClassParams {
-    #[serde(default)]
     sample: Option<SampleMode>,
-    #[serde(default)]
     sample_class: Option<u64>,
 }
 
@@ -60,7 +58,10 @@ mod tests {
     const DATA: DataSummary = DataSummary { len: 6, classes: 3 };
 
     fn make(toml: &str) -> PResult<TrueClass> {
-        TrueClass::from_params(&Params::from_toml(toml).unwrap(), 0)
+        TrueClass::from_params(
+            &Params::with_defaults(toml, crate::sample::PARAMS).unwrap(),
+            0,
+        )
     }
 
     #[test]

@@ -19,19 +19,12 @@ pub struct RandomLabels {
     sample: Sample,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct RandomParams {
-    #[serde(default = "default_classes")]
     classes: u32,
-    #[serde(default)]
     sample: Option<SampleMode>,
-    #[serde(default)]
     sample_class: Option<u64>,
-}
-
-fn default_classes() -> u32 {
-    DEFAULT_CLASSES
 }
 
 impl RandomLabels {
@@ -98,7 +91,10 @@ mod tests {
     };
 
     fn make(toml: &str, seed: u64) -> PResult<RandomLabels> {
-        RandomLabels::from_params(&Params::from_toml(toml).unwrap(), seed)
+        RandomLabels::from_params(
+            &Params::with_defaults(toml, crate::RANDOM_PARAMS).unwrap(),
+            seed,
+        )
     }
 
     fn labels(r: &RandomLabels, ids: &[u64]) -> Vec<i64> {

@@ -9,13 +9,13 @@ pub const PARAMS: &[Param] = &[
     param(
         "sample",
         "\"uniform\" | \"class\"",
-        "\"uniform\"",
+        "(\"uniform\", or \"class\" when sample_class is set)",
         "labels to generate with: uniform over the classes (seeded), or only `sample_class`",
     ),
     param(
         "sample_class",
         "int",
-        "unset",
+        "(unset)",
         "the one label to generate with (implies sample = \"class\")",
     ),
 ];

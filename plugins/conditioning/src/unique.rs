@@ -11,12 +11,10 @@ pub struct UniqueLabels {
     sample: Sample,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct UniqueParams {
-    #[serde(default)]
     sample: Option<SampleMode>,
-    #[serde(default)]
     sample_class: Option<u64>,
 }
 
@@ -82,7 +80,10 @@ mod tests {
     const DATA: DataSummary = DataSummary { len: 5, classes: 2 };
 
     fn make(toml: &str) -> PResult<UniqueLabels> {
-        UniqueLabels::from_params(&Params::from_toml(toml).unwrap(), 0)
+        UniqueLabels::from_params(
+            &Params::with_defaults(toml, crate::sample::PARAMS).unwrap(),
+            0,
+        )
     }
 
     #[test]

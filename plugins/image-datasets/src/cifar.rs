@@ -50,18 +50,16 @@ pub const PARAMS: &[Param] = &[
     param(
         "classes",
         "[string]",
-        "all ten",
+        "(all ten)",
         "class names to keep (e.g. [\"automobile\"]), relabelled 0..k in this order",
     ),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct CifarParams {
     path: String,
-    #[serde(default)]
     split: Split,
-    #[serde(default)]
     classes: Option<Vec<String>>,
 }
 
@@ -384,7 +382,7 @@ mod tests {
 
     fn open(path: &Path, extra: &str) -> PResult<ImageStore> {
         let toml = format!("path = {:?}\n{extra}", path.display().to_string());
-        load(&Params::from_toml(&toml).unwrap(), 0)
+        load(&Params::with_defaults(&toml, super::PARAMS).unwrap(), 0)
     }
 
     /// A binary batch of `labels.len()` records; pixel k of record r is `(r·31 + k + seed) % 256`.
@@ -603,7 +601,11 @@ mod tests {
         );
         let e = open(empty.path(), "split = \"val\"").unwrap_err();
         assert!(e.contains("unknown variant `val`"), "{e}");
-        let e = load(&Params::from_toml("split = \"test\"").unwrap(), 0).unwrap_err();
+        let e = load(
+            &Params::with_defaults("split = \"test\"", super::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap_err();
         assert!(e.contains("missing field `path`"), "{e}");
     }
 

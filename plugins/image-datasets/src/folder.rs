@@ -38,24 +38,18 @@ pub const PARAMS: &[Param] = &[
     param(
         "classes",
         "[string]",
-        "all folders",
+        "(all folders)",
         "class folders to keep, relabelled 0..k in this order",
     ),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct FolderParams {
     path: String,
     resolution: usize,
-    #[serde(default = "default_channels")]
     channels: usize,
-    #[serde(default)]
     classes: Option<Vec<String>>,
-}
-
-fn default_channels() -> usize {
-    3
 }
 
 /// Builds the dataset from its parameters.
@@ -452,7 +446,7 @@ mod tests {
 
     fn open(dir: &Path, extra: &str) -> PResult<ImageStore> {
         let toml = format!("path = {:?}\n{extra}", dir.display().to_string());
-        load(&Params::from_toml(&toml).unwrap(), 0)
+        load(&Params::with_defaults(&toml, super::PARAMS).unwrap(), 0)
     }
 
     fn save_rgb(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {

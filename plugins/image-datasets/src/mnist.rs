@@ -28,18 +28,16 @@ pub const PARAMS: &[Param] = &[
     param(
         "classes",
         "[string]",
-        "all ten",
+        "(all ten)",
         "digits to keep (e.g. [\"3\", \"8\"]), relabelled 0..k in this order",
     ),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct MnistParams {
     path: String,
-    #[serde(default)]
     split: Split,
-    #[serde(default)]
     classes: Option<Vec<String>>,
 }
 
@@ -209,7 +207,7 @@ mod tests {
 
     fn open(dir: &Path, extra: &str) -> PResult<ImageStore> {
         let toml = format!("path = {:?}\n{extra}", dir.display().to_string());
-        load(&Params::from_toml(&toml).unwrap(), 0)
+        load(&Params::with_defaults(&toml, super::PARAMS).unwrap(), 0)
     }
 
     #[test]

@@ -25,15 +25,9 @@ pub const OPTIMAL_PARAMS: &[Param] = &[param(
 const SIGMA_FLOOR: f64 = 1e-12;
 
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct RawParams {
     chunk: usize,
-}
-
-impl Default for RawParams {
-    fn default() -> Self {
-        RawParams { chunk: 1024 }
-    }
 }
 
 /// The empirical optimum denoiser.
@@ -163,7 +157,11 @@ mod tests {
 
     #[test]
     fn declares_a_parameter_free_denoiser_that_needs_the_training_set() {
-        let o = Optimal::from_params(&Params::default(), 0).unwrap();
+        let o = Optimal::from_params(
+            &Params::with_defaults("", super::OPTIMAL_PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         assert_eq!(o.chunk, 1024);
         let i = o.info();
         assert!(i.needs_training_set && i.outputs_denoised && i.parameter_free && i.ignores_labels);
@@ -172,16 +170,28 @@ mod tests {
 
     #[test]
     fn refuses_bad_parameters() {
-        let e = Optimal::from_params(&Params::from_toml("chunk = 0").unwrap(), 0).unwrap_err();
+        let e = Optimal::from_params(
+            &Params::with_defaults("chunk = 0", super::OPTIMAL_PARAMS).unwrap(),
+            0,
+        )
+        .unwrap_err();
         assert!(e.contains("chunk"), "{e}");
-        let e = Optimal::from_params(&Params::from_toml("chunks = 3").unwrap(), 0).unwrap_err();
+        let e = Optimal::from_params(
+            &Params::with_defaults("chunks = 3", super::OPTIMAL_PARAMS).unwrap(),
+            0,
+        )
+        .unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]
     fn without_a_training_set_forward_fails_clearly() {
         // The shape-only mock provides no training set.
-        let o = Optimal::from_params(&Params::default(), 0).unwrap();
+        let o = Optimal::from_params(
+            &Params::with_defaults("", super::OPTIMAL_PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let e = memlab_plugin_api::testing::inspect(&o, [2, 3, 8, 8], 0).unwrap_err();
         assert!(e.contains("no training set"), "{e}");
     }

@@ -71,7 +71,11 @@ mod tests {
 
     #[test]
     fn cumulative_alpha_bar_tracks_the_closed_form() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let ac = d.alphas_cumprod();
         // Before the clip Π(1 − β_s) telescopes to ᾱ((t+1)/T)/ᾱ(0).
         for t in [0usize, 10, 499, 900, 998] {
@@ -86,7 +90,11 @@ mod tests {
 
     #[test]
     fn precond_and_weight() {
-        let d = from_params(&Params::from_toml("steps = 4000").unwrap(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("steps = 4000", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let s = d.sigmas()[1234];
         let p = d.precond(s);
         assert_eq!((p.c_skip, p.c_out), (1.0, -s));
@@ -97,7 +105,11 @@ mod tests {
 
     #[test]
     fn training_sigmas_cover_the_grid() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let u = [0.0, 0.5, 0.0015, 1.0 - 1e-12];
         let mut out = [0.0; 4];
         d.training_sigmas(&u, &[0.0; 4], &mut out).unwrap();
@@ -109,7 +121,11 @@ mod tests {
 
     #[test]
     fn respaced_sampling() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let s = d.sampling_sigmas(50).unwrap();
         assert_eq!(s.len(), 51);
         assert_eq!(s[0], d.sigmas()[999]);

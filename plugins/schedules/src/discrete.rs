@@ -27,21 +27,12 @@ pub const PARAMS: &[Param] = &[
 
 /// Parsed [`PARAMS`].
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct DiscreteParams {
     /// T, the number of timesteps.
     pub steps: usize,
     /// Whether c_noise is t·1000/T (true) or t (false).
     pub rescale_timesteps: bool,
-}
-
-impl Default for DiscreteParams {
-    fn default() -> Self {
-        DiscreteParams {
-            steps: 1000,
-            rescale_timesteps: true,
-        }
-    }
 }
 
 impl DiscreteParams {

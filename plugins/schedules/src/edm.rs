@@ -25,7 +25,7 @@ pub const PARAMS: &[Param] = &[
 /// EDM: c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²), c_in = 1/√(σ²+σ_d²),
 /// c_noise = ¼ ln σ; ln σ ~ N(P_mean, P_std²); λ = (σ²+σ_d²)/(σσ_d)²; ρ-spaced sampling σ.
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct Edm {
     /// σ_d.
     pub sigma_data: f64,
@@ -39,19 +39,6 @@ pub struct Edm {
     pub sigma_max: f64,
     /// ρ of the sampling spacing.
     pub rho: f64,
-}
-
-impl Default for Edm {
-    fn default() -> Self {
-        Edm {
-            sigma_data: 0.5,
-            p_mean: -1.2,
-            p_std: 1.2,
-            sigma_min: 0.002,
-            sigma_max: 80.0,
-            rho: 7.0,
-        }
-    }
 }
 
 /// True for finite numbers > 0 (false for NaN).
@@ -139,7 +126,7 @@ mod tests {
     use super::*;
 
     fn edm() -> Edm {
-        Edm::from_params(&Params::default(), 0).unwrap()
+        Edm::from_params(&Params::with_defaults("", super::PARAMS).unwrap(), 0).unwrap()
     }
 
     #[test]
@@ -182,8 +169,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(Edm::from_params(&Params::from_toml("sigma_min = 100.0").unwrap(), 0).is_err());
-        let e = Edm::from_params(&Params::from_toml("sigmadata = 1.0").unwrap(), 0).unwrap_err();
+        assert!(
+            Edm::from_params(
+                &Params::with_defaults("sigma_min = 100.0", super::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
+        let e = Edm::from_params(
+            &Params::with_defaults("sigmadata = 1.0", super::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap_err();
         assert!(e.contains("unknown field `sigmadata`"), "{e}");
     }
 }

@@ -55,7 +55,11 @@ mod tests {
 
     #[test]
     fn sigmas_and_precond() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         assert_eq!(d.steps(), 1000);
         // ᾱ_0 = 1 − 1e-4, so σ_0 = √(1e-4/0.9999).
         let s0 = (1e-4f64 / 0.9999).sqrt();
@@ -77,25 +81,61 @@ mod tests {
 
     #[test]
     fn rescaled_timesteps_and_raw() {
-        let d = from_params(&Params::from_toml("steps = 4000").unwrap(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("steps = 4000", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         assert_eq!(d.precond(d.sigmas()[2000]).c_noise, 500.0);
         assert_eq!(d.precond(d.sigmas()[3999]).c_noise, 3999.0 / 4.0);
         let raw = "steps = 4000\nrescale_timesteps = false";
-        let d = from_params(&Params::from_toml(raw).unwrap(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults(raw, crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         assert_eq!(d.precond(d.sigmas()[2000]).c_noise, 2000.0);
     }
 
     #[test]
     fn rejects_too_few_steps() {
-        assert!(from_params(&Params::from_toml("steps = 20").unwrap(), 0).is_err());
-        assert!(from_params(&Params::from_toml("steps = 0").unwrap(), 0).is_err());
-        assert!(from_params(&Params::from_toml("step = 10").unwrap(), 0).is_err());
-        assert!(from_params(&Params::from_toml("steps = 21").unwrap(), 0).is_ok());
+        assert!(
+            from_params(
+                &Params::with_defaults("steps = 20", crate::discrete::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            from_params(
+                &Params::with_defaults("steps = 0", crate::discrete::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            from_params(
+                &Params::with_defaults("step = 10", crate::discrete::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            from_params(
+                &Params::with_defaults("steps = 21", crate::discrete::PARAMS).unwrap(),
+                0
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn training_sigmas_cover_the_grid() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let u = [0.0, 0.5, 0.0015, 1.0 - 1e-12];
         let mut out = [0.0; 4];
         d.training_sigmas(&u, &[0.0; 4], &mut out).unwrap();
@@ -107,7 +147,11 @@ mod tests {
 
     #[test]
     fn respaced_sampling() {
-        let d = from_params(&Params::default(), 0).unwrap();
+        let d = from_params(
+            &Params::with_defaults("", crate::discrete::PARAMS).unwrap(),
+            0,
+        )
+        .unwrap();
         let s = d.sampling_sigmas(50).unwrap();
         assert_eq!(s.len(), 51);
         assert_eq!(s[0], d.sigmas()[999]);

@@ -21,21 +21,12 @@ pub const PARAMS: &[Param] = &[
 /// VE: c_skip = 1, c_out = σ, c_in = 1, c_noise = ln(σ/2); training σ log-uniform on
 /// [σ_min, σ_max]; λ(σ) = 1/σ²; sampling σ geometric from σ_max to σ_min.
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct Ve {
     /// σ_min.
     pub sigma_min: f64,
     /// σ_max.
     pub sigma_max: f64,
-}
-
-impl Default for Ve {
-    fn default() -> Self {
-        Ve {
-            sigma_min: 0.02,
-            sigma_max: 100.0,
-        }
-    }
 }
 
 impl Ve {
@@ -104,7 +95,7 @@ mod tests {
     use super::*;
 
     fn ve() -> Ve {
-        Ve::from_params(&Params::default(), 0).unwrap()
+        Ve::from_params(&Params::with_defaults("", super::PARAMS).unwrap(), 0).unwrap()
     }
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -152,7 +143,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(Ve::from_params(&Params::from_toml("sigma_min = 200.0").unwrap(), 0).is_err());
-        assert!(Ve::from_params(&Params::from_toml("sigma_min = 0.0").unwrap(), 0).is_err());
+        assert!(
+            Ve::from_params(
+                &Params::with_defaults("sigma_min = 200.0", super::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            Ve::from_params(
+                &Params::with_defaults("sigma_min = 0.0", super::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
     }
 }

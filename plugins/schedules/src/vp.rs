@@ -41,7 +41,7 @@ pub enum Sampling {
 /// VP: σ(t) = √(exp(½β_d t² + β_min t) − 1); c_skip = 1, c_out = −σ, c_in = 1/√(σ²+1),
 /// c_noise = (M − 1)·t(σ); λ(σ) = 1/σ².
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct Vp {
     /// β_d.
     pub beta_d: f64,
@@ -55,19 +55,6 @@ pub struct Vp {
     pub epsilon_s: f64,
     /// Sampling σ spacing.
     pub sampling: Sampling,
-}
-
-impl Default for Vp {
-    fn default() -> Self {
-        Vp {
-            beta_d: 19.9,
-            beta_min: 0.1,
-            m: 1000,
-            epsilon_t: 1e-5,
-            epsilon_s: 1e-3,
-            sampling: Sampling::Vp,
-        }
-    }
 }
 
 impl Vp {
@@ -155,7 +142,7 @@ mod tests {
     use super::*;
 
     fn vp() -> Vp {
-        Vp::from_params(&Params::default(), 0).unwrap()
+        Vp::from_params(&Params::with_defaults("", super::PARAMS).unwrap(), 0).unwrap()
     }
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -217,7 +204,7 @@ mod tests {
 
     #[test]
     fn karras_sampling_matches_edm() {
-        let p = Params::from_toml("sampling = \"karras\"").unwrap();
+        let p = Params::with_defaults("sampling = \"karras\"", super::PARAMS).unwrap();
         let v = Vp::from_params(&p, 0).unwrap();
         let want = crate::edm::karras_sigmas(18, 0.002, 80.0, 7.0);
         assert_eq!(v.sampling_sigmas(18).unwrap(), want);
@@ -229,7 +216,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        let bad = |t: &str| Vp::from_params(&Params::from_toml(t).unwrap(), 0).is_err();
+        let bad = |t: &str| {
+            Vp::from_params(&Params::with_defaults(t, super::PARAMS).unwrap(), 0).is_err()
+        };
         assert!(bad("epsilon_t = 0.0"));
         assert!(bad("epsilon_s = 1.5"));
         assert!(bad("beta_d = -1.0"));

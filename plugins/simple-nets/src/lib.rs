@@ -22,7 +22,7 @@ pub const CONVNET_PARAMS: &[Param] = &[
 /// A residual conv net: conv_in → `blocks` × [`ResBlock`] → GroupNorm → SiLU → zero-initialised
 /// conv_out, conditioned on a sinusoidal noise embedding (and a class embedding).
 #[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct ConvNet {
     /// Feature channels.
     pub channels: usize,
@@ -30,16 +30,6 @@ pub struct ConvNet {
     pub blocks: usize,
     /// Dropout probability inside residual blocks.
     pub dropout: f64,
-}
-
-impl Default for ConvNet {
-    fn default() -> Self {
-        ConvNet {
-            channels: 32,
-            blocks: 2,
-            dropout: 0.0,
-        }
-    }
 }
 
 impl ConvNet {
@@ -116,7 +106,7 @@ pub const MLP_PARAMS: &[Param] = &[
 /// Linear, plus a learned class embedding `[classes, hidden]` when the model is conditional;
 /// each block sees it through its own `emb_proj` after a SiLU.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 pub struct Mlp {
     /// Hidden width.
     pub hidden: usize,
@@ -124,16 +114,6 @@ pub struct Mlp {
     pub blocks: usize,
     /// Dropout probability inside residual blocks.
     pub dropout: f64,
-}
-
-impl Default for Mlp {
-    fn default() -> Self {
-        Mlp {
-            hidden: 256,
-            blocks: 3,
-            dropout: 0.0,
-        }
-    }
 }
 
 impl Mlp {
@@ -242,7 +222,7 @@ mod tests {
     use memlab_plugin_api::testing::inspect;
 
     fn mlp(toml: &str) -> PResult<Mlp> {
-        Mlp::from_params(&Params::from_toml(toml)?, 0)
+        Mlp::from_params(&Params::with_defaults(toml, MLP_PARAMS)?, 0)
     }
 
     #[test]
@@ -268,7 +248,6 @@ mod tests {
     #[test]
     fn mlp_defaults_and_errors() {
         let d = mlp("").unwrap();
-        assert_eq!(d, Mlp::default());
         assert_eq!((d.hidden, d.blocks), (256, 3));
         let s = inspect(&d, [2, 1, 16, 16], 0).unwrap();
         assert_eq!(s.total, d.num_params(256, 0));
@@ -280,18 +259,12 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field `depth`")
         );
-        for p in MLP_PARAMS {
-            let one: Mlp = Params::from_toml(&format!("{} = {}", p.name, p.default))
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert_eq!(one, d, "default of {}", p.name);
-        }
     }
 
     #[test]
     fn convnet_default_size() {
-        let net = ConvNet::from_params(&Params::default(), 0).unwrap();
+        let net =
+            ConvNet::from_params(&Params::with_defaults("", CONVNET_PARAMS).unwrap(), 0).unwrap();
         let s = inspect(&net, [2, 3, 8, 8], 0).unwrap();
         assert_eq!(s.output, vec![2, 3, 8, 8]);
         // time MLP 32→128→128, conv_in 3→32, two 32→32 ResBlocks (embedding 128 → 32),

@@ -27,35 +27,14 @@ pub const PARAMS: &[Param] = &[
     ),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct GmParams {
-    #[serde(default = "default_resolution")]
     resolution: usize,
-    #[serde(default = "default_channels")]
     channels: usize,
-    #[serde(default = "default_size")]
     size: u64,
-    #[serde(default = "default_modes")]
     modes: usize,
-    #[serde(default = "default_std")]
     std: f64,
-}
-
-fn default_resolution() -> usize {
-    32
-}
-fn default_channels() -> usize {
-    3
-}
-fn default_size() -> u64 {
-    10_000
-}
-fn default_modes() -> usize {
-    100
-}
-fn default_std() -> f64 {
-    0.5
 }
 
 /// Values within this distance of 0 or 1 ([0, 1] scale) count as clipped.
@@ -313,7 +292,8 @@ mod tests {
     use super::*;
 
     fn make(extra: &str) -> GaussianMixture {
-        GaussianMixture::from_params(&Params::from_toml(extra).unwrap(), 11).unwrap()
+        GaussianMixture::from_params(&Params::with_defaults(extra, super::PARAMS).unwrap(), 11)
+            .unwrap()
     }
 
     #[test]
@@ -432,8 +412,11 @@ mod tests {
         let mut d = vec![0f32; 48];
         again.draw(9, &mut d);
         assert_eq!(a, d);
-        let other = GaussianMixture::from_params(&Params::from_toml("resolution = 4").unwrap(), 12)
-            .unwrap();
+        let other = GaussianMixture::from_params(
+            &Params::with_defaults("resolution = 4", super::PARAMS).unwrap(),
+            12,
+        )
+        .unwrap();
         assert_ne!(other.mode(0), gm.mode(0));
         // fill agrees with draw and labels everything 0.
         let mut imgs = vec![0f32; 96];
@@ -496,9 +479,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        let e = GaussianMixture::from_params(&Params::from_toml("mode = 3").unwrap(), 0)
-            .err()
-            .unwrap();
+        let e = GaussianMixture::from_params(
+            &Params::with_defaults("mode = 3", super::PARAMS).unwrap(),
+            0,
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("unknown field `mode`"), "{e}");
         for bad in [
             "std = 0.0",
@@ -508,7 +494,11 @@ mod tests {
             "resolution = 0",
         ] {
             assert!(
-                GaussianMixture::from_params(&Params::from_toml(bad).unwrap(), 0).is_err(),
+                GaussianMixture::from_params(
+                    &Params::with_defaults(bad, super::PARAMS).unwrap(),
+                    0
+                )
+                .is_err(),
                 "{bad}"
             );
         }

@@ -21,27 +21,17 @@ pub const PARAMS: &[Param] = &[
     param(
         "band",
         "int",
-        "resolution / 16 (≥ 1)",
+        "(resolution / 16, at least 1)",
         "thickness of the cross's bands in pixels",
     ),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct MondrianParams {
-    #[serde(default = "default_resolution")]
     resolution: usize,
-    #[serde(default = "default_size")]
     size: u64,
-    #[serde(default)]
     band: Option<usize>,
-}
-
-fn default_resolution() -> usize {
-    32
-}
-fn default_size() -> u64 {
-    10_000
 }
 
 /// Mondrian images at one resolution.
@@ -238,7 +228,8 @@ mod tests {
 
     fn make(res: usize) -> Mondrian {
         Mondrian::from_params(
-            &Params::from_toml(&format!("resolution = {res}\nsize = 100")).unwrap(),
+            &Params::with_defaults(&format!("resolution = {res}\nsize = 100"), super::PARAMS)
+                .unwrap(),
             7,
         )
         .unwrap()
@@ -313,10 +304,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        let e = Mondrian::from_params(&Params::from_toml("resolutoin = 8").unwrap(), 0)
-            .err()
-            .unwrap();
+        let e = Mondrian::from_params(
+            &Params::with_defaults("resolutoin = 8", super::PARAMS).unwrap(),
+            0,
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("unknown field `resolutoin`"), "{e}");
-        assert!(Mondrian::from_params(&Params::from_toml("resolution = 2").unwrap(), 0).is_err());
+        assert!(
+            Mondrian::from_params(
+                &Params::with_defaults("resolution = 2", super::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
     }
 }

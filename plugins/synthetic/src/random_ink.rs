@@ -15,25 +15,12 @@ pub const PARAMS: &[Param] = &[
     param("size", "int", "10000", "number of images the dataset holds"),
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct InkParams {
-    #[serde(default = "default_resolution")]
     resolution: usize,
-    #[serde(default = "default_channels")]
     channels: usize,
-    #[serde(default = "default_size")]
     size: u64,
-}
-
-fn default_resolution() -> usize {
-    32
-}
-fn default_channels() -> usize {
-    3
-}
-fn default_size() -> u64 {
-    10_000
 }
 
 /// A value within this distance of −1 or 1 counts as binary in [`RandomInk::score`].
@@ -150,7 +137,7 @@ mod tests {
     use super::*;
 
     fn make(extra: &str) -> RandomInk {
-        RandomInk::from_params(&Params::from_toml(extra).unwrap(), 4).unwrap()
+        RandomInk::from_params(&Params::with_defaults(extra, super::PARAMS).unwrap(), 4).unwrap()
     }
 
     #[test]
@@ -242,10 +229,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        let e = RandomInk::from_params(&Params::from_toml("colours = 2").unwrap(), 0)
-            .err()
-            .unwrap();
+        let e = RandomInk::from_params(
+            &Params::with_defaults("colours = 2", super::PARAMS).unwrap(),
+            0,
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("unknown field `colours`"), "{e}");
-        assert!(RandomInk::from_params(&Params::from_toml("channels = 0").unwrap(), 0).is_err());
+        assert!(
+            RandomInk::from_params(
+                &Params::with_defaults("channels = 0", super::PARAMS).unwrap(),
+                0
+            )
+            .is_err()
+        );
     }
 }
