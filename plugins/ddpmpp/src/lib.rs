@@ -174,8 +174,9 @@ enum SkipFlag {
     Int(i64),
 }
 
+/// Parsed parameters; their defaults are [`DDPMPP_PARAMS`]' (filled in by the host).
 #[derive(Deserialize, Debug, Clone)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct RawParams {
     channels: usize,
     channel_mult: Vec<usize>,
@@ -192,28 +193,6 @@ struct RawParams {
     label_dropout: f64,
     skips: Vec<SkipFlag>,
     skip_mode: SkipMode,
-}
-
-impl Default for RawParams {
-    fn default() -> Self {
-        RawParams {
-            channels: 128,
-            channel_mult: vec![2, 2, 2],
-            channel_mult_emb: 4,
-            channel_mult_noise: 1,
-            num_blocks: 4,
-            attn_resolutions: vec![16],
-            dropout: 0.13,
-            embedding: Embedding::Positional,
-            encoder: Encoder::Standard,
-            decoder: Decoder::Standard,
-            resample_filter: vec![1.0, 1.0],
-            augment_dim: 0,
-            label_dropout: 0.0,
-            skips: Vec::new(),
-            skip_mode: SkipMode::Remove,
-        }
-    }
 }
 
 /// Scale applied after every residual and attention sum (`skip_scale` = √½).
@@ -877,8 +856,13 @@ mod tests {
     use super::*;
     use memlab_plugin_api::testing::{ModelSummary, inspect};
 
+    /// `toml` with the documented defaults filled in, as the host does.
+    fn params(toml: &str) -> Params {
+        Params::with_defaults(toml, DDPMPP_PARAMS).unwrap()
+    }
+
     fn net(toml: &str) -> Ddpmpp {
-        Ddpmpp::from_params(&Params::from_toml(toml).unwrap(), 0).unwrap()
+        Ddpmpp::from_params(&params(toml), 0).unwrap()
     }
 
     fn summary(toml: &str) -> ModelSummary {
@@ -951,19 +935,21 @@ mod tests {
     }
 
     #[test]
-    fn documented_defaults_are_the_defaults() {
-        // Every key of DDPMPP_PARAMS, set to its documented default, parses to Default.
-        let toml: String = DDPMPP_PARAMS
-            .iter()
-            .map(|p| format!("{} = {}\n", p.name, p.default))
-            .collect();
-        let documented: RawParams = Params::from_toml(&toml).unwrap().parse().unwrap();
+    fn defaults_are_edm_ddpmpp() {
+        let d: RawParams = params("").parse().unwrap();
+        assert_eq!((d.channels, d.channel_mult.clone()), (128, vec![2, 2, 2]));
         assert_eq!(
-            format!("{documented:?}"),
-            format!("{:?}", RawParams::default())
+            (d.channel_mult_emb, d.channel_mult_noise, d.num_blocks),
+            (4, 1, 4)
         );
-        let empty: RawParams = Params::from_toml("").unwrap().parse().unwrap();
-        assert_eq!(format!("{empty:?}"), format!("{:?}", RawParams::default()));
+        assert_eq!((d.attn_resolutions.clone(), d.dropout), (vec![16], 0.13));
+        assert_eq!(
+            (d.embedding, d.encoder, d.decoder),
+            (Embedding::Positional, Encoder::Standard, Decoder::Standard)
+        );
+        assert_eq!(d.resample_filter, vec![1.0, 1.0]);
+        assert_eq!((d.augment_dim, d.label_dropout), (0, 0.0));
+        assert!(d.skips.is_empty() && d.skip_mode == SkipMode::Remove);
     }
 
     #[test]
@@ -1085,7 +1071,7 @@ mod tests {
         let four = count("num_blocks = 2\nembedding = \"fourier\"");
         // The Fourier frequencies are a fixed buffer, not parameters.
         assert_eq!(pos, four);
-        let p = Params::from_toml("embedding = \"fourier\"").unwrap();
+        let p = params("embedding = \"fourier\"");
         let a = Ddpmpp::from_params(&p, 1).unwrap();
         let b = Ddpmpp::from_params(&p, 1).unwrap();
         let c = Ddpmpp::from_params(&p, 2).unwrap();
@@ -1128,11 +1114,7 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_refused() {
-        let err = |toml: &str| {
-            Ddpmpp::from_params(&Params::from_toml(toml).unwrap(), 0)
-                .err()
-                .unwrap()
-        };
+        let err = |toml: &str| Ddpmpp::from_params(&params(toml), 0).err().unwrap();
         let e = err("num_blocks = 2\nskips = [1, 1]");
         assert!(
             e.contains("skips has 2 entries") && e.contains("9 skip connections"),
