@@ -375,7 +375,9 @@ impl Default for Conv2dOptions {
 #[sabi_trait]
 pub trait HostOps {
     /// A trainable parameter, created with `init` the first time `name` is seen and looked up
-    /// afterwards. Names are hierarchical paths (`down.0.conv1.weight`).
+    /// afterwards (in later forward passes). Names are hierarchical paths
+    /// (`down.0.conv1.weight`). Requesting the same name twice in one forward pass is an
+    /// error unless the later requests go through [`HostOps::shared_param`].
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId;
     /// A constant tensor from row-major data.
     fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId;
@@ -459,6 +461,18 @@ pub trait HostOps {
     /// Raises an error from plugin code; the host reports it after `forward` returns.
     #[sabi(last_prefix_field)]
     fn fail(&self, message: RStr<'_>);
+    // Appended after the last prefix field in 0.2.1: a plugin that calls them needs a 0.2.1
+    // host (0.2.0 plugins never call them).
+    /// A named non-trainable tensor (PyTorch's `register_buffer`), created from the row-major
+    /// `data` the first time `name` is seen and looked up afterwards: saved in snapshots and
+    /// loaded from checkpoints (`init_from`) like a parameter, but never optimised and not
+    /// counted as a parameter. Names share the parameters' namespace; like a parameter, a
+    /// buffer may be requested once per forward pass.
+    fn buffer(&self, name: RStr<'_>, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId;
+    /// Like [`HostOps::param`], but the plugin declares that it uses this parameter more than
+    /// once in one forward pass (shared weights). A second [`HostOps::param`] request for a
+    /// name already used in the same pass is an error naming the parameter.
+    fn shared_param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId;
 }
 
 /// The host ops object as passed to a plugin.
