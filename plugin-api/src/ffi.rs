@@ -8,7 +8,7 @@
 //! Every `#[sabi_trait]` here marks its last method with `#[sabi(last_prefix_field)]`. abi_stable
 //! 0.11 accepts a library with more trailing methods or fields than the host expects, but refuses
 //! one with fewer, so a host can never append to a type an older library already has: within a
-//! minor version, additions go into a new root module under its own symbol ([`ExtMod`], 0.2.1),
+//! minor version, additions go into a new root module under its own symbol ([`ExtMod`], 0.3.0),
 //! which older libraries simply lack.
 
 use abi_stable::{
@@ -461,8 +461,8 @@ pub trait HostOps {
     /// Raises an error from plugin code; the host reports it after `forward` returns.
     #[sabi(last_prefix_field)]
     fn fail(&self, message: RStr<'_>);
-    // Appended after the last prefix field in 0.2.1: a plugin that calls them needs a 0.2.1
-    // host (0.2.0 plugins never call them).
+    // Added in 0.3.0, a minor release: `HostOps` changed, so libraries built against 0.2 are
+    // refused by version and must be rebuilt.
     /// A named non-trainable tensor (PyTorch's `register_buffer`), created from the row-major
     /// `data` the first time `name` is seen and looked up afterwards: saved in snapshots and
     /// loaded from checkpoints (`init_from`) like a parameter, but never optimised and not
@@ -654,7 +654,7 @@ pub struct CriterionInfo {
     pub neighbours: usize,
 }
 
-/// What a criterion asks the host for beyond its k nearest distances (plugin-api 0.2.1), as
+/// What a criterion asks the host for beyond its k nearest distances (plugin-api 0.3.0), as
 /// bit flags: combine with `|`.
 ///
 /// ```
@@ -671,7 +671,7 @@ pub struct CriterionInfo {
 pub struct Needs(pub u32);
 
 impl Needs {
-    /// Only the k nearest pixel-space distances (every criterion before plugin-api 0.2.1).
+    /// Only the k nearest pixel-space distances (every criterion before plugin-api 0.3.0).
     pub const DISTANCES: Needs = Needs(0);
     /// The sample and its k nearest training images (pixels in [−1, 1], NCHW), besides the
     /// distances: for patch-wise, SSIM-like or per-region criteria.
@@ -718,7 +718,7 @@ impl std::ops::BitOr for Needs {
     }
 }
 
-/// A criterion's requests as the host reads them ([`FfiCriterionExt::needs`], plugin-api 0.2.1).
+/// A criterion's requests as the host reads them ([`FfiCriterionExt::needs`], plugin-api 0.3.0).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CriterionNeeds {
@@ -767,14 +767,14 @@ pub trait FfiCriterion: Send + Sync {
     ) -> RResult<(), RString>;
 }
 
-/// The part of [`crate::Criterion`] added in plugin-api 0.2.1: what the criterion needs beyond
+/// The part of [`crate::Criterion`] added in plugin-api 0.3.0: what the criterion needs beyond
 /// distances, its embedding network, and judging with images or features.
 ///
 /// It is not appended to [`FfiCriterion`]: abi_stable 0.11 refuses a library whose vtable has
 /// fewer methods than the host's (“too many fields”), so a host with a longer `FfiCriterion`
-/// would refuse every criterion built against 0.2.0. A library built against 0.2.1 exports
-/// [`ExtMod`] under its own symbol; an older library does not, and the host treats its
-/// criteria as distances-only.
+/// would refuse criteria built before the methods were added. Every library built against 0.3
+/// exports [`ExtMod`] under its own symbol; a library without it would be treated as
+/// distances-only.
 #[sabi_trait]
 pub trait FfiCriterionExt: Send + Sync {
     /// What the criterion needs beyond distances.
@@ -804,7 +804,7 @@ pub type ConditioningBox = FfiConditioning_TO<'static, RBox<()>>;
 pub type ArchitectureBox = FfiArchitecture_TO<'static, RBox<()>>;
 /// Boxed FFI criterion.
 pub type CriterionBox = FfiCriterion_TO<'static, RBox<()>>;
-/// Boxed FFI criterion extension (plugin-api 0.2.1).
+/// Boxed FFI criterion extension (plugin-api 0.3.0).
 pub type CriterionExtBox = FfiCriterionExt_TO<'static, RBox<()>>;
 
 /// A constructed component of any kind.
@@ -864,11 +864,11 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-/// The library's second root module (plugin-api 0.2.1), exported under the symbol
+/// The library's second root module (plugin-api 0.3.0), exported under the symbol
 /// [`EXT_SYMBOL`] by [`crate::export_plugin!`]: additions to the interface that the
-/// [`PluginMod`] of 0.2.0 cannot carry without breaking older libraries. A host looks it up
-/// after loading `PluginMod`; a library without it (built against 0.2.0) simply has none of
-/// these additions. Later versions append fields here (the host copes with their absence) or,
+/// [`PluginMod`] cannot carry without breaking libraries built against an earlier release of
+/// the same minor version. A host looks it up after loading `PluginMod`; a library without it
+/// simply has none of these additions. Later versions append fields here (the host copes with their absence) or,
 /// when abi_stable's check would refuse older libraries, add another module like this one.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -882,8 +882,8 @@ pub struct ExtMod {
         params: RStr<'_>,
         seed: u64,
     ) -> RResult<CriterionExtBox, RString>,
-    /// The published files of the library's datasets, for `memlab data fetch` (libraries built
-    /// against 0.2.0 have no `ExtMod` and declare none).
+    /// The published files of the library's datasets, for `memlab data fetch` (a library
+    /// without `ExtMod` declares none).
     #[sabi(last_prefix_field)]
     pub downloads: extern "C" fn() -> RResult<RVec<DatasetFiles>, RString>,
 }

@@ -19,7 +19,7 @@ struct Entry {
     /// The documented parameters: also the source of their defaults (see [`Params::fill`]).
     docs: Vec<Param>,
     make: Maker,
-    /// A criterion's [`FfiCriterionExt`] part (plugin-api 0.2.1).
+    /// A criterion's [`FfiCriterionExt`] part (plugin-api 0.3.0).
     make_ext: Option<ExtMaker>,
 }
 
@@ -608,7 +608,7 @@ macro_rules! export_plugin {
             .leak_into_prefix()
         }
 
-        /// The second root module (plugin-api 0.2.1; [`$crate::ffi::ExtMod`]), under its own
+        /// The second root module (plugin-api 0.3.0; [`$crate::ffi::ExtMod`]), under its own
         /// symbol ([`$crate::ffi::EXT_SYMBOL`]) so that libraries without it still load.
         #[doc(hidden)]
         #[unsafe(export_name = "memlab_plugin_ext_header")]

@@ -25,7 +25,7 @@ pub const KINDS: [ComponentKind; 5] = [
 
 /// Which template `memlab new` writes: one per kind, and for criteria a second one
 /// (`--images`) that asks the host for the neighbours' images and an embedding network's
-/// features (plugin-api 0.2.1).
+/// features (plugin-api 0.3.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Template {
     /// The component kind.

@@ -277,7 +277,7 @@ impl ArchitectureHandle {
 }
 
 /// A replication-criterion component: the [`FfiCriterion`] every criterion has, and its
-/// [`FfiCriterionExt`] part when its library was built against plugin-api 0.2.1 or later.
+/// [`FfiCriterionExt`] part when its library was built against plugin-api 0.3 or later.
 pub struct CriterionHandle {
     inner: CriterionBox,
     ext: Option<CriterionExtBox>,
@@ -288,7 +288,7 @@ impl CriterionHandle {
     pub(crate) fn new(inner: CriterionBox, ext: Option<CriterionExtBox>, label: String) -> Self {
         CriterionHandle { inner, ext, label }
     }
-    /// Whether the criterion's library provides the plugin-api 0.2.1 additions (images,
+    /// Whether the criterion's library provides the plugin-api 0.3.0 additions (images,
     /// features); a criterion without them is judged on distances.
     pub fn has_ext(&self) -> bool {
         self.ext.is_some()
@@ -296,7 +296,7 @@ impl CriterionHandle {
     fn ext(&self) -> Result<&CriterionExtBox> {
         self.ext.as_ref().ok_or_else(|| {
             anyhow!(
-                "{}: built against plugin-api 0.2.0, it judges on distances only",
+                "{}: its library has no extension module, it judges on distances only",
                 self.label
             )
         })

@@ -30,8 +30,8 @@ pub struct LoadedLibrary {
     pub manifest: PluginManifest,
     /// Its root module.
     pub module: PluginModRef,
-    /// Its second root module (plugin-api 0.2.1: criteria asking for images or features);
-    /// `None` for a library built against plugin-api 0.2.0, whose criteria are distances-only.
+    /// Its second root module (plugin-api 0.3.0: criteria asking for images or features);
+    /// `None` for a library without one, whose criteria are distances-only.
     pub ext: Option<ExtModRef>,
 }
 
@@ -171,9 +171,9 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
     })
 }
 
-/// The library's [`ExtModRef`], exported under [`EXT_SYMBOL`] by plugin-api 0.2.1 and later, with
+/// The library's [`ExtModRef`], exported under [`EXT_SYMBOL`] by plugin-api 0.3.0 and later, with
 /// the same version and layout checks as the main root module; `None` when the library has no
-/// such symbol (built against 0.2.0). The library is already open (and never unloaded), so this
+/// such symbol. The library is already open (and never unloaded), so this
 /// only looks the symbol up.
 fn load_ext(abs: &Path) -> std::result::Result<Option<ExtModRef>, String> {
     let raw = RawLibrary::load_at(abs).map_err(|e| format!("cannot open the library: {e}"))?;

@@ -127,7 +127,7 @@ impl Registry {
     }
 
     /// The files every dataset declares for `memlab data fetch`, from the libraries that declare
-    /// any (through their `ExtMod`: libraries built against plugin-api 0.2.0 have none and
+    /// any (through their `ExtMod`: a library without one has none and
     /// declare none). A
     /// library whose declaration fails (its registration panicked) is skipped with a warning
     /// naming it; a dataset declared by two libraries is taken from the first, as components
@@ -294,7 +294,7 @@ impl Registry {
     }
 
     /// A replication criterion, with its [`FfiCriterionExt`] part when its library provides one
-    /// (plugin-api 0.2.1 and later; a criterion from an older library is distances-only).
+    /// (plugin-api 0.3.0 and later; a criterion from an older library is distances-only).
     pub fn criterion(&self, name: &str, params: &str, seed: u64) -> Result<CriterionHandle> {
         match self.create(ComponentKind::Criterion, name, params, seed)? {
             (Component::Criterion(d), label) => {
