@@ -270,6 +270,118 @@ fn panics_in_plugins_become_errors_naming_the_plugin() {
     assert!(engine::forward(&ok, &graph, args).is_ok());
 }
 
+/// Runs `f` as one forward pass over `store` and returns the pass's error, if any.
+fn pass(store: &mut ParamStore, mode: Mode, f: impl FnOnce(&Ctx<'_>)) -> Option<String> {
+    let graph = Executor::new(&cpu(), mode, store, 0);
+    let ops = graph.ops();
+    let ctx = Ctx::new(&ops);
+    f(&ctx);
+    graph.error()
+}
+
+#[test]
+fn a_parameter_requested_twice_in_one_pass_is_an_error_unless_shared() {
+    use memlab_plugin_api::Init;
+    for mode in [Mode::Eval, Mode::Train] {
+        // Two layers given the same scope by mistake.
+        let mut store = ParamStore::new(1);
+        let e = pass(&mut store, mode, |ctx| {
+            let x = ctx.full(&[2, 4], 1.0);
+            let y = Linear::new(4, 4).forward(&ctx.scope("fc"), &x);
+            let _ = Linear::new(4, 4).forward(&ctx.scope("fc"), &y);
+        })
+        .expect("an error");
+        assert!(
+            e.contains("parameter `fc.weight` is requested a second time in one forward pass")
+                && e.contains("shared_param"),
+            "{e}"
+        );
+
+        // Declared sharing: a `shared()` scope (layers included) or `shared_param`.
+        let mut store = ParamStore::new(1);
+        let e = pass(&mut store, mode, |ctx| {
+            let x = ctx.full(&[2, 4], 1.0);
+            let shared = ctx.scope("fc").shared();
+            let y = Linear::new(4, 4).forward(&shared, &x);
+            let _ = Linear::new(4, 4).forward(&shared, &y);
+            let a = ctx.param("g", &[4], Init::ONES);
+            let b = ctx.shared_param("g", &[4], Init::ONES);
+            let _ = a + b;
+        });
+        assert_eq!(e, None);
+        assert_eq!(store.len(), 3, "fc.weight, fc.bias and g, once each");
+        // The next pass fetches the same names again: that is not reuse.
+        let e = pass(&mut store, mode, |ctx| {
+            let _ = ctx.param("g", &[4], Init::ONES);
+        });
+        assert_eq!(e, None);
+    }
+}
+
+#[test]
+fn buffers_are_stored_and_loaded_but_never_trained() {
+    use memlab::diffusion::optim::{AdamConfig, AdamState, adam_step, ema_update};
+    use memlab_plugin_api::Init;
+    let device = cpu();
+    let mut store = ParamStore::new(1);
+    // A training pass: loss = Σ (w ⊙ b), so b would get a gradient were it a leaf.
+    let (loss, grads) = {
+        let graph = Executor::new(&device, Mode::Train, &mut store, 0);
+        let ops = graph.ops();
+        let ctx = Ctx::new(&ops);
+        let w = ctx.param("w", &[3], Init::ONES);
+        let b = ctx.scope("emb").buffer("freqs", &[1.0, 2.0, 3.0], &[3]);
+        let id = (w * b).sum().into_id();
+        let slot = graph.finish(id).unwrap();
+        let grads = engine::gradients(&graph, &slot).unwrap();
+        (read_f32(&slot.t, 1).unwrap()[0], grads)
+    };
+    assert_eq!(loss, 6.0);
+    assert!(grads.contains_key("w"));
+    assert!(!grads.contains_key("emb.freqs"), "a buffer is not a leaf");
+    assert!(store.is_buffer("emb.freqs") && !store.is_buffer("w"));
+    assert_eq!(store.num_scalars(), 3, "buffers are not parameters");
+    let cfg = AdamConfig {
+        lr: 0.1,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.5,
+        coupled: false,
+    };
+    adam_step(&mut store, &mut AdamState::default(), &grads, &cfg, 0.1).unwrap();
+    assert_eq!(store.read("emb.freqs").unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_ne!(store.read("w").unwrap(), vec![1.0, 1.0, 1.0]);
+    let mut ema = ParamStore::new(1);
+    ema_update(&mut ema, &store, 0.9).unwrap();
+    store
+        .write("emb.freqs", vec![7.0, 8.0, 9.0], &device)
+        .unwrap();
+    ema_update(&mut ema, &store, 0.9).unwrap();
+    assert_eq!(
+        ema.read("emb.freqs").unwrap(),
+        vec![7.0, 8.0, 9.0],
+        "copied"
+    );
+    assert!(ema.is_buffer("emb.freqs"));
+    // A stored (e.g. loaded) value wins over the plugin's initial data.
+    let e = pass(&mut store, Mode::Eval, |ctx| {
+        let b = ctx.scope("emb").buffer("freqs", &[1.0, 2.0, 3.0], &[3]);
+        assert_eq!(b.to_vec(), vec![7.0, 8.0, 9.0]);
+        // Twice in one pass, or as a parameter: errors.
+        let _ = ctx.scope("emb").buffer("freqs", &[1.0, 2.0, 3.0], &[3]);
+    })
+    .expect("an error");
+    assert!(
+        e.contains("buffer `emb.freqs` is requested a second time"),
+        "{e}"
+    );
+    let e = pass(&mut store, Mode::Eval, |ctx| {
+        let _ = ctx.param("emb.freqs", &[3], Init::ONES);
+    })
+    .expect("an error");
+    assert!(e.contains("`emb.freqs` is a buffer"), "{e}");
+}
+
 /// The host's executor and the shape-only host (`testing::ShapeOps`) accept and refuse the same
 /// ops with the same output shapes: both check every op with `memlab_plugin_api::shape`'s rules.
 /// Each case builds its inputs and one op through the ABI on both hosts.

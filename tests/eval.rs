@@ -29,7 +29,7 @@ fn ratio_criterion_on_hand_built_cases() {
         &[0; 4],
         &["0".into()],
         &train,
-        dim,
+        [1, 1, dim],
         &ratio_criterion(&reg),
         &memlab::engine::cpu(),
     )
@@ -72,7 +72,7 @@ fn ratio_criterion_matches_brute_force_on_random_data() {
         &[0; 100],
         &["0".into()],
         &train,
-        dim,
+        [1, 1, dim],
         &ratio_criterion(&reg),
         &memlab::engine::cpu(),
     )

@@ -1,6 +1,7 @@
 //! memlab's `unet` and `ddpmpp` plugins against the reference implementations themselves:
 //! fixtures written by `tests/reference/make_network_fixtures.py` from improved-diffusion's
-//! `UNetModel` and EDM's `SongUNet` (DDPM++) with `EDMPrecond` / `VPPrecond` / `VEPrecond`.
+//! `UNetModel` and EDM's `SongUNet` (DDPM++, NCSN++ and the other encoder / decoder / embedding /
+//! filter options) with `EDMPrecond` / `VPPrecond` / `VEPrecond`.
 //!
 //! Each fixture's weights are the reference `state_dict` (PyTorch names and layouts), loaded the
 //! way `architecture.init_from` loads them; the raw network output F(x, noise, label) (every
@@ -112,13 +113,24 @@ fn max_abs(a: &[f32]) -> f32 {
 
 /// The architecture's raw output F(x, noise, label), all channels.
 fn raw_forward(model: &Model, params: &mut ParamStore, io: &Io) -> Vec<f32> {
+    forward_with(model, params, io, Mode::Eval, io.labels())
+}
+
+/// F in `mode` with the given labels.
+fn forward_with(
+    model: &Model,
+    params: &mut ParamStore,
+    io: &Io,
+    mode: Mode,
+    labels: Option<Vec<i64>>,
+) -> Vec<f32> {
     let x = io.f32("x");
     let shape = io.shape("x");
     let n = shape[0];
-    let graph = Executor::new(&model.device, Mode::Eval, params, 0);
+    let graph = Executor::new(&model.device, mode, params, 0);
     let xi = graph.insert_data(x, &shape).unwrap();
     let ni = graph.insert_data(io.f32("noise"), &[n]).unwrap();
-    let labels = match io.labels() {
+    let labels = match labels {
         Some(l) => RSome(graph.insert_int(l, &[n]).unwrap()),
         None => RNone,
     };
@@ -171,13 +183,17 @@ fn unet_matches_improved_diffusion_classes_learned_sigma() {
 }
 
 /// F and D(x; σ) under the `edm`, `vp` and `ve` schedules against EDMPrecond, VPPrecond and
-/// VEPrecond wrapping the same SongUNet.
+/// VEPrecond wrapping the same SongUNet (for Fourier embeddings, VPPrecond's network gets the
+/// float32 rounding of the exact c_noise, as memlab's: see the fixture script).
 fn check_ddpmpp(name: &str, classes: u32) {
     check_raw(name, classes);
     let io = Io::load(name);
     let shape = io.shape("x");
     let sigma: Vec<f64> = io.f32("sigma").iter().map(|&s| s as f64).collect();
     for schedule in ["edm", "vp", "ve"] {
+        if !io.has(&format!("D_{schedule}")) {
+            continue;
+        }
         let (model, mut params) = model(name, &io, schedule, classes);
         let x = Tensor::<4>::from_data(
             TensorData::new(io.f32("x"), [shape[0], shape[1], shape[2], shape[3]]),
@@ -209,6 +225,102 @@ fn ddpmpp_matches_edm_songunet_and_preconditioners() {
 #[test]
 fn ddpmpp_with_class_labels_matches_edm() {
     check_ddpmpp("ddpmpp_class", 4);
+}
+
+#[test]
+fn songunet_skip_encoder_and_decoder_match_edm() {
+    check_ddpmpp("songunet_skip", 0);
+}
+
+#[test]
+fn songunet_residual_encoder_matches_edm() {
+    check_ddpmpp("songunet_residual", 0);
+}
+
+#[test]
+fn ncsnpp_matches_edm() {
+    // Fourier embedding (the loaded `map_noise.freqs` buffer), channel_mult_noise 2, residual
+    // encoder, [1, 3, 3, 1] filter (its `resample_filter` buffers loaded by name).
+    let io = Io::load("ncsnpp");
+    assert!(
+        io.params.contains("resample_filter = [1, 3, 3, 1]"),
+        "{}",
+        io.params
+    );
+    check_ddpmpp("ncsnpp", 0);
+}
+
+#[test]
+fn ncsnpp_skip_with_classes_and_augment_dim_matches_edm() {
+    check_ddpmpp("ncsnpp_skip_class_aug", 3);
+}
+
+/// The loaded Fourier frequencies are the checkpoint's (not the seed's), and buffers are
+/// neither parameters nor trained.
+#[test]
+fn checkpoint_buffers_are_loaded_and_not_trained() {
+    let io = Io::load("ncsnpp");
+    let (_model, params) = model("ncsnpp", &io, "edm", 0);
+    assert!(params.is_buffer("map_noise.freqs"));
+    assert!(params.is_buffer("enc.4x4_aux_residual.resample_filter"));
+    assert!(!params.is_buffer("map_layer0.weight"));
+    let st =
+        SafeTensors::deserialize(&std::fs::read(fixture("ncsnpp.weights.safetensors")).unwrap())
+            .unwrap()
+            .tensor("map_noise.freqs")
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect::<Vec<f32>>();
+    assert_eq!(params.read("map_noise.freqs").unwrap(), st);
+    let buffered: usize = params
+        .iter()
+        .filter(|(n, _)| params.is_buffer(n))
+        .map(|(_, p)| p.shape.iter().product::<usize>())
+        .sum();
+    let all: usize = params
+        .iter()
+        .map(|(_, p)| p.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!(params.num_scalars(), all - buffered);
+    assert_eq!(
+        params.num_scalars(),
+        323_811,
+        "the reference's parameter count"
+    );
+}
+
+/// `label_dropout` acts in training passes only: with p = 0 a training pass (the fixture has no
+/// block dropout) is the reference's eval output; with p close to 1 the labels are dropped,
+/// so different labels give the same output; evaluation passes ignore it.
+#[test]
+fn label_dropout_drops_labels_in_training_passes_only() {
+    let mut io = Io::load("ddpmpp_class");
+    let base = io.params.clone();
+    let want = io.f32("F");
+    let other = Some(vec![1, 3]);
+    for (p, dropped) in [("0", false), ("0.999999", true)] {
+        io.params = format!("{base}\nlabel_dropout = {p}");
+        let (model, mut params) = model("ddpmpp_class", &io, "edm", 4);
+        let eval = forward_with(&model, &mut params, &io, Mode::Eval, io.labels());
+        assert!(
+            max_abs_diff(&eval, &want) <= TOL,
+            "p = {p}: eval ignores label_dropout"
+        );
+        let a = forward_with(&model, &mut params, &io, Mode::Train, io.labels());
+        let b = forward_with(&model, &mut params, &io, Mode::Train, other.clone());
+        if dropped {
+            assert!(max_abs_diff(&a, &b) <= 1e-6, "labels dropped");
+            assert!(max_abs_diff(&a, &want) > 1e-3);
+        } else {
+            assert!(
+                max_abs_diff(&a, &want) <= TOL,
+                "p = 0: the reference output"
+            );
+            assert!(max_abs_diff(&a, &b) > 1e-3, "labels matter");
+        }
+    }
 }
 
 /// The production path: `architecture.init_from` in a run config starts from the reference

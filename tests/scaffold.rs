@@ -37,19 +37,28 @@ fn cargo(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Every template: one per kind, and `memlab new criterion --images` (named `my-image-criterion`).
+fn templates() -> Vec<(&'static str, String, bool)> {
+    let mut v: Vec<_> = KINDS
+        .iter()
+        .map(|k| (*k, format!("my-{k}"), false))
+        .collect();
+    v.push(("criterion", "my-image-criterion".into(), true));
+    v
+}
+
 #[test]
 fn every_kind_scaffolds_builds_loads_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let libs = root().join("target").join("scaffold").join("debug");
-    for kind in KINDS {
+    for (kind, name, images) in templates() {
         let start = Instant::now();
-        let name = format!("my-{kind}");
         let dir = tmp.path().join(&name);
-        let r = memlab(
-            &["new", kind, &name, "--dir", dir.to_str().unwrap()],
-            None,
-            None,
-        );
+        let mut args = vec!["new", kind, &name, "--dir", dir.to_str().unwrap()];
+        if images {
+            args.push("--images");
+        }
+        let r = memlab(&args, None, None);
         assert_eq!(r.code, 0, "memlab new {kind}: {}", r.stderr);
         for f in [
             "Cargo.toml",
@@ -173,14 +182,17 @@ fn plugins_md_examples_are_the_scaffold_templates() {
     }
     let api = memlab::cli::scaffold::ApiDependency::Version("0.1".into());
     let mut expected = Vec::new();
-    for kind in KINDS {
+    for (kind, name, images) in templates() {
         let k = memlab::cli::scaffold::parse_kind(kind).unwrap();
-        let files = memlab::cli::scaffold::render(k, &format!("my-{kind}"), &api);
+        let t = memlab::cli::scaffold::Template::new(k, images).unwrap();
+        let files = memlab::cli::scaffold::render(t, &name, &api);
         let lib = files.iter().find(|(p, _)| *p == "src/lib.rs").unwrap();
         assert!(
             blocks.contains(&lib.1),
-            "PLUGINS.md lacks the {kind} example (host/templates/{kind}/lib.rs rendered as \
-             `memlab new {kind} my-{kind}` writes it)"
+            "PLUGINS.md lacks the {kind} example {name} (host/templates/{kind}{}/lib.rs rendered \
+             as `memlab new {kind} {name}{}` writes it)",
+            if images { "-images" } else { "" },
+            if images { " --images" } else { "" },
         );
         expected.push(lib.1.clone());
     }

@@ -6,10 +6,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RString, RVec};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RString, RVec};
 
 use crate::component::{
-    Architecture, Conditioning, Criterion, Dataset, Inputs, NoiseSchedule, PResult,
+    Architecture, Conditioning, Criterion, Dataset, Inputs, Judging, NoiseSchedule, PResult,
 };
 use crate::ffi::*;
 use crate::tensor::Ctx;
@@ -200,6 +200,73 @@ impl<T: Criterion> FfiCriterion for CriterionAdapter<T> {
                 ));
             }
             self.inner.judge(&distances, &mut flags, &mut scores)
+        })
+    }
+}
+
+pub(crate) struct CriterionExtAdapter<T> {
+    pub who: String,
+    pub inner: T,
+}
+
+impl<T: Criterion> FfiCriterionExt for CriterionExtAdapter<T> {
+    fn needs(&self) -> RResult<CriterionNeeds, RString> {
+        guard(&self.who, || {
+            Ok(crate::component::criterion_needs(&self.inner))
+        })
+    }
+    fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString> {
+        guard(&self.who, || {
+            let ctx = Ctx::new(&ops);
+            let x = ctx.wrap(ops.retain(x));
+            let out = self.inner.embed(&ctx, &x)?;
+            Ok(out.into_id())
+        })
+    }
+    fn embedding_weights(&self) -> RResult<ROption<RString>, RString> {
+        guard(&self.who, || {
+            Ok(self.inner.embedding_weights().map(RString::from).into())
+        })
+    }
+    fn judge_with(
+        &self,
+        args: JudgeArgs<'_>,
+        mut flags: RSliceMut<'_, bool>,
+        mut scores: RSliceMut<'_, f32>,
+    ) -> RResult<(), RString> {
+        guard(&self.who, || {
+            let k = args.neighbours;
+            let m = flags.len();
+            let d: usize = args.shape.iter().product();
+            let images = self.inner.needs().contains(Needs::IMAGES);
+            let (want_s, want_n) = if images { (m * d, m * k * d) } else { (0, 0) };
+            if k == 0
+                || args.distances.len() != m * k
+                || args.ids.len() != m * k
+                || scores.len() != m
+                || args.samples.len() != want_s
+                || args.neighbour_images.len() != want_n
+            {
+                return Err(format!(
+                    "judge_with called with {} distances, {} ids, {k} neighbours, {} sample \
+                     values, {} neighbour values, shape {:?}, for {m} flags and {} scores",
+                    args.distances.len(),
+                    args.ids.len(),
+                    args.samples.len(),
+                    args.neighbour_images.len(),
+                    args.shape,
+                    scores.len()
+                ));
+            }
+            let judging = Judging {
+                distances: &args.distances,
+                neighbours: k,
+                ids: &args.ids,
+                shape: args.shape,
+                samples: &args.samples,
+                neighbour_images: &args.neighbour_images,
+            };
+            self.inner.judge_with(&judging, &mut flags, &mut scores)
         })
     }
 }

@@ -5,8 +5,11 @@
 //! [`crate::component`] and register them with [`crate::export_plugin!`]; the adapters in
 //! [`crate::adapter`] turn them into these FFI-safe objects. The host consumes these types.
 //!
-//! Every `#[sabi_trait]` here marks its last method with `#[sabi(last_prefix_field)]`, so methods
-//! added after it in a later minor version do not break plugins built against this one.
+//! Every `#[sabi_trait]` here marks its last method with `#[sabi(last_prefix_field)]`. abi_stable
+//! 0.11 accepts a library with more trailing methods or fields than the host expects, but refuses
+//! one with fewer, so a host can never append to a type an older library already has: within a
+//! minor version, additions go into a new root module under its own symbol ([`ExtMod`], 0.3.0),
+//! which older libraries simply lack.
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -372,7 +375,9 @@ impl Default for Conv2dOptions {
 #[sabi_trait]
 pub trait HostOps {
     /// A trainable parameter, created with `init` the first time `name` is seen and looked up
-    /// afterwards. Names are hierarchical paths (`down.0.conv1.weight`).
+    /// afterwards (in later forward passes). Names are hierarchical paths
+    /// (`down.0.conv1.weight`). Requesting the same name twice in one forward pass is an
+    /// error unless the later requests go through [`HostOps::shared_param`].
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId;
     /// A constant tensor from row-major data.
     fn constant(&self, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId;
@@ -456,6 +461,18 @@ pub trait HostOps {
     /// Raises an error from plugin code; the host reports it after `forward` returns.
     #[sabi(last_prefix_field)]
     fn fail(&self, message: RStr<'_>);
+    // Added in 0.3.0, a minor release: `HostOps` changed, so libraries built against 0.2 are
+    // refused by version and must be rebuilt.
+    /// A named non-trainable tensor (PyTorch's `register_buffer`), created from the row-major
+    /// `data` the first time `name` is seen and looked up afterwards: saved in snapshots and
+    /// loaded from checkpoints (`init_from`) like a parameter, but never optimised and not
+    /// counted as a parameter. Names share the parameters' namespace; like a parameter, a
+    /// buffer may be requested once per forward pass.
+    fn buffer(&self, name: RStr<'_>, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId;
+    /// Like [`HostOps::param`], but the plugin declares that it uses this parameter more than
+    /// once in one forward pass (shared weights). A second [`HostOps::param`] request for a
+    /// name already used in the same pass is an error naming the parameter.
+    fn shared_param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId;
 }
 
 /// The host ops object as passed to a plugin.
@@ -637,7 +654,103 @@ pub struct CriterionInfo {
     pub neighbours: usize,
 }
 
-/// FFI form of [`crate::Criterion`].
+/// What a criterion asks the host for beyond its k nearest distances (plugin-api 0.3.0), as
+/// bit flags: combine with `|`.
+///
+/// ```
+/// use memlab_plugin_api::Needs;
+///
+/// let n = Needs::IMAGES | Needs::FEATURES;
+/// assert!(n.contains(Needs::IMAGES) && n.contains(Needs::FEATURES));
+/// assert!(!Needs::DISTANCES.contains(Needs::IMAGES));
+/// assert_eq!(Needs::default(), Needs::DISTANCES);
+/// assert_eq!(n.to_string(), "images and features");
+/// ```
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Needs(pub u32);
+
+impl Needs {
+    /// Only the k nearest pixel-space distances (every criterion before plugin-api 0.3.0).
+    pub const DISTANCES: Needs = Needs(0);
+    /// The sample and its k nearest training images (pixels in [−1, 1], NCHW), besides the
+    /// distances: for patch-wise, SSIM-like or per-region criteria.
+    pub const IMAGES: Needs = Needs(1);
+    /// Search in the feature space of the criterion's embedding network
+    /// ([`crate::Criterion::embed`]) instead of pixel space: the k nearest training images and
+    /// their distances are those of the embeddings.
+    pub const FEATURES: Needs = Needs(2);
+    /// Every bit this version of plugin-api knows; a host refuses a criterion asking for others.
+    pub const KNOWN: Needs = Needs(3);
+
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Needs) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::fmt::Display for Needs {
+    /// `distances`, `images`, `features` or `images and features` (unknown bits in hex).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.contains(Needs::IMAGES) {
+            parts.push("images".to_string());
+        }
+        if self.contains(Needs::FEATURES) {
+            parts.push("features".to_string());
+        }
+        let unknown = self.0 & !Needs::KNOWN.0;
+        if unknown != 0 {
+            parts.push(format!("unknown inputs {unknown:#x}"));
+        }
+        if parts.is_empty() {
+            f.write_str("distances")
+        } else {
+            f.write_str(&parts.join(" and "))
+        }
+    }
+}
+
+impl std::ops::BitOr for Needs {
+    type Output = Needs;
+    fn bitor(self, rhs: Needs) -> Needs {
+        Needs(self.0 | rhs.0)
+    }
+}
+
+/// A criterion's requests as the host reads them ([`FfiCriterionExt::needs`], plugin-api 0.3.0).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CriterionNeeds {
+    /// What the criterion judges on besides distances.
+    pub needs: Needs,
+    /// Seed of the embedding network's parameter initialisation (with [`Needs::FEATURES`]):
+    /// each parameter is drawn from (seed, its name), as an architecture's are from the run's seed.
+    pub embedding_seed: u64,
+}
+
+/// Everything a criterion judges a chunk of samples on ([`FfiCriterionExt::judge_with`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct JudgeArgs<'a> {
+    /// Ascending distances, `neighbours` per sample, row-major (pixel or feature space).
+    pub distances: RSlice<'a, f32>,
+    /// Neighbours per sample (k).
+    pub neighbours: usize,
+    /// Training-set positions of the neighbours, like `distances`.
+    pub ids: RSlice<'a, u64>,
+    /// Image shape `[C, H, W]`.
+    pub shape: [usize; 3],
+    /// The samples, NCHW (empty unless [`Needs::IMAGES`]).
+    pub samples: RSlice<'a, f32>,
+    /// The neighbours' images, `neighbours` per sample in the order of `distances`
+    /// (empty unless [`Needs::IMAGES`]).
+    pub neighbour_images: RSlice<'a, f32>,
+}
+
+/// FFI form of [`crate::Criterion`]: what every criterion provides, unchanged since
+/// plugin-api 0.2.0. What a criterion may ask for beyond distances is a separate object,
+/// [`FfiCriterionExt`], reached through the library's second root module ([`ExtMod`]).
 #[sabi_trait]
 pub trait FfiCriterion: Send + Sync {
     /// Distance and neighbour count.
@@ -654,6 +767,33 @@ pub trait FfiCriterion: Send + Sync {
     ) -> RResult<(), RString>;
 }
 
+/// The part of [`crate::Criterion`] added in plugin-api 0.3.0: what the criterion needs beyond
+/// distances, its embedding network, and judging with images or features.
+///
+/// It is not appended to [`FfiCriterion`]: abi_stable 0.11 refuses a library whose vtable has
+/// fewer methods than the host's (“too many fields”), so a host with a longer `FfiCriterion`
+/// would refuse criteria built before the methods were added. Every library built against 0.3
+/// exports [`ExtMod`] under its own symbol; a library without it would be treated as
+/// distances-only.
+#[sabi_trait]
+pub trait FfiCriterionExt: Send + Sync {
+    /// What the criterion needs beyond distances.
+    fn needs(&self) -> RResult<CriterionNeeds, RString>;
+    /// Embeds images `x` (`[N, C, H, W]`) into features `[N, D]` through the host ops.
+    fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> RResult<TensorId, RString>;
+    /// A safetensors file holding every parameter of the embedding network by name, loaded over
+    /// the seeded initialisation; `RNone`: the seeded initialisation is used as it is.
+    fn embedding_weights(&self) -> RResult<ROption<RString>, RString>;
+    /// Judges a chunk of samples from [`JudgeArgs`].
+    #[sabi(last_prefix_field)]
+    fn judge_with(
+        &self,
+        args: JudgeArgs<'_>,
+        flags: RSliceMut<'_, bool>,
+        scores: RSliceMut<'_, f32>,
+    ) -> RResult<(), RString>;
+}
+
 /// Boxed FFI dataset.
 pub type DatasetBox = FfiDataset_TO<'static, RBox<()>>;
 /// Boxed FFI schedule.
@@ -664,6 +804,8 @@ pub type ConditioningBox = FfiConditioning_TO<'static, RBox<()>>;
 pub type ArchitectureBox = FfiArchitecture_TO<'static, RBox<()>>;
 /// Boxed FFI criterion.
 pub type CriterionBox = FfiCriterion_TO<'static, RBox<()>>;
+/// Boxed FFI criterion extension (plugin-api 0.3.0).
+pub type CriterionExtBox = FfiCriterionExt_TO<'static, RBox<()>>;
 
 /// A constructed component of any kind.
 #[repr(u8)]
@@ -694,8 +836,9 @@ impl Component {
     }
 }
 
-/// The root module every plugin library exports (a prefix type: fields may be appended in
-/// later versions without breaking libraries built against this one).
+/// The root module every plugin library exports. Unchanged since 0.2.0 and never to be appended
+/// to: abi_stable 0.11 refuses a library whose prefix type has fewer fields than the host's, so
+/// an appended field would lock out every older library. Additions go into [`ExtMod`].
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
@@ -712,15 +855,45 @@ pub struct PluginMod {
         params: RStr<'_>,
         seed: u64,
     ) -> RResult<Component, RString>,
-    /// The published files of the library's datasets, for `memlab data fetch` (added in 0.2.1:
-    /// absent from libraries built against 0.2.0, which then declare none).
-    #[sabi(missing_field(option))]
-    pub downloads: extern "C" fn() -> RResult<RVec<DatasetFiles>, RString>,
 }
 
 impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "memlab_plugin";
     const NAME: &'static str = "memlab plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The library's second root module (plugin-api 0.3.0), exported under the symbol
+/// [`EXT_SYMBOL`] by [`crate::export_plugin!`]: additions to the interface that the
+/// [`PluginMod`] cannot carry without breaking libraries built against an earlier release of
+/// the same minor version. A host looks it up after loading `PluginMod`; a library without it
+/// simply has none of these additions. Later versions append fields here (the host copes with their absence) or,
+/// when abi_stable's check would refuse older libraries, add another module like this one.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ExtModRef)))]
+#[sabi(missing_field(panic))]
+pub struct ExtMod {
+    /// Constructs the [`FfiCriterionExt`] part of criterion `name` from its parameters and seed
+    /// (the same arguments as [`PluginMod::create`]; the host calls both).
+    pub criterion_ext: extern "C" fn(
+        name: RStr<'_>,
+        params: RStr<'_>,
+        seed: u64,
+    ) -> RResult<CriterionExtBox, RString>,
+    /// The published files of the library's datasets, for `memlab data fetch` (a library
+    /// without `ExtMod` declares none).
+    #[sabi(last_prefix_field)]
+    pub downloads: extern "C" fn() -> RResult<RVec<DatasetFiles>, RString>,
+}
+
+/// Symbol under which a library exports its [`ExtMod`] header (NUL-terminated).
+pub const EXT_SYMBOL: &[u8] = b"memlab_plugin_ext_header\0";
+
+impl RootModule for ExtModRef {
+    declare_root_module_statics! {ExtModRef}
+    const BASE_NAME: &'static str = "memlab_plugin_ext";
+    const NAME: &'static str = "memlab plugin extensions";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }

@@ -117,9 +117,10 @@ pub use serde;
 pub use toml;
 
 pub use component::{
-    Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, NoiseSchedule, PResult,
+    Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, Judging, NoiseSchedule,
+    PResult,
 };
-pub use ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
+pub use ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Needs, Precond};
 pub use params::{Param, Params, param};
 pub use plugin::{ClassFolders, DataFiles, Plugin, Published};
 pub use tensor::{Ctx, Tensor};
@@ -130,11 +131,11 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::component::{
-        Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, NoiseSchedule,
-        PResult,
+        Architecture, Conditioning, Criterion, Dataset, DatasetShape, Inputs, Judging,
+        NoiseSchedule, PResult,
     };
     pub use crate::export_plugin;
-    pub use crate::ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Precond};
+    pub use crate::ffi::{ArchInfo, Conv2dOptions, DataSummary, Distance, Init, Needs, Precond};
     pub use crate::nn::{
         Conv2d, GroupNorm, LayerNorm, Linear, ResBlock, SpatialAttention, timestep_embedding,
         timestep_embedding_with_period,

@@ -4,20 +4,23 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, Tuple2};
 
 use crate::adapter::{
-    ArchitectureAdapter, ConditioningAdapter, CriterionAdapter, DatasetAdapter, ScheduleAdapter,
-    guard,
+    ArchitectureAdapter, ConditioningAdapter, CriterionAdapter, CriterionExtAdapter,
+    DatasetAdapter, ScheduleAdapter, guard,
 };
 use crate::component::{Architecture, Conditioning, Criterion, Dataset, NoiseSchedule, PResult};
 use crate::ffi::*;
 use crate::params::{Param, Params};
 
 type Maker = Box<dyn Fn(&Params, u64) -> PResult<Component> + Send + Sync>;
+type ExtMaker = Box<dyn Fn(&Params, u64) -> PResult<CriterionExtBox> + Send + Sync>;
 
 struct Entry {
     info: ComponentInfo,
     /// The documented parameters: also the source of their defaults (see [`Params::fill`]).
     docs: Vec<Param>,
     make: Maker,
+    /// A criterion's [`FfiCriterionExt`] part (plugin-api 0.3.0).
+    make_ext: Option<ExtMaker>,
 }
 
 /// The components one plugin library provides. Build it in the function you pass to
@@ -107,6 +110,7 @@ impl Plugin {
             },
             docs: params.to_vec(),
             make,
+            make_ext: None,
         });
     }
 
@@ -348,6 +352,18 @@ impl Plugin {
             )))
         });
         self.push(ComponentKind::Criterion, name, description, params, maker);
+        let who = self.who(ComponentKind::Criterion, name);
+        let ext: ExtMaker = Box::new(move |p, s| {
+            let inner = make(p, s)?;
+            let a = CriterionExtAdapter {
+                who: who.clone(),
+                inner,
+            };
+            Ok(FfiCriterionExt_TO::from_value(a, TD_Opaque))
+        });
+        if let Some(e) = self.entries.last_mut() {
+            e.make_ext = Some(ext);
+        }
         self
     }
 
@@ -379,6 +395,43 @@ impl Plugin {
             .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
         (entry.make)(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
     }
+
+    /// Constructs the [`FfiCriterionExt`] part of criterion `name` (the host calls this through
+    /// the library's [`ExtMod`], besides [`Plugin::create`]).
+    pub fn create_criterion_ext(
+        &self,
+        name: &str,
+        params: &str,
+        seed: u64,
+    ) -> PResult<CriterionExtBox> {
+        let kind = ComponentKind::Criterion;
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.info.kind == kind && e.info.name.as_str() == name)
+            .filter(|e| e.make_ext.is_some())
+            .ok_or_else(|| format!("plugin {} has no {kind} named `{name}`", self.name))?;
+        // The same parameters `create` builds the criterion from: the documented defaults filled in.
+        let params = Params::from_toml(params)
+            .and_then(|p| p.fill(&entry.docs))
+            .map_err(|e| format!("{}: {e}", self.who(kind, name)))?;
+        let make = entry.make_ext.as_ref().expect("filtered");
+        make(&params, seed).map_err(|e| format!("{}: {e}", self.who(kind, name)))
+    }
+}
+
+#[doc(hidden)]
+pub fn __criterion_ext(
+    lib: &str,
+    get: fn() -> &'static Plugin,
+    name: RStr<'_>,
+    params: RStr<'_>,
+    seed: u64,
+) -> RResult<CriterionExtBox, RString> {
+    let who = format!("criterion `{name}` (plugin {lib}) constructor");
+    guard(&who, || {
+        get().create_criterion_ext(name.as_str(), params.as_str(), seed)
+    })
 }
 
 #[doc(hidden)]
@@ -513,7 +566,6 @@ macro_rules! export_plugin {
             $crate::ffi::PluginMod {
                 manifest: __memlab_manifest,
                 create: __memlab_create,
-                downloads: __memlab_downloads,
             }
             .leak_into_prefix()
         }
@@ -528,6 +580,44 @@ macro_rules! export_plugin {
             }
             unsafe {
                 $crate::abi_stable::library::LibHeader::from_constructor::<$crate::ffi::PluginModRef>(
+                    erased,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+
+        #[doc(hidden)]
+        extern "C" fn __memlab_criterion_ext(
+            name: $crate::abi_stable::std_types::RStr<'_>,
+            params: $crate::abi_stable::std_types::RStr<'_>,
+            seed: u64,
+        ) -> $crate::abi_stable::std_types::RResult<
+            $crate::ffi::CriterionExtBox,
+            $crate::abi_stable::std_types::RString,
+        > {
+            $crate::plugin::__criterion_ext(env!("CARGO_PKG_NAME"), __memlab_plugin, name, params, seed)
+        }
+
+        #[doc(hidden)]
+        fn __memlab_ext_module() -> $crate::ffi::ExtModRef {
+            use $crate::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::ffi::ExtMod {
+                criterion_ext: __memlab_criterion_ext,
+                downloads: __memlab_downloads,
+            }
+            .leak_into_prefix()
+        }
+
+        /// The second root module (plugin-api 0.3.0; [`$crate::ffi::ExtMod`]), under its own
+        /// symbol ([`$crate::ffi::EXT_SYMBOL`]) so that libraries without it still load.
+        #[doc(hidden)]
+        #[unsafe(export_name = "memlab_plugin_ext_header")]
+        pub static __MEMLAB_EXT_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__memlab_ext_module)
+            }
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::ffi::ExtModRef>(
                     erased,
                     $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )

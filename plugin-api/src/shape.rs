@@ -62,6 +62,36 @@ pub fn resolve_shape(input: &[usize], spec: &[i64]) -> Result<Vec<usize>, String
     Ok(out)
 }
 
+// Parameter-request rules (one forward pass may request each name once, unless shared), with
+// the messages both hosts report.
+
+/// A second plain request for parameter `name` within one forward pass.
+pub fn reused_param(name: &str) -> String {
+    format!(
+        "parameter `{name}` is requested a second time in one forward pass, which would share \
+         its weights silently: give the layers distinct scopes, or declare the sharing with \
+         `ctx.shared_param(..)` / a `ctx.shared()` scope"
+    )
+}
+
+/// A second request for buffer `name` within one forward pass.
+pub fn reused_buffer(name: &str) -> String {
+    format!(
+        "buffer `{name}` is requested a second time in one forward pass; keep the first \
+         tensor (clone it) instead"
+    )
+}
+
+/// A buffer's name requested as a parameter.
+pub fn param_is_buffer(name: &str) -> String {
+    format!("`{name}` is a buffer (not trained) but is requested as a parameter")
+}
+
+/// A parameter's name requested as a buffer.
+pub fn buffer_is_param(name: &str) -> String {
+    format!("`{name}` is a parameter but is requested as a buffer")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Op rules: one function per tensor op, over the shapes (and integer flags) of its inputs in
 // the op's argument order. The host's executor checks every op with these before running it on

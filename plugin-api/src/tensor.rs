@@ -36,6 +36,8 @@ use crate::ffi::{BinaryOp, Conv2dOptions, HostOps, Init, ReduceOp, ScalarOp, Ten
 pub struct Ctx<'a> {
     ops: &'a dyn HostOps,
     prefix: String,
+    /// Parameters requested through this context (and its child scopes) are shared weights.
+    shared: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -44,6 +46,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             ops,
             prefix: String::new(),
+            shared: false,
         }
     }
 
@@ -57,6 +60,19 @@ impl<'a> Ctx<'a> {
         Ctx {
             ops: self.ops,
             prefix,
+            shared: self.shared,
+        }
+    }
+
+    /// The same scope, with every parameter requested through it (and its child scopes,
+    /// including [`crate::nn`] layers) declared as shared weights: the way to use a layer's
+    /// weights more than once in one forward pass. Without it, a second request for a
+    /// parameter name in the same pass is an error (weights are never shared by accident).
+    pub fn shared(&self) -> Ctx<'a> {
+        Ctx {
+            ops: self.ops,
+            prefix: self.prefix.clone(),
+            shared: true,
         }
     }
 
@@ -69,10 +85,37 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A trainable parameter named `name` in this scope.
+    /// A trainable parameter named `name` in this scope. Each name may be requested once per
+    /// forward pass; to use the same weights twice, request them through [`Ctx::shared_param`]
+    /// or a [`Ctx::shared`] scope (or keep the returned tensor and clone it).
     pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Tensor<'a> {
+        if self.shared {
+            return self.shared_param(name, shape, init);
+        }
         let path = self.path(name);
         self.wrap(self.ops.param(path.as_str().into(), shape.into(), init))
+    }
+
+    /// A trainable parameter that this forward pass uses more than once on purpose (shared
+    /// weights): unlike [`Ctx::param`], asking for it again in the same pass is not an error.
+    pub fn shared_param(&self, name: &str, shape: &[usize], init: Init) -> Tensor<'a> {
+        let path = self.path(name);
+        self.wrap(
+            self.ops
+                .shared_param(path.as_str().into(), shape.into(), init),
+        )
+    }
+
+    /// A named non-trainable tensor (a *buffer*, PyTorch's `register_buffer`) in this scope,
+    /// with the row-major `data` as its initial value: stored, snapshotted and loaded from a
+    /// checkpoint by name like a parameter, but never optimised and not counted as one (e.g.
+    /// EDM's Fourier-embedding frequencies `map_noise.freqs`). Once per forward pass.
+    pub fn buffer(&self, name: &str, data: &[f32], shape: &[usize]) -> Tensor<'a> {
+        let path = self.path(name);
+        self.wrap(
+            self.ops
+                .buffer(path.as_str().into(), data.into(), shape.into()),
+        )
     }
 
     /// A constant from row-major data.

@@ -51,6 +51,8 @@ struct State {
     free: Vec<usize>,
     params: Vec<(String, Vec<usize>)>,
     index: HashMap<String, usize>,
+    buffers: Vec<(String, Vec<usize>)>,
+    buffer_index: HashMap<String, usize>,
     error: Option<String>,
     ops_run: u64,
     /// Elements of every tensor an op produced (u128: huge models must not overflow).
@@ -252,8 +254,13 @@ impl ShapeOps {
         }
     }
 
-    fn param_impl(&self, name: &str, shape: &[usize]) -> OpResult {
+    /// A parameter request; one [`ShapeOps`] is one forward pass, so a name seen before was
+    /// used earlier in this pass, which only a `shared` request may do.
+    fn param_impl(&self, name: &str, shape: &[usize], shared: bool) -> OpResult {
         let mut st = self.state.borrow_mut();
+        if st.buffer_index.contains_key(name) {
+            return Err(crate::shape::param_is_buffer(name));
+        }
         if let Some(&i) = st.index.get(name) {
             let stored = &st.params[i].1;
             if stored != shape {
@@ -261,6 +268,9 @@ impl ShapeOps {
                     "parameter `{name}` was created with shape {stored:?} but is now requested \
                      with shape {shape:?}"
                 ));
+            }
+            if !shared {
+                return Err(crate::shape::reused_param(name));
             }
             return Ok(Meta::float(shape.to_vec()));
         }
@@ -271,6 +281,31 @@ impl ShapeOps {
         st.params.push((name.to_string(), shape.to_vec()));
         st.index.insert(name.to_string(), i);
         Ok(Meta::float(shape.to_vec()))
+    }
+
+    fn buffer_impl(&self, name: &str, len: usize, shape: &[usize]) -> OpResult {
+        let mut st = self.state.borrow_mut();
+        if st.index.contains_key(name) {
+            return Err(crate::shape::buffer_is_param(name));
+        }
+        if st.buffer_index.contains_key(name) {
+            return Err(crate::shape::reused_buffer(name));
+        }
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(format!("buffer `{name}` has invalid shape {shape:?}"));
+        }
+        if elements(shape) != len as u128 {
+            return Err(format!("buffer `{name}`: {len} values for shape {shape:?}"));
+        }
+        let i = st.buffers.len();
+        st.buffers.push((name.to_string(), shape.to_vec()));
+        st.buffer_index.insert(name.to_string(), i);
+        Ok(Meta::float(shape.to_vec()))
+    }
+
+    /// Every buffer ([`HostOps::buffer`]) requested so far, with its shape, in creation order.
+    pub fn buffers(&self) -> Vec<(String, Vec<usize>)> {
+        self.state.borrow().buffers.clone()
     }
 }
 
@@ -291,7 +326,21 @@ impl HostOps for ShapeOps {
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, _init: Init) -> TensorId {
         let name = name.as_str();
         self.run(&format!("param `{name}`"), &[], |_| {
-            self.param_impl(name, &shape)
+            self.param_impl(name, &shape, false)
+        })
+    }
+
+    fn shared_param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, _init: Init) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("shared_param `{name}`"), &[], |_| {
+            self.param_impl(name, &shape, true)
+        })
+    }
+
+    fn buffer(&self, name: RStr<'_>, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("buffer `{name}`"), &[], |_| {
+            self.buffer_impl(name, data.len(), &shape)
         })
     }
 
@@ -456,8 +505,10 @@ impl HostOps for ShapeOps {
 pub struct ModelSummary {
     /// Every parameter with its shape, in creation order.
     pub params: Vec<(String, Vec<usize>)>,
-    /// Total number of scalar parameters (saturating at `usize::MAX`).
+    /// Total number of scalar parameters (saturating at `usize::MAX`; buffers not included).
     pub total: usize,
+    /// Every buffer ([`crate::Ctx::buffer`]) with its shape, in creation order.
+    pub buffers: Vec<(String, Vec<usize>)>,
     /// Shape of the forward pass's output.
     pub output: Vec<usize>,
     /// Elements of every tensor the pass produced (see [`ShapeOps::activation_elements`]).
@@ -470,6 +521,14 @@ impl ModelSummary {
     /// Shape of the parameter `name`, if the model has it.
     pub fn param(&self, name: &str) -> Option<&[usize]> {
         self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+
+    /// Shape of the buffer `name`, if the model has it.
+    pub fn buffer(&self, name: &str) -> Option<&[usize]> {
+        self.buffers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.as_slice())
@@ -514,6 +573,7 @@ fn summarize(ops: &ShapeOps, out: PResult<TensorId>) -> PResult<ModelSummary> {
     Ok(ModelSummary {
         params: ops.params(),
         total: ops.num_params(),
+        buffers: ops.buffers(),
         output,
         activations: ops.activation_elements(),
         largest: ops.largest_tensor(),
@@ -543,6 +603,50 @@ pub fn inspect(
                 classes,
             };
             let out = arch.forward(&ctx, inputs)?;
+            Ok(out.into_id())
+        })
+        .into_result()
+        .map_err(|e| e.into_string())
+    };
+    summarize(&shape_ops, out)
+}
+
+/// Runs a criterion's embedding network ([`crate::Criterion::embed`]) shape-only on images of
+/// `x_shape` (`[N, C, H, W]`): the feature shape (`summary.output`, `[N, D]`), the parameters
+/// and their count, as the host would create them, without tensor data.
+///
+/// ```
+/// use memlab_plugin_api::prelude::*;
+/// use memlab_plugin_api::testing::inspect_embedding;
+///
+/// struct Pooled;
+/// impl Criterion for Pooled {
+///     fn distance(&self) -> Distance { Distance::L2 }
+///     fn neighbours(&self) -> usize { 2 }
+///     fn needs(&self) -> Needs { Needs::FEATURES }
+///     fn judge(&self, _d: &[f32], _f: &mut [bool], _s: &mut [f32]) -> PResult<()> { Ok(()) }
+///     fn embed<'a>(&self, ctx: &'a Ctx<'a>, x: &Tensor<'a>) -> PResult<Tensor<'a>> {
+///         let h = Conv2d::new(3, 4, 3).same().forward(&ctx.scope("conv"), x).relu();
+///         Ok(h.avg_pool2d(8, 8).flatten_from(1))
+///     }
+/// }
+/// let s = inspect_embedding(&Pooled, [5, 3, 8, 8]).unwrap();
+/// assert_eq!(s.output, vec![5, 4]);
+/// assert_eq!(s.total, 4 * 3 * 9 + 4);
+/// ```
+pub fn inspect_embedding(
+    criterion: &dyn crate::component::Criterion,
+    x_shape: [usize; 4],
+) -> PResult<ModelSummary> {
+    let shape_ops = ShapeOps::new();
+    let x = shape_ops.input(&x_shape, false);
+    let out = {
+        let ops = shape_ops.ops();
+        let ops_ref: &HostOpsDyn<'_> = &ops;
+        guard("criterion", || {
+            let ctx = Ctx::new(ops_ref);
+            let x = ctx.wrap(x);
+            let out = criterion.embed(&ctx, &x)?;
             Ok(out.into_id())
         })
         .into_result()
@@ -688,8 +792,8 @@ mod tests {
         impl Architecture for Twice {
             fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
                 let _a = ctx.param("w", &[3, 4], Init::ZEROS);
-                let _b = ctx.param("w", &[3, 4], Init::ONES);
-                let _c = ctx.param("w", &[4, 3], Init::ZEROS);
+                let _b = ctx.shared_param("w", &[3, 4], Init::ONES);
+                let _c = ctx.shared_param("w", &[4, 3], Init::ZEROS);
                 Ok(inp.x)
             }
         }
@@ -841,5 +945,66 @@ mod tests {
         let b = inspect(&Net { ch: 8, blocks: 1 }, [2, 3, 8, 8], 4).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.total, net_count(3, 8, 1, 4));
+    }
+
+    /// Two layers in one scope: shared by mistake unless declared.
+    struct Twice {
+        shared: bool,
+    }
+
+    impl Architecture for Twice {
+        fn forward<'a>(&self, ctx: &'a Ctx<'a>, inp: Inputs<'a>) -> PResult<Tensor<'a>> {
+            let [_, c, _, _] = inp.x.dims::<4>();
+            let scope = if self.shared {
+                ctx.scope("conv").shared()
+            } else {
+                ctx.scope("conv")
+            };
+            let h = Conv2d::new(c, c, 3).same().forward(&scope, &inp.x);
+            let h = Conv2d::new(c, c, 3).same().forward(&scope, &h);
+            let f = ctx.buffer("freqs", &[1.0, 2.0], &[2]);
+            Ok(h + f.sum())
+        }
+    }
+
+    #[test]
+    fn a_second_request_in_one_pass_is_an_error_unless_shared() {
+        let e = inspect(&Twice { shared: false }, [1, 3, 4, 4], 0).unwrap_err();
+        assert!(
+            e.contains("parameter `conv.weight` is requested a second time in one forward pass"),
+            "{e}"
+        );
+        let s = inspect(&Twice { shared: true }, [1, 3, 4, 4], 0).unwrap();
+        assert_eq!(s.total, 3 * 3 * 9 + 3, "the shared conv counts once");
+        assert_eq!(s.buffer("freqs"), Some(&[2][..]));
+        assert_eq!(s.param("freqs"), None, "buffers are not parameters");
+    }
+
+    #[test]
+    fn buffer_requests_follow_the_parameter_rules() {
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.buffer("b", &[1.0, 2.0], &[2]);
+            let _ = ctx.buffer("b", &[1.0, 2.0], &[2]);
+        }
+        let e = ops.error().unwrap();
+        assert!(e.contains("buffer `b` is requested a second time"), "{e}");
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.buffer("b", &[1.0, 2.0, 3.0], &[2]);
+        }
+        assert!(ops.error().unwrap().contains("3 values for shape [2]"));
+        let ops = ShapeOps::new();
+        {
+            let dynops = ops.ops();
+            let ctx = Ctx::new(&dynops);
+            let _ = ctx.param("p", &[2], Init::ONES);
+            let _ = ctx.buffer("p", &[1.0, 2.0], &[2]);
+        }
+        assert!(ops.error().unwrap().contains("`p` is a parameter"));
     }
 }

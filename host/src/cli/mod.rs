@@ -146,6 +146,10 @@ pub enum Command {
         /// the checkout this memlab was built from).
         #[arg(long, value_name = "DIR")]
         api_path: Option<PathBuf>,
+        /// Criteria only: a criterion that judges on the neighbours' images and on the features
+        /// of an embedding network (instead of on distances alone).
+        #[arg(long)]
+        images: bool,
     },
 }
 
@@ -521,12 +525,14 @@ fn run(cli: Cli) -> Result<i32> {
             dir,
             api_version,
             api_path,
+            images,
         } => new_plugin(
             &kind,
             &name,
             dir,
             api_version.as_deref(),
             api_path.as_deref(),
+            images,
         ),
         Command::Config {
             action: ConfigAction::Check { files },
@@ -703,14 +709,19 @@ fn new_plugin(
     dir: Option<PathBuf>,
     api_version: Option<&str>,
     api_path: Option<&std::path::Path>,
+    images: bool,
 ) -> Result<i32> {
-    use crate::cli::scaffold::{self, ApiDependency, ScaffoldError};
+    use crate::cli::scaffold::{self, ApiDependency, ScaffoldError, Template};
     let usage = |msg: String| {
         eprintln!("error: {msg}");
         Ok(EXIT_USAGE)
     };
     let kind = match scaffold::parse_kind(kind) {
         Ok(k) => k,
+        Err(e) => return usage(e),
+    };
+    let template = match Template::new(kind, images) {
+        Ok(t) => t,
         Err(e) => return usage(e),
     };
     if let Err(e) = scaffold::check_name(name) {
@@ -726,7 +737,7 @@ fn new_plugin(
         Err(e) => return usage(e),
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    match scaffold::scaffold(kind, name, &dir, &api) {
+    match scaffold::scaffold(template, name, &dir, &api) {
         Ok(files) => {
             println!("created the {kind} plugin `{name}` in {}:", dir.display());
             for f in &files {

@@ -23,9 +23,43 @@ pub const KINDS: [ComponentKind; 5] = [
     ComponentKind::Criterion,
 ];
 
-/// `lib.rs` and `example.toml` templates of one kind.
-fn templates(kind: ComponentKind) -> (&'static str, &'static str) {
-    match kind {
+/// Which template `memlab new` writes: one per kind, and for criteria a second one
+/// (`--images`) that asks the host for the neighbours' images and an embedding network's
+/// features (plugin-api 0.3.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Template {
+    /// The component kind.
+    pub kind: ComponentKind,
+    /// The criterion that looks beyond distances (`--images`; criteria only).
+    pub images: bool,
+}
+
+impl From<ComponentKind> for Template {
+    fn from(kind: ComponentKind) -> Template {
+        Template {
+            kind,
+            images: false,
+        }
+    }
+}
+
+impl Template {
+    /// The template of `kind`, the `--images` one when `images` (refused for other kinds
+    /// than criteria).
+    pub fn new(kind: ComponentKind, images: bool) -> Result<Template, String> {
+        if images && kind != ComponentKind::Criterion {
+            return Err(format!(
+                "--images is for criteria (a criterion that judges on images and features), \
+                 not for a {kind}"
+            ));
+        }
+        Ok(Template { kind, images })
+    }
+}
+
+/// `lib.rs` and `example.toml` templates.
+fn templates(t: Template) -> (&'static str, &'static str) {
+    match t.kind {
         ComponentKind::Architecture => (
             include_str!("../../templates/architecture/lib.rs"),
             include_str!("../../templates/architecture/example.toml"),
@@ -41,6 +75,10 @@ fn templates(kind: ComponentKind) -> (&'static str, &'static str) {
         ComponentKind::Dataset => (
             include_str!("../../templates/dataset/lib.rs"),
             include_str!("../../templates/dataset/example.toml"),
+        ),
+        ComponentKind::Criterion if t.images => (
+            include_str!("../../templates/criterion-images/lib.rs"),
+            include_str!("../../templates/criterion-images/example.toml"),
         ),
         ComponentKind::Criterion => (
             include_str!("../../templates/criterion/lib.rs"),
@@ -166,8 +204,14 @@ pub fn library_file(name: &str) -> String {
 }
 
 /// The files of a scaffolded crate, as (relative path, content).
-pub fn render(kind: ComponentKind, name: &str, api: &ApiDependency) -> Vec<(&'static str, String)> {
-    let (lib_rs, example) = templates(kind);
+pub fn render(
+    template: impl Into<Template>,
+    name: &str,
+    api: &ApiDependency,
+) -> Vec<(&'static str, String)> {
+    let template = template.into();
+    let kind = template.kind;
+    let (lib_rs, example) = templates(template);
     let fill = |t: &str| {
         t.replace("{{name}}", name)
             .replace("{{crate}}", name)
@@ -189,7 +233,7 @@ pub fn render(kind: ComponentKind, name: &str, api: &ApiDependency) -> Vec<(&'st
 /// empty. Returns the files written. Usage mistakes (bad name, non-empty directory) are
 /// errors of type [`ScaffoldError`].
 pub fn scaffold(
-    kind: ComponentKind,
+    kind: impl Into<Template>,
     name: &str,
     dir: &Path,
     api: &ApiDependency,
@@ -211,7 +255,7 @@ pub fn scaffold(
         }
     }
     let mut written = Vec::new();
-    for (rel, text) in render(kind, name, api) {
+    for (rel, text) in render(kind.into(), name, api) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -252,14 +296,19 @@ mod tests {
         }
         assert!(ApiDependency::version("0.1").is_ok());
         assert!(ApiDependency::version("0.1\"\nx").is_err());
+        assert!(Template::new(ComponentKind::Criterion, true).is_ok());
+        let e = Template::new(ComponentKind::Dataset, true).unwrap_err();
+        assert!(e.contains("--images is for criteria"), "{e}");
     }
 
     #[test]
     fn rendering_fills_every_placeholder() {
         let api = ApiDependency::Path(PathBuf::from("/x/plugin \"api\""));
-        for kind in KINDS {
+        let images = Template::new(ComponentKind::Criterion, true).unwrap();
+        let all = KINDS.into_iter().map(Template::from).chain([images]);
+        for kind in all {
             for (rel, text) in render(kind, "my-thing", &api) {
-                assert!(!text.contains("{{"), "{kind} {rel}: {text}");
+                assert!(!text.contains("{{"), "{kind:?} {rel}: {text}");
                 if rel == "Cargo.toml" {
                     let t: toml::Table = toml::from_str(&text).unwrap();
                     assert_eq!(
@@ -268,7 +317,7 @@ mod tests {
                     );
                 }
                 if rel == "example.toml" {
-                    assert!(text.contains("name = \"my-thing\""), "{kind}");
+                    assert!(text.contains("name = \"my-thing\""), "{kind:?}");
                 }
             }
         }

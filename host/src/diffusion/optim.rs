@@ -128,8 +128,15 @@ pub fn adam_step(
 }
 
 /// `ema ← decay·ema + (1 − decay)·params` for every parameter (creating missing ones as copies).
+/// Buffers are copied: they are not trained, and averaging a constant in float32 would let it
+/// drift by rounding.
 pub fn ema_update(ema: &mut ParamStore, params: &ParamStore, decay: f64) -> Result<()> {
     for (name, p) in params.iter() {
+        if params.is_buffer(name) {
+            ema.insert(name, p.clone());
+            ema.mark_buffer(name);
+            continue;
+        }
         match ema.get(name) {
             None => ema.insert(name, p.clone()),
             Some(e) => {

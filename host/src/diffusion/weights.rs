@@ -6,8 +6,10 @@
 //! unexpected and mis-shaped tensor at once. Tensors may be F32, F64 or BF16 (converted to f32).
 //! Two reference conventions are accepted: names that all start with `model.` (EDM's
 //! preconditioning wrappers hold the network as `self.model`) lose that prefix, and EDM's
-//! non-trainable `*.resample_filter` buffers are skipped when they hold the `[1, 1]` filter
-//! (the only one the `ddpmpp` plugin implements) and refused otherwise.
+//! `*.resample_filter` buffers that the model does not have are skipped when they hold the
+//! `[1, 1]` filter (which `ddpmpp` applies without a buffer) and refused otherwise. Buffers the
+//! model has (`Ctx::buffer`: `ddpmpp`'s other filters, its Fourier `map_noise.freqs`) load by
+//! name like parameters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -65,8 +67,9 @@ pub fn load_into(params: &mut ParamStore, path: &Path, device: &Device) -> Resul
             let box_filter = view.shape() == [1, 1, 2, 2] && vals.iter().all(|&v| v == 0.25);
             if !box_filter {
                 problems.push(format!(
-                    "`{full}` is a resample filter of shape {:?} other than EDM's [1, 1] \
-                     (which is all the ddpmpp plugin implements)",
+                    "`{full}` is a resample filter of shape {:?} other than EDM's [1, 1], \
+                     but the model has no such buffer (set the architecture's \
+                     resample_filter to the checkpoint's)",
                     view.shape()
                 ));
             }

@@ -105,6 +105,8 @@ pub struct Executor<'p> {
     params: RefCell<&'p mut ParamStore>,
     /// Per-pass cache of parameter leaves, so a parameter used twice is one autodiff leaf.
     leaves: RefCell<IndexMap<String, DispatchTensor>>,
+    /// The buffers used in this pass (never gradient leaves).
+    buffers: RefCell<IndexMap<String, DispatchTensor>>,
     slab: RefCell<TensorTable>,
     error: RefCell<Option<String>>,
     rng: RefCell<SplitMix64>,
@@ -159,6 +161,7 @@ impl<'p> Executor<'p> {
             mode,
             params: RefCell::new(params),
             leaves: RefCell::new(IndexMap::new()),
+            buffers: RefCell::new(IndexMap::new()),
             slab: RefCell::new(TensorTable::default()),
             error: RefCell::new(None),
             rng: RefCell::new(SplitMix64::for_index(seed, 0x64726f70)),
@@ -300,8 +303,22 @@ impl<'p> Executor<'p> {
         }
     }
 
-    fn param_impl(&self, name: &str, shape: &[usize], init: Init) -> Result<HostTensor> {
+    /// A parameter request. `leaves` holds every parameter this pass has used, so a name in
+    /// it was requested before in this pass: allowed only when the plugin declared sharing.
+    fn param_impl(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        shared: bool,
+    ) -> Result<HostTensor> {
+        if self.buffers.borrow().contains_key(name) {
+            bail!("{}", memlab_plugin_api::shape::param_is_buffer(name));
+        }
         if let Some(t) = self.leaves.borrow().get(name) {
+            if !shared {
+                bail!("{}", memlab_plugin_api::shape::reused_param(name));
+            }
             let params = self.params.borrow();
             let stored = params
                 .get(name)
@@ -327,6 +344,33 @@ impl<'p> Executor<'p> {
         };
         // A stored shape may differ from the request only if get_or_create failed above.
         self.leaves.borrow_mut().insert(name.to_string(), t.clone());
+        Ok(HostTensor::float(t, shape.to_vec()))
+    }
+
+    /// A buffer request: the stored value (created from `data` if new), never a gradient
+    /// leaf; once per pass.
+    fn buffer_impl(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<HostTensor> {
+        if self.leaves.borrow().contains_key(name) {
+            bail!("{}", memlab_plugin_api::shape::buffer_is_param(name));
+        }
+        if self.buffers.borrow().contains_key(name) {
+            bail!("{}", memlab_plugin_api::shape::reused_buffer(name));
+        }
+        let value = self.params.borrow_mut().get_or_create_buffer(
+            name,
+            data,
+            shape,
+            &self.device.clone().inner(),
+        )?;
+        let t = match self.mode {
+            Mode::Train => {
+                by_rank!(shape.len(), D => Tensor::<D>::from_dispatch(value).autodiff().into_dispatch())?
+            }
+            Mode::Eval => value,
+        };
+        self.buffers
+            .borrow_mut()
+            .insert(name.to_string(), t.clone());
         Ok(HostTensor::float(t, shape.to_vec()))
     }
 }
@@ -469,7 +513,21 @@ impl HostOps for Executor<'_> {
     fn param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId {
         let name = name.as_str();
         self.run(&format!("param `{name}`"), &[], |_| {
-            self.param_impl(name, &shape, init)
+            self.param_impl(name, &shape, init, false)
+        })
+    }
+
+    fn shared_param(&self, name: RStr<'_>, shape: RSlice<'_, usize>, init: Init) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("shared_param `{name}`"), &[], |_| {
+            self.param_impl(name, &shape, init, true)
+        })
+    }
+
+    fn buffer(&self, name: RStr<'_>, data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> TensorId {
+        let name = name.as_str();
+        self.run(&format!("buffer `{name}`"), &[], |_| {
+            self.buffer_impl(name, &data, &shape)
         })
     }
 

@@ -1,7 +1,11 @@
-//! The parameter store: every trainable tensor of a model, by hierarchical name.
+//! The parameter store: every trainable tensor of a model, by hierarchical name, and its
+//! buffers (named non-trainable tensors, e.g. EDM's Fourier frequencies).
 //!
 //! Values live on the inner (non-autodiff) device. A training forward pass lifts each used
-//! parameter to an autodiff leaf once per pass; gradients are read back by name.
+//! parameter to an autodiff leaf once per pass; gradients are read back by name. Buffers are
+//! stored, snapshotted and loaded by name like parameters, but never get a gradient (so the
+//! optimiser, which steps only what has one, leaves them alone), are copied rather than
+//! averaged by the EMA, and are not counted by [`ParamStore::num_scalars`].
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
@@ -25,6 +29,9 @@ pub struct Param {
 pub struct ParamStore {
     seed: u64,
     params: IndexMap<String, Param>,
+    /// Names in `params` that are buffers (marked when a forward pass requests them as such;
+    /// a store read back from a snapshot learns them in its first pass).
+    buffers: std::collections::BTreeSet<String>,
     frozen: bool,
 }
 
@@ -59,6 +66,7 @@ impl ParamStore {
         ParamStore {
             seed,
             params: IndexMap::new(),
+            buffers: std::collections::BTreeSet::new(),
             frozen: false,
         }
     }
@@ -82,6 +90,9 @@ impl ParamStore {
         init: Init,
         device: &Device,
     ) -> Result<DispatchTensor> {
+        if self.buffers.contains(name) {
+            bail!("{}", memlab_plugin_api::shape::param_is_buffer(name));
+        }
         if let Some(p) = self.params.get(name) {
             if p.shape != shape {
                 bail!(
@@ -114,11 +125,68 @@ impl ParamStore {
         Ok(value)
     }
 
-    /// Number of scalar parameters.
+    /// Looks up the buffer `name`, creating it from `data` if new (a stored value, e.g. one
+    /// loaded from a checkpoint, wins over `data`), and marks it as a buffer. Errors on a
+    /// shape mismatch or a name that is a parameter.
+    pub fn get_or_create_buffer(
+        &mut self,
+        name: &str,
+        data: &[f32],
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<DispatchTensor> {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| anyhow::anyhow!("buffer `{name}` of shape {shape:?} is too large"))?;
+        if shape.is_empty() || shape.contains(&0) {
+            bail!("buffer `{name}` has invalid shape {shape:?}");
+        }
+        if n != data.len() {
+            bail!("buffer `{name}`: {} values for shape {shape:?}", data.len());
+        }
+        if let Some(p) = self.params.get(name) {
+            if p.shape != shape {
+                bail!(
+                    "buffer `{name}` was created with shape {:?} but is now requested with \
+                     shape {shape:?}",
+                    p.shape
+                );
+            }
+            self.buffers.insert(name.to_string());
+            return Ok(p.value.clone());
+        }
+        if self.frozen {
+            bail!("buffer `{name}` is new, but the model's parameters were already fixed");
+        }
+        let value = to_dispatch(TensorData::new(data.to_vec(), shape.to_vec()), device)?;
+        self.params.insert(
+            name.to_string(),
+            Param {
+                shape: shape.to_vec(),
+                value: value.clone(),
+            },
+        );
+        self.buffers.insert(name.to_string());
+        Ok(value)
+    }
+
+    /// Whether `name` is a buffer (not trained).
+    pub fn is_buffer(&self, name: &str) -> bool {
+        self.buffers.contains(name)
+    }
+
+    /// Marks `name` as a buffer (e.g. in an EMA copy of a store).
+    pub fn mark_buffer(&mut self, name: &str) {
+        self.buffers.insert(name.to_string());
+    }
+
+    /// Number of scalar parameters (buffers not included).
     pub fn num_scalars(&self) -> usize {
         self.params
-            .values()
-            .map(|p| p.shape.iter().product::<usize>())
+            .iter()
+            .filter(|(n, _)| !self.buffers.contains(*n))
+            .map(|(_, p)| p.shape.iter().product::<usize>())
             .sum()
     }
 

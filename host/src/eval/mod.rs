@@ -2,15 +2,17 @@
 //! and the numbers papers report (memorization ratio, mean d₁, distinct training images
 //! replicated, per class).
 
+pub mod features;
 pub mod knn;
 
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use burn::tensor::Device;
-use memlab_plugin_api::ffi::Distance;
+use memlab_plugin_api::ffi::{Distance, Needs};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::params::ParamStore;
 use crate::eval::knn::{Neighbours, knn};
 use crate::plugins::CriterionHandle;
 
@@ -115,17 +117,34 @@ fn min_max(v: &[f32]) -> (f32, f32) {
         })
 }
 
-/// Evaluates `samples` (`m × dim`) against `train` with every criterion; `labels` gives each
-/// sample's class for per-class results. Non-finite samples are refused.
+/// Samples judged per call of a criterion that asks for images or features, at most: flags
+/// and scores are per-sample functions, so chunks only bound the memory of the neighbour
+/// images handed over (also capped at [`CHUNK_VALUES`] values).
+pub const CHUNK: usize = 256;
+/// Most neighbour-image values handed to a criterion in one call (64 Mi values, 256 MiB).
+pub const CHUNK_VALUES: usize = 1 << 26;
+
+/// Evaluates `samples` (`m` images of `shape` = `[C, H, W]`) against `train` with every
+/// criterion; `labels` gives each sample's class for per-class results. Non-finite samples
+/// are refused.
+///
+/// Distances-only criteria share one exact k-NN search per distance. A criterion asking for
+/// features gets its own: its embedding network runs over the samples and the training
+/// images, and the k nearest are searched exactly in feature space. A criterion asking for
+/// images is judged in chunks of samples, each with its neighbours' pixels.
 pub fn evaluate(
     samples: &[f32],
     sample_labels: &[i64],
     class_names: &[String],
     train: &[f32],
-    dim: usize,
+    shape: [usize; 3],
     criteria: &[(String, CriterionHandle)],
     device: &Device,
 ) -> Result<Evaluation> {
+    let dim: usize = shape.iter().product();
+    if dim == 0 {
+        anyhow::bail!("images of shape {shape:?} hold no values");
+    }
     if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
         anyhow::bail!(
             "image {} of the samples holds a non-finite value: it cannot be judged",
@@ -134,11 +153,19 @@ pub fn evaluate(
     }
     let m = samples.len() / dim;
     let n = train.len() / dim;
-    // One search per distance, with the most neighbours any criterion needs (at least 1).
+    // Every criterion's declarations, read once (errors name the criterion).
+    let mut decl = Vec::with_capacity(criteria.len());
+    for (_, c) in criteria {
+        decl.push((c.info()?, c.needs()?));
+    }
+    // One pixel-space search per distance, with the most neighbours any criterion needs (at
+    // least 1).
     let mut need: BTreeMap<u8, (Distance, usize)> = BTreeMap::new();
     need.insert(Distance::L2 as u8, (Distance::L2, 1));
-    for (_, c) in criteria {
-        let i = c.info()?;
+    for (i, cn) in &decl {
+        if cn.needs.contains(Needs::FEATURES) {
+            continue;
+        }
         let e = need.entry(i.distance as u8).or_insert((i.distance, 0));
         e.1 = e.1.max(i.neighbours).min(n);
     }
@@ -153,15 +180,29 @@ pub fn evaluate(
     let mean_nn: f64 = (0..m).map(|i| l2.row(i)[0] as f64).sum::<f64>() / m.max(1) as f64;
     let nearest: Vec<u32> = (0..m).map(|i| l2.idx[i * l2.k]).collect();
     let mut results = Vec::new();
-    for (name, c) in criteria {
-        let info = c.info()?;
-        let nb = &found[&(info.distance as u8)];
+    for ((name, c), (info, cn)) in criteria.iter().zip(&decl) {
         let k = info.neighbours.min(n);
-        let mut d = Vec::with_capacity(m * k);
-        for i in 0..m {
-            d.extend_from_slice(&nb.row(i)[..k]);
-        }
-        let (flags, scores) = c.judge(&d, k)?;
+        let own;
+        let nb = if cn.needs.contains(Needs::FEATURES) {
+            let images = Images {
+                samples,
+                train,
+                shape,
+            };
+            own = feature_neighbours(c, cn.embedding_seed, images, k, info.distance, device)?;
+            &own
+        } else {
+            &found[&(info.distance as u8)]
+        };
+        let (flags, scores) = if cn.needs == Needs::DISTANCES {
+            let mut d = Vec::with_capacity(m * k);
+            for i in 0..m {
+                d.extend_from_slice(&nb.row(i)[..k]);
+            }
+            c.judge(&d, k)?
+        } else {
+            judge_in_chunks(c, cn.needs, nb, k, samples, train, shape)?
+        };
         let reps = flags.iter().filter(|f| **f).count();
         let distinct: HashSet<u32> = flags
             .iter()
@@ -209,6 +250,117 @@ pub fn evaluate(
     })
 }
 
+/// The images of one evaluation: samples and training images, NCHW of `shape` = `[C, H, W]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    /// The samples judged.
+    pub samples: &'a [f32],
+    /// The training images searched.
+    pub train: &'a [f32],
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+}
+
+/// The exact k nearest training images of every sample in the feature space of `c`'s
+/// embedding network (parameters from `seed`), with the criterion's distance.
+pub fn feature_neighbours(
+    c: &CriterionHandle,
+    seed: u64,
+    images: Images<'_>,
+    k: usize,
+    distance: Distance,
+    device: &Device,
+) -> Result<Neighbours> {
+    let Images {
+        samples,
+        train,
+        shape,
+    } = images;
+    let t = std::time::Instant::now();
+    let mut store = ParamStore::new(seed);
+    if let Some(path) = c.embedding_weights()? {
+        // Create the parameters (one blank image), then overwrite them by name.
+        let blank = vec![0f32; shape.iter().product()];
+        features::embed(c, &mut store, &blank, shape, device, "one blank image")?;
+        crate::diffusion::weights::load_into(&mut store, &path, device)
+            .map_err(|e| anyhow::anyhow!("{}: embedding weights: {e:#}", c.label()))?;
+        log::info!("{}: embedding weights from {}", c.label(), path.display());
+    }
+    let (fs, d) = features::embed(c, &mut store, samples, shape, device, "samples")?;
+    let (ft, d2) = features::embed(c, &mut store, train, shape, device, "training images")?;
+    if d != d2 {
+        anyhow::bail!(
+            "{}: the embedding network returned {d} features per sample but {d2} per training image",
+            c.label()
+        );
+    }
+    log::info!(
+        "{}: embedded {} samples and {} training images into {d} features ({} parameters) in {:.2} s",
+        c.label(),
+        samples.len() / shape.iter().product::<usize>(),
+        train.len() / shape.iter().product::<usize>(),
+        store.num_scalars(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let nb = knn(&fs, &ft, d, k, distance, device)?;
+    log::info!(
+        "{}: feature-space k-NN ({distance:?}, k = {k}) took {:.2} s",
+        c.label(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(nb)
+}
+
+/// Judges every sample with [`CriterionHandle::judge_with`], in chunks of at most [`CHUNK`]
+/// samples (and [`CHUNK_VALUES`] neighbour-image values), gathering the neighbours' images
+/// when the criterion asks for them.
+fn judge_in_chunks(
+    c: &CriterionHandle,
+    needs: Needs,
+    nb: &Neighbours,
+    k: usize,
+    samples: &[f32],
+    train: &[f32],
+    shape: [usize; 3],
+) -> Result<(Vec<bool>, Vec<f32>)> {
+    let dim: usize = shape.iter().product();
+    let m = samples.len() / dim;
+    let images = needs.contains(Needs::IMAGES);
+    let chunk = if images {
+        (CHUNK_VALUES / (k * dim).max(1)).clamp(1, CHUNK)
+    } else {
+        CHUNK
+    };
+    let (mut flags, mut scores) = (Vec::with_capacity(m), Vec::with_capacity(m));
+    let mut gathered: Vec<f32> = Vec::new();
+    let mut start = 0;
+    while start < m {
+        let end = (start + chunk).min(m);
+        let mut d = Vec::with_capacity((end - start) * k);
+        let mut ids = Vec::with_capacity((end - start) * k);
+        for i in start..end {
+            d.extend_from_slice(&nb.row(i)[..k]);
+            ids.extend(nb.idx[i * nb.k..i * nb.k + k].iter().map(|&j| j as u64));
+        }
+        let (s, nimg) = if images {
+            gathered.clear();
+            for &j in &ids {
+                let j = j as usize;
+                gathered.extend_from_slice(&train[j * dim..(j + 1) * dim]);
+            }
+            (&samples[start * dim..end * dim], gathered.as_slice())
+        } else {
+            (&[][..], &[][..])
+        };
+        let (f, sc) = c.judge_with(&d, k, &ids, shape, s, nimg)?;
+        flags.extend(f);
+        scores.extend(sc);
+        start = end;
+    }
+    Ok((flags, scores))
+}
+
 /// Generalization baseline: held-out images of the training distribution, treated like
 /// samples. A criterion that flags held-out images is flagging generalization, not copying.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,12 +393,13 @@ pub fn heldout_baseline(
     heldout: &[f32],
     train: &[f32],
     samples: &[f32],
-    dim: usize,
+    shape: [usize; 3],
     criteria: &[(String, CriterionHandle)],
     device: &Device,
 ) -> Result<HeldoutBaseline> {
+    let dim: usize = shape.iter().product();
     let zeros = vec![0i64; heldout.len() / dim];
-    let ev = evaluate(heldout, &zeros, &[], train, dim, criteria, device)?;
+    let ev = evaluate(heldout, &zeros, &[], train, shape, criteria, device)?;
     let to_heldout = knn(samples, heldout, dim, 1, Distance::L2, device)?;
     let m = to_heldout.dist.len().max(1);
     Ok(HeldoutBaseline {

@@ -283,15 +283,30 @@ impl ArchitectureHandle {
     }
 }
 
-/// A replication-criterion component.
+/// A replication-criterion component: the [`FfiCriterion`] every criterion has, and its
+/// [`FfiCriterionExt`] part when its library was built against plugin-api 0.3 or later.
 pub struct CriterionHandle {
     inner: CriterionBox,
+    ext: Option<CriterionExtBox>,
     label: String,
 }
 
 impl CriterionHandle {
-    pub(crate) fn new(inner: CriterionBox, label: String) -> Self {
-        CriterionHandle { inner, label }
+    pub(crate) fn new(inner: CriterionBox, ext: Option<CriterionExtBox>, label: String) -> Self {
+        CriterionHandle { inner, ext, label }
+    }
+    /// Whether the criterion's library provides the plugin-api 0.3.0 additions (images,
+    /// features); a criterion without them is judged on distances.
+    pub fn has_ext(&self) -> bool {
+        self.ext.is_some()
+    }
+    fn ext(&self) -> Result<&CriterionExtBox> {
+        self.ext.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: its library has no extension module, it judges on distances only",
+                self.label
+            )
+        })
     }
     /// "criterion `name` (plugin lib)".
     pub fn label(&self) -> &str {
@@ -318,6 +333,71 @@ impl CriterionHandle {
             self.inner.judge(
                 distances.into(),
                 k,
+                flags.as_mut_slice().into(),
+                scores.as_mut_slice().into(),
+            ),
+        )?;
+        Ok((flags, scores))
+    }
+    /// What the criterion needs beyond distances. A criterion built against plugin-api 0.2.0
+    /// has no extension part: distances only. Bits this host does not know (a criterion built
+    /// against a later plugin-api) are refused.
+    pub fn needs(&self) -> Result<CriterionNeeds> {
+        let Some(ext) = &self.ext else {
+            return Ok(CriterionNeeds::default());
+        };
+        let n = ok(&self.label, ext.needs())?;
+        if !Needs::KNOWN.contains(n.needs) {
+            bail!(
+                "{}: asks the host for inputs it does not know (needs bits {:#x}; this host \
+                 provides images and features, plugin-api {}): update memlab",
+                self.label,
+                n.needs.0,
+                memlab_plugin_api::API_VERSION
+            );
+        }
+        Ok(n)
+    }
+    /// Raw call of the criterion's embedding network (see [`crate::features::embed`] for the
+    /// checked one).
+    pub fn embed(&self, ops: HostOpsDyn<'_>, x: TensorId) -> Result<TensorId> {
+        ok(&self.label, self.ext()?.embed(ops, x))
+    }
+    /// The safetensors file the embedding network's parameters are loaded from, if any.
+    pub fn embedding_weights(&self) -> Result<Option<std::path::PathBuf>> {
+        let w = ok(&self.label, self.ext()?.embedding_weights())?;
+        Ok(w.into_option()
+            .map(|p| std::path::PathBuf::from(p.as_str())))
+    }
+    /// Flags and scores of a chunk of samples from distances, neighbour ids and (when asked
+    /// for) images; `shape` is `[C, H, W]`.
+    pub fn judge_with(
+        &self,
+        distances: &[f32],
+        k: usize,
+        ids: &[u64],
+        shape: [usize; 3],
+        samples: &[f32],
+        neighbour_images: &[f32],
+    ) -> Result<(Vec<bool>, Vec<f32>)> {
+        if k == 0 || !distances.len().is_multiple_of(k) || ids.len() != distances.len() {
+            bail!("distances are not a whole number of rows of {k}");
+        }
+        let m = distances.len() / k;
+        let mut flags = vec![false; m];
+        let mut scores = vec![f32::NAN; m];
+        let args = JudgeArgs {
+            distances: distances.into(),
+            neighbours: k,
+            ids: ids.into(),
+            shape,
+            samples: samples.into(),
+            neighbour_images: neighbour_images.into(),
+        };
+        ok(
+            &self.label,
+            self.ext()?.judge_with(
+                args,
                 flags.as_mut_slice().into(),
                 scores.as_mut_slice().into(),
             ),

@@ -12,9 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::library::{AbiHeaderRef, LibraryError, RawLibrary, lib_header_from_path};
 use anyhow::{Context, Result};
-use memlab_plugin_api::ffi::{PluginManifest, PluginModRef};
+use memlab_plugin_api::ffi::{EXT_SYMBOL, ExtModRef, PluginManifest, PluginModRef};
 use sha2::{Digest, Sha256};
 
 /// Environment variable with extra plugin directories (`:`-separated on Unix, `;` on Windows).
@@ -30,6 +30,9 @@ pub struct LoadedLibrary {
     pub manifest: PluginManifest,
     /// Its root module.
     pub module: PluginModRef,
+    /// Its second root module (plugin-api 0.3.0: criteria asking for images or features);
+    /// `None` for a library without one, whose criteria are distances-only.
+    pub ext: Option<ExtModRef>,
 }
 
 /// A library that did not load, and why.
@@ -158,12 +161,35 @@ pub fn load(path: &Path) -> Result<LoadedLibrary, LoadFailure> {
     let manifest = (module.manifest())()
         .into_result()
         .map_err(|e| fail(format!("manifest: {e}")))?;
+    let ext = load_ext(&abs).map_err(|e| fail(format!("its extension module: {e}")))?;
     Ok(LoadedLibrary {
         path: path.to_path_buf(),
         sha256,
         manifest,
         module,
+        ext,
     })
+}
+
+/// The library's [`ExtModRef`], exported under [`EXT_SYMBOL`] by plugin-api 0.3.0 and later, with
+/// the same version and layout checks as the main root module; `None` when the library has no
+/// such symbol. The library is already open (and never unloaded), so this
+/// only looks the symbol up.
+fn load_ext(abs: &Path) -> std::result::Result<Option<ExtModRef>, String> {
+    let raw = RawLibrary::load_at(abs).map_err(|e| format!("cannot open the library: {e}"))?;
+    // SAFETY: the symbol, when present, is the `LibHeader` static `export_plugin!` writes, read as
+    // abi_stable's own loader reads its root-module header; the library is never unloaded.
+    let header: Option<AbiHeaderRef> = unsafe { raw.get::<AbiHeaderRef>(EXT_SYMBOL) }
+        .ok()
+        .map(|h| *h);
+    std::mem::forget(raw);
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let lib = header.upgrade().map_err(|e| explain(&e))?;
+    lib.init_root_module::<ExtModRef>()
+        .map(Some)
+        .map_err(|e| explain(&e))
 }
 
 /// Condenses abi_stable's multi-page layout comparison to its verdicts ("mismatched package:

@@ -128,16 +128,18 @@ impl Registry {
     }
 
     /// The files every dataset declares for `memlab data fetch`, from the libraries that declare
-    /// any (libraries built against plugin-api 0.2.0 have no such entry and declare none). A
+    /// any (through their `ExtMod`: a library without one has none and
+    /// declare none). A
     /// library whose declaration fails (its registration panicked) is skipped with a warning
     /// naming it; a dataset declared by two libraries is taken from the first, as components
     /// are.
     pub fn dataset_files(&self) -> Vec<memlab_plugin_api::ffi::DatasetFiles> {
         let mut out: Vec<memlab_plugin_api::ffi::DatasetFiles> = Vec::new();
         for lib in &self.libraries {
-            let Some(list) = lib.module.downloads() else {
+            let Some(ext) = &lib.ext else {
                 continue;
             };
+            let list = ext.downloads();
             match list().into_result() {
                 Ok(files) => {
                     for f in files {
@@ -292,10 +294,24 @@ impl Registry {
         }
     }
 
-    /// A replication criterion.
+    /// A replication criterion, with its [`FfiCriterionExt`] part when its library provides one
+    /// (plugin-api 0.3.0 and later; a criterion from an older library is distances-only).
     pub fn criterion(&self, name: &str, params: &str, seed: u64) -> Result<CriterionHandle> {
         match self.create(ComponentKind::Criterion, name, params, seed)? {
-            (Component::Criterion(d), label) => Ok(CriterionHandle::new(d, label)),
+            (Component::Criterion(d), label) => {
+                let lib = self
+                    .library_of(ComponentKind::Criterion, name)
+                    .expect("created above");
+                let ext = match &lib.ext {
+                    Some(ext) => Some(
+                        (ext.criterion_ext())(name.into(), params.into(), seed)
+                            .into_result()
+                            .map_err(|e| anyhow!("{e}"))?,
+                    ),
+                    None => None,
+                };
+                Ok(CriterionHandle::new(d, ext, label))
+            }
             _ => unreachable!("kind checked"),
         }
     }

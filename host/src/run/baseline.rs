@@ -120,7 +120,7 @@ pub fn run(
         &test.labels,
         &test.class_names,
         &train.images,
-        train.image_len(),
+        train.shape,
         &criteria,
         &dev,
     )?;

@@ -48,13 +48,14 @@ pub fn evaluate_full(
     let dim = loaded.train.image_len();
     let data = &loaded.train;
     let names = data.sample_class_names();
-    let mut evaluation = evaluate(samples, labels, &names, &data.images, dim, criteria, dev)?;
+    let shape = data.shape;
+    let mut evaluation = evaluate(samples, labels, &names, &data.images, shape, criteria, dev)?;
     if let Some(ho) = &loaded.heldout {
         evaluation.heldout = Some(crate::eval::heldout_baseline(
             ho,
             &loaded.train.images,
             samples,
-            dim,
+            shape,
             criteria,
             dev,
         )?);

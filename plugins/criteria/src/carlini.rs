@@ -32,21 +32,11 @@ pub const PARAMS: &[Param] = &[
 ];
 
 #[derive(Deserialize, Debug)]
-#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields, default)]
+#[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct CarliniParams {
     alpha: f64,
     n: usize,
     threshold: f64,
-}
-
-impl Default for CarliniParams {
-    fn default() -> Self {
-        CarliniParams {
-            alpha: 0.5,
-            n: 50,
-            threshold: 1.0,
-        }
-    }
 }
 
 /// Replicate iff ℓ = d₁ / (α · mean(d₁..dₙ)) < threshold. Score: ℓ.
@@ -115,7 +105,7 @@ mod tests {
     use super::*;
 
     fn make(toml: &str) -> PResult<Carlini> {
-        Carlini::from_params(&Params::from_toml(toml).unwrap(), 0)
+        Carlini::from_params(&Params::with_defaults(toml, PARAMS).unwrap(), 0)
     }
 
     #[test]

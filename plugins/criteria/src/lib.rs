@@ -8,10 +8,21 @@
 //! - `l2`: d₁ < threshold, absolute L2 distance.
 //! - `linf`: d₁ < threshold, absolute L∞ distance.
 //! - `carlini`: d₁/(α·mean of the n nearest) < threshold (Carlini et al. 2023).
+//!
+//! Criteria that ask the host for more than distances ([`Needs`]):
+//!
+//! - `patch`: patch-wise L2 on the nearest training images' pixels (after Somepalli et al.
+//!   2023's region-level copying): replicate iff at least `min_fraction` of the patches are
+//!   much closer (patch ratio < threshold) to the same training image than to any other.
+//! - `random-features`: d₁/d₂ < threshold in the feature space of a small random convolutional
+//!   network (unit-norm features, so a cosine-distance ratio), whose parameters the host draws
+//!   from the criterion's `seed`.
 
 pub mod carlini;
 pub mod l2;
 pub mod linf;
+pub mod patch;
+pub mod random_features;
 pub mod ratio;
 mod threshold;
 
@@ -43,6 +54,18 @@ fn register(p: &mut Plugin) {
         "Carlini et al.: replicate iff d1 / (alpha * mean of the n nearest) < threshold",
         carlini::PARAMS,
         carlini::Carlini::from_params,
+    );
+    p.criterion(
+        "patch",
+        "Patch-wise L2: replicate iff most patches are much closer to one training image's than to any other's",
+        patch::PARAMS,
+        patch::Patch::from_params,
+    );
+    p.criterion(
+        "random-features",
+        "Replicate iff d1/d2 < threshold in the feature space of a small random conv net",
+        random_features::PARAMS,
+        random_features::RandomFeatures::from_params,
     );
 }
 

@@ -12,19 +12,14 @@ pub struct Ratio {
 pub const PARAMS: &[Param] = &[param(
     "threshold",
     "float",
-    "0.3333",
-    "largest d1/d2 counted as a replicate (exclusive)",
+    "0.3333333333333333",
+    "largest d1/d2 counted as a replicate (exclusive); the default is exactly 1/3 (this decimal is the nearest f64)",
 )];
 
 #[derive(Deserialize)]
 #[serde(crate = "memlab_plugin_api::serde", deny_unknown_fields)]
 struct RatioParams {
-    #[serde(default = "third")]
     threshold: f64,
-}
-
-fn third() -> f64 {
-    1.0 / 3.0
 }
 
 impl Ratio {
@@ -69,12 +64,18 @@ mod tests {
 
     #[test]
     fn flags_follow_the_ratio() {
-        let r = Ratio::from_params(&Params::default(), 0).unwrap();
+        let r = Ratio::from_params(&Params::with_defaults("", PARAMS).unwrap(), 0).unwrap();
         let d = [1.0, 4.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0];
         let (mut f, mut s) = ([false; 4], [0f32; 4]);
         r.judge(&d, &mut f, &mut s).unwrap();
         assert_eq!(f, [true, false, false, true]);
         assert_eq!(s, [0.25, 0.5, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn the_documented_default_is_exactly_one_third() {
+        let r = Ratio::from_params(&Params::with_defaults("", PARAMS).unwrap(), 0).unwrap();
+        assert_eq!(r.threshold, 1.0 / 3.0);
     }
 
     #[test]
