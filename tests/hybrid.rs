@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
 use memlab::config::choices::{Sampler, SamplerSettings};
-use memlab::diffusion::model::Model;
+use memlab::diffusion::model::{Model, TrainBatch};
 use memlab::diffusion::vlb::{Chain, Hybrid};
 use memlab::engine::cpu;
 use memlab::engine::params::ParamStore;
@@ -327,11 +327,13 @@ fn the_vlb_term_trains_only_the_variance_channels() {
                     chain: chain.clone(),
                     vlb_scale: scale,
                 },
-                y.clone(),
-                noise.clone(),
-                &sigma,
-                Some(&labels),
-                0,
+                TrainBatch {
+                    y: y.clone(),
+                    noise: noise.clone(),
+                    sigma: &sigma,
+                    labels: Some(&labels),
+                    dropout_seed: 0,
+                },
             )
             .unwrap();
         let w = memlab::engine::params::read_f32(&g["out.2.weight"], 4).unwrap();

@@ -601,7 +601,9 @@ pub struct ArchInfo {
     /// improved-diffusion's `learn_sigma`: `forward` returns 2·C channels, the first C the
     /// usual output and the last C the variance interpolation v ∈ [−1, 1]
     /// (log Σ = v'·log β + (1 − v')·log β̃ with v' = (v + 1)/2). Only meaningful with discrete
-    /// DDPM schedules; the host ignores the extra channels when sampling with ODE samplers.
+    /// DDPM schedules: the hybrid loss (`[train] loss = "hybrid"`) trains them and DDPM
+    /// ancestral sampling uses them (`[sample] variance`, by default after a hybrid run);
+    /// otherwise the host drops the extra channels.
     pub learned_variance: bool,
     /// `forward` ignores `labels` and `classes`: its output is the same whatever the labels.
     /// The host then refuses a class-conditional config (`[conditioning]` giving classes), whose

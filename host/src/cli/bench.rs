@@ -250,7 +250,14 @@ pub fn train(reg: &Registry, spec: &TrainBench) -> Result<TrainReport> {
             .map(|_| (-1.2 + 1.2 * g.normal()).exp())
             .collect();
         let t = Instant::now();
-        let (_, grads) = model.loss_and_grads(&mut store, y, n, &sigma, None, i as u64)?;
+        let batch = crate::diffusion::model::TrainBatch {
+            y,
+            noise: n,
+            sigma: &sigma,
+            labels: None,
+            dropout_seed: i as u64,
+        };
+        let (_, grads) = model.loss_and_grads(&mut store, batch)?;
         adam_step(&mut store, &mut adam, &grads, &cfg, 1e-4)?;
         black_box(&store);
         times.push(t.elapsed().as_secs_f64());

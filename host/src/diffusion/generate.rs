@@ -22,20 +22,38 @@ pub struct Generated {
     pub clamped: usize,
 }
 
-/// Generates `count` samples with `params`, in batches, seeded by `seed`; sampling that
-/// produces non-finite values stops with the step and σ named.
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    model: &Model,
-    params: &mut ParamStore,
-    sampler: SamplerSettings,
-    learned_variance: bool,
-    sigmas: &[f64],
-    labels: &[i64],
-    batch: usize,
-    seed: u64,
-    show_progress: bool,
-) -> Result<Generated> {
+/// What to generate: one image per label, by `sampler` down `sigmas`, `batch` images at a
+/// time, every batch seeded from `seed` and its index.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation<'a> {
+    /// The update rule and its settings.
+    pub sampler: SamplerSettings,
+    /// Use the network's learned variance (DDPM ancestral after a hybrid-loss run).
+    pub learned_variance: bool,
+    /// Decreasing σ sequence ending at 0.
+    pub sigmas: &'a [f64],
+    /// One label per image (0 for unconditional models).
+    pub labels: &'a [i64],
+    /// Images per batch.
+    pub batch: usize,
+    /// The sampling seed.
+    pub seed: u64,
+    /// Draw a progress bar.
+    pub show_progress: bool,
+}
+
+/// Generates one image per label of `g` with `params`; sampling that produces non-finite
+/// values stops with the step and σ named.
+pub fn generate(model: &Model, params: &mut ParamStore, g: Generation<'_>) -> Result<Generated> {
+    let Generation {
+        sampler,
+        learned_variance,
+        sigmas,
+        labels,
+        batch,
+        seed,
+        show_progress,
+    } = g;
     let [c, h, w] = model.image_shape;
     let count = labels.len();
     let per = c * h * w;

@@ -21,6 +21,21 @@ fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
+/// One training batch: clean images `y` and noise (both `N × C × H × W`, row-major), the σ of
+/// each image, its labels (conditional models) and the seed of the step's dropout masks.
+pub struct TrainBatch<'a> {
+    /// Clean images.
+    pub y: Vec<f32>,
+    /// Standard normal noise, scaled by σ inside the loss.
+    pub noise: Vec<f32>,
+    /// Noise level per image.
+    pub sigma: &'a [f64],
+    /// Label per image, for conditional models.
+    pub labels: Option<&'a [i64]>,
+    /// Seed of the dropout masks.
+    pub dropout_seed: u64,
+}
+
 /// An architecture under a noise formulation.
 pub struct Model {
     /// The network (or closed-form denoiser).
@@ -212,16 +227,18 @@ impl Model {
     /// One training loss evaluation with gradients:
     /// `mean_i λ(σ_i) · mean_pixels (D(y_i + σ_i n_i; σ_i) − y_i)²`.
     /// Returns the loss and each parameter's gradient.
-    #[allow(clippy::too_many_arguments)]
     pub fn loss_and_grads(
         &self,
         params: &mut ParamStore,
-        y: Vec<f32>,
-        noise: Vec<f32>,
-        sigma: &[f64],
-        labels: Option<&[i64]>,
-        dropout_seed: u64,
+        batch: TrainBatch<'_>,
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
+        let TrainBatch {
+            y,
+            noise,
+            sigma,
+            labels,
+            dropout_seed,
+        } = batch;
         let n = sigma.len();
         let [c, h, w] = self.image_shape;
         let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
@@ -365,17 +382,19 @@ impl Model {
     /// uniformly drawn timestep's term) an estimate of λ·L_vlb (L_vlb = Σ_t L_t). With
     /// λ = 0.001 this is `LossType.RESCALED_MSE` (vb × T/1000). The VLB term's gradient reaches
     /// only the variance channels. Returns the loss and each parameter's gradient.
-    #[allow(clippy::too_many_arguments)]
     pub fn hybrid_loss_and_grads(
         &self,
         params: &mut ParamStore,
         hybrid: &Hybrid,
-        y: Vec<f32>,
-        noise: Vec<f32>,
-        sigma: &[f64],
-        labels: Option<&[i64]>,
-        dropout_seed: u64,
+        batch: TrainBatch<'_>,
     ) -> Result<(f64, IndexMap<String, DispatchTensor>)> {
+        let TrainBatch {
+            y,
+            noise,
+            sigma,
+            labels,
+            dropout_seed,
+        } = batch;
         let n = sigma.len();
         let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
         let (mse, vb) = self.hybrid_terms_on(&mut graph, &hybrid.chain, y, noise, sigma, labels)?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::TrainSection;
 use crate::data::{TrainingSet, derive_seed, stream};
-use crate::diffusion::model::Model;
+use crate::diffusion::model::{Model, TrainBatch};
 use crate::diffusion::optim::{
     AdamConfig, AdamState, adam_step, ema_update, global_norm, scale_grads,
 };
@@ -238,24 +238,16 @@ pub fn train(
             (model.classes > 0).then(|| ids.iter().map(|&i| data.cond_labels[i]).collect());
         let dropout_seed =
             SplitMix64::for_index(derive_seed(seed, stream::DROPOUT), step).next_u64();
+        let batch = TrainBatch {
+            y,
+            noise,
+            sigma: &sigma,
+            labels: labels.as_deref(),
+            dropout_seed,
+        };
         let (loss, mut grads) = match &hybrid {
-            None => model.loss_and_grads(
-                &mut params,
-                y,
-                noise,
-                &sigma,
-                labels.as_deref(),
-                dropout_seed,
-            )?,
-            Some(hybrid) => model.hybrid_loss_and_grads(
-                &mut params,
-                hybrid,
-                y,
-                noise,
-                &sigma,
-                labels.as_deref(),
-                dropout_seed,
-            )?,
+            None => model.loss_and_grads(&mut params, batch)?,
+            Some(hybrid) => model.hybrid_loss_and_grads(&mut params, hybrid, batch)?,
         };
         let norm = global_norm(&grads)?;
         if !loss.is_finite() || !norm.is_finite() {

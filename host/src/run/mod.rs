@@ -30,7 +30,7 @@ use burn::tensor::TensorData;
 
 use crate::config::{Config, ConfigError};
 use crate::data::{derive_seed, stream};
-use crate::diffusion::generate::{Generated, generate};
+use crate::diffusion::generate::{Generated, Generation, generate};
 use crate::diffusion::model::Model;
 use crate::diffusion::train;
 use crate::engine::device;
@@ -344,13 +344,15 @@ fn run_in(
         } = generate(
             &model,
             &mut use_params,
-            sampler,
-            learned_variance,
-            &sigmas,
-            &labels,
-            cfg.sample.batch_size,
-            seed,
-            true,
+            Generation {
+                sampler,
+                learned_variance,
+                sigmas: &sigmas,
+                labels: &labels,
+                batch: cfg.sample.batch_size,
+                seed,
+                show_progress: true,
+            },
         )?;
         let clamped_fraction = clamped as f64 / samples.len().max(1) as f64;
         if clamped_fraction > 0.01 {
