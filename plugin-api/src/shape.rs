@@ -98,7 +98,26 @@ pub fn buffer_is_param(name: &str) -> String {
 // burn, and the shape-only host (`testing::ShapeOps`) runs nothing but these, so a model that
 // passes the shape-only tests is accepted by the host and vice versa.
 
-use crate::ffi::Conv2dOptions;
+use abi_stable::std_types::ROption;
+
+use crate::ffi::{Conv2dOptions, TensorId};
+
+/// The inputs of `linear` / `conv2d` in the order their rules read them: `[x, w]`, then the
+/// bias when there is one. Both hosts gather an op's inputs with this.
+pub fn with_bias(x: TensorId, w: TensorId, b: ROption<TensorId>) -> Vec<TensorId> {
+    let mut ids = vec![x, w];
+    ids.extend(b.into_option());
+    ids
+}
+
+/// The inputs of `group_norm` / `layer_norm` in the order their rules read them: `x`, then
+/// the gain and the shift that are present.
+pub fn affine_ids(x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>) -> Vec<TensorId> {
+    let mut ids = vec![x];
+    ids.extend(gamma.into_option());
+    ids.extend(beta.into_option());
+    ids
+}
 
 /// What the rules see of a tensor: its shape and whether it holds integers.
 #[derive(Debug, Clone, PartialEq, Eq)]

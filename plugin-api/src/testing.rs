@@ -36,7 +36,7 @@ use crate::ffi::{
     ArchitectureBox, BinaryOp, Conv2dOptions, ForwardArgs, HostOps, HostOps_TO, HostOpsDyn, Init,
     ReduceOp, ScalarOp, TensorId, UnaryOp,
 };
-use crate::shape::{self, Meta, Rule};
+use crate::shape::{self, Meta, Rule, affine_ids, with_bias};
 pub use crate::shape::{broadcast_shape, resolve_shape};
 use crate::tensor::Ctx;
 
@@ -307,19 +307,6 @@ impl ShapeOps {
     pub fn buffers(&self) -> Vec<(String, Vec<usize>)> {
         self.state.borrow().buffers.clone()
     }
-}
-
-fn affine_ids(x: TensorId, gamma: ROption<TensorId>, beta: ROption<TensorId>) -> Vec<TensorId> {
-    let mut ids = vec![x];
-    ids.extend(gamma.into_option());
-    ids.extend(beta.into_option());
-    ids
-}
-
-fn with_bias(x: TensorId, w: TensorId, b: ROption<TensorId>) -> Vec<TensorId> {
-    let mut ids = vec![x, w];
-    ids.extend(b.into_option());
-    ids
 }
 
 impl HostOps for ShapeOps {

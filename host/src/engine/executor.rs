@@ -675,10 +675,7 @@ impl HostOps for Executor<'_> {
     }
 
     fn linear(&self, x: TensorId, w: TensorId, b: ROption<TensorId>) -> TensorId {
-        let mut ids = vec![x, w];
-        if let ROption::RSome(b) = b {
-            ids.push(b);
-        }
+        let ids = shape::with_bias(x, w, b);
         self.run("linear", &ids, |s| {
             let shape = check(shape::linear(&metas(s)))?;
             let (x, w) = (&s[0], &s[1]);
@@ -689,10 +686,7 @@ impl HostOps for Executor<'_> {
     }
 
     fn conv2d(&self, x: TensorId, w: TensorId, b: ROption<TensorId>, o: Conv2dOptions) -> TensorId {
-        let mut ids = vec![x, w];
-        if let ROption::RSome(b) = b {
-            ids.push(b);
-        }
+        let ids = shape::with_bias(x, w, b);
         self.run("conv2d", &ids, |s| {
             let shape = check(shape::conv2d(&metas(s), &o))?;
             let (x, w) = (&s[0], &s[1]);
@@ -713,9 +707,7 @@ impl HostOps for Executor<'_> {
         beta: ROption<TensorId>,
         eps: f64,
     ) -> TensorId {
-        let mut ids = vec![x];
-        ids.extend(gamma.into_option());
-        ids.extend(beta.into_option());
+        let ids = shape::affine_ids(x, gamma, beta);
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         self.run("group_norm", &ids, |s| {
             check(shape::group_norm(&metas(s), groups))?;
@@ -759,9 +751,7 @@ impl HostOps for Executor<'_> {
         beta: ROption<TensorId>,
         eps: f64,
     ) -> TensorId {
-        let mut ids = vec![x];
-        ids.extend(gamma.into_option());
-        ids.extend(beta.into_option());
+        let ids = shape::affine_ids(x, gamma, beta);
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         self.run("layer_norm", &ids, |s| {
             check(shape::layer_norm(&metas(s)))?;
