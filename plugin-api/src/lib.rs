@@ -109,6 +109,7 @@ pub mod nn;
 pub mod params;
 pub mod plugin;
 pub mod shape;
+pub mod table;
 pub mod tensor;
 pub mod testing;
 

@@ -38,6 +38,7 @@ use crate::ffi::{
 };
 use crate::shape::{self, Meta, Rule, affine_ids, with_bias};
 pub use crate::shape::{broadcast_shape, resolve_shape};
+use crate::table::TensorTable;
 use crate::tensor::Ctx;
 
 /// Highest tensor rank the host supports (the host also refuses rank 0).
@@ -47,8 +48,7 @@ type OpResult = Rule;
 
 #[derive(Default)]
 struct State {
-    slots: Vec<Option<Meta>>,
-    free: Vec<usize>,
+    tensors: TensorTable<Meta>,
     params: Vec<(String, Vec<usize>)>,
     index: HashMap<String, usize>,
     buffers: Vec<(String, Vec<usize>)>,
@@ -71,24 +71,6 @@ pub fn elements(shape: &[usize]) -> u128 {
 }
 
 impl State {
-    fn insert(&mut self, m: Meta) -> TensorId {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(m);
-                TensorId(i as u64)
-            }
-            None => {
-                self.slots.push(Some(m));
-                TensorId((self.slots.len() - 1) as u64)
-            }
-        }
-    }
-    fn get(&self, id: TensorId) -> Option<&Meta> {
-        usize::try_from(id.0)
-            .ok()
-            .and_then(|i| self.slots.get(i))
-            .and_then(|s| s.as_ref())
-    }
     fn record(&mut self, msg: String) {
         if self.error.is_none() {
             self.error = Some(msg);
@@ -135,7 +117,7 @@ impl ShapeOps {
 
     /// Shape of a live tensor; `None` for an invalid or released id.
     pub fn shape(&self, id: TensorId) -> Option<Vec<usize>> {
-        self.state.borrow().get(id).map(|m| m.shape.clone())
+        self.state.borrow().tensors.get(id).map(|m| m.shape.clone())
     }
 
     /// The first error an op raised (or the plugin reported), if any.
@@ -177,12 +159,7 @@ impl ShapeOps {
 
     /// Number of live tensor handles (for leak checks).
     pub fn live_tensors(&self) -> usize {
-        self.state
-            .borrow()
-            .slots
-            .iter()
-            .filter(|s| s.is_some())
-            .count()
+        self.state.borrow().tensors.live()
     }
 
     /// Number of ops called so far (including skipped ones).
@@ -194,7 +171,7 @@ impl ShapeOps {
         let st = self.state.borrow();
         let v: Vec<String> = ids
             .iter()
-            .map(|id| match st.get(*id) {
+            .map(|id| match st.tensors.get(*id) {
                 Some(m) => format!("{:?}{}", m.shape, if m.int { " int" } else { "" }),
                 None => "<invalid>".to_string(),
             })
@@ -211,7 +188,10 @@ impl ShapeOps {
             if st.error.is_some() {
                 return TensorId::INVALID;
             }
-            inputs.iter().map(|id| st.get(*id).cloned()).collect()
+            inputs
+                .iter()
+                .map(|id| st.tensors.get(*id).cloned())
+                .collect()
         };
         let Some(metas) = metas else {
             let msg = format!(
@@ -244,7 +224,7 @@ impl ShapeOps {
                     st.created = st.created.saturating_add(n);
                     st.largest = st.largest.max(n);
                 }
-                st.insert(m)
+                st.tensors.insert(m)
             }
             Err(e) => {
                 let msg = format!("op `{op}` on [{}]: {e}", self.shapes(inputs));
@@ -352,24 +332,17 @@ impl HostOps for ShapeOps {
     }
 
     fn release(&self, x: TensorId) {
-        let mut st = self.state.borrow_mut();
-        let Ok(i) = usize::try_from(x.0) else {
-            return;
-        };
-        if let Some(slot) = st.slots.get_mut(i)
-            && slot.take().is_some()
-        {
-            st.free.push(i);
-        }
+        self.state.borrow_mut().tensors.remove(x);
     }
 
     fn rank(&self, x: TensorId) -> usize {
-        self.state.borrow().get(x).map_or(0, |m| m.rank())
+        self.state.borrow().tensors.get(x).map_or(0, |m| m.rank())
     }
 
     fn dim(&self, x: TensorId, dim: usize) -> usize {
         self.state
             .borrow()
+            .tensors
             .get(x)
             .and_then(|m| m.shape.get(dim).copied())
             .unwrap_or(0)

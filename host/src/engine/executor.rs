@@ -24,6 +24,7 @@ use memlab_plugin_api::ffi::{
     UnaryOp,
 };
 use memlab_plugin_api::shape::{self, Meta, broadcast_shape};
+use memlab_plugin_api::table::TensorTable;
 
 use super::kernels;
 use super::params::{ParamStore, read_f32};
@@ -53,42 +54,6 @@ impl HostTensor {
     }
 }
 
-/// The live tensors of one forward pass, indexed by [`TensorId`]; freed ids are reused.
-#[derive(Default)]
-struct TensorTable {
-    slots: Vec<Option<HostTensor>>,
-    free: Vec<usize>,
-}
-
-impl TensorTable {
-    fn insert(&mut self, s: HostTensor) -> TensorId {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(s);
-                TensorId(i as u64)
-            }
-            None => {
-                self.slots.push(Some(s));
-                TensorId((self.slots.len() - 1) as u64)
-            }
-        }
-    }
-    fn get(&self, id: TensorId) -> Option<&HostTensor> {
-        self.slots.get(id.0 as usize).and_then(|s| s.as_ref())
-    }
-    fn remove(&mut self, id: TensorId) -> Option<HostTensor> {
-        let i = id.0 as usize;
-        let s = self.slots.get_mut(i)?.take();
-        if s.is_some() {
-            self.free.push(i);
-        }
-        s
-    }
-    fn live(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
-}
-
 /// Execution mode of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -107,7 +72,7 @@ pub struct Executor<'p> {
     leaves: RefCell<IndexMap<String, DispatchTensor>>,
     /// The buffers used in this pass (never gradient leaves).
     buffers: RefCell<IndexMap<String, DispatchTensor>>,
-    slab: RefCell<TensorTable>,
+    slab: RefCell<TensorTable<HostTensor>>,
     error: RefCell<Option<String>>,
     rng: RefCell<SplitMix64>,
     training_set: Option<TensorId>,
