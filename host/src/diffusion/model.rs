@@ -240,14 +240,9 @@ impl Model {
             dropout_seed,
         } = batch;
         let n = sigma.len();
-        let [c, h, w] = self.image_shape;
         let mut graph = Executor::new(&self.device, Mode::Train, params, dropout_seed);
         let dev = graph.device().clone();
-        let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
-        let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
-        let sig: Vec<f32> = sigma.iter().map(|&s| s as f32).collect();
-        let sig = Tensor::<4>::from_data(TensorData::new(sig, [n, 1, 1, 1]), &dev);
-        let x = y.clone() + nz * sig;
+        let (y, _, x) = self.noised(&dev, y, noise, sigma);
         let d = self.denoise_on(&mut graph, x, sigma, labels)?;
         let mut weights = Vec::with_capacity(n);
         for &s in sigma {
@@ -292,6 +287,25 @@ impl Model {
         Ok((out.d, out.v))
     }
 
+    /// The batch as tensors on `dev`: clean images y, noise n and the noisy input
+    /// x = y + σ·n (σ per image), the forward process every loss starts from.
+    fn noised(
+        &self,
+        dev: &Device,
+        y: Vec<f32>,
+        noise: Vec<f32>,
+        sigma: &[f64],
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let n = sigma.len();
+        let [c, h, w] = self.image_shape;
+        let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), dev);
+        let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), dev);
+        let sig: Vec<f32> = sigma.iter().map(|&s| s as f32).collect();
+        let sig = Tensor::<4>::from_data(TensorData::new(sig, [n, 1, 1, 1]), dev);
+        let x = y.clone() + nz.clone() * sig;
+        (y, nz, x)
+    }
+
     /// The hybrid objective's two terms per sample on `graph`: λ(σ)·mean (x̂₀ − y)² (for a
     /// discrete schedule λ = 1/σ², so this is improved-diffusion's ε-MSE `mse`) and the VLB
     /// term in bits per dimension ([`crate::diffusion::vlb::vb_terms`] with x̂₀ detached).
@@ -305,17 +319,13 @@ impl Model {
         labels: Option<&[i64]>,
     ) -> Result<(Tensor<1>, Tensor<1>)> {
         let n = sigma.len();
-        let [c, h, w] = self.image_shape;
         let ts = sigma
             .iter()
             .map(|&s| chain.timestep(s))
             .collect::<Result<Vec<usize>>>()?;
         let dev = graph.device().clone();
         let col = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [n, 1, 1, 1]), &dev);
-        let y = Tensor::<4>::from_data(TensorData::new(y, [n, c, h, w]), &dev);
-        let nz = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &dev);
-        let sig: Vec<f32> = sigma.iter().map(|&s| s as f32).collect();
-        let x = y.clone() + nz.clone() * col(sig);
+        let (y, nz, x) = self.noised(&dev, y, noise, sigma);
         let out = self.forward_on(graph, x, sigma, labels)?;
         let Some(v) = out.v else {
             bail!(
