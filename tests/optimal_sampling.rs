@@ -57,16 +57,23 @@ fn optimal_denoiser_with_heun_reproduces_training_images() {
         .unwrap();
     let cond = reg.conditioning("none", "", 5).unwrap();
     let train = TrainingSet::load(&mut ds, None, 5, &cond).unwrap();
-    let dim = 3 * 16 * 16;
     let dev = memlab::engine::cpu();
     // Typical inter-image distance: median distance of each training image to the others.
-    let nn_train = knn(&train.images, &train.images, dim, 2, Distance::L2, &dev).unwrap();
+    let nn_train = knn(
+        &train.images,
+        &train.images,
+        &[3, 16, 16],
+        2,
+        Distance::L2,
+        &dev,
+    )
+    .unwrap();
     let mut inter: Vec<f32> = (0..train.len()).map(|i| nn_train.row(i)[1]).collect();
     inter.sort_by(f32::total_cmp);
     let typical = inter[inter.len() / 2];
     let (_, samples) =
         memlab::io::output::read_npy_f32(&tmp.path().join("optimal/samples.npy")).unwrap();
-    let nn = knn(&samples, &train.images, dim, 1, Distance::L2, &dev).unwrap();
+    let nn = knn(&samples, &train.images, &[3, 16, 16], 1, Distance::L2, &dev).unwrap();
     let close = nn.dist.iter().filter(|&&d| d < 0.01 * typical).count();
     assert!(
         close * 100 >= 99 * nn.dist.len(),

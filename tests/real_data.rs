@@ -162,7 +162,7 @@ fn knn_against_the_real_training_set_is_exact() {
     let nb = memlab::eval::knn::knn(
         &samples,
         &train,
-        dim,
+        &[3, 32, 32],
         2,
         memlab_plugin_api::ffi::Distance::L2,
         &memlab::engine::cpu(),

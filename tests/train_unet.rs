@@ -91,10 +91,9 @@ fn unet_learns_the_training_images() {
         .collect();
     let (fresh, _) = ds.fill(&fresh_ids).unwrap();
     let (_, samples) = memlab::io::output::read_npy_f32(&run.join("samples.npy")).unwrap();
-    let dim = 3 * 16 * 16;
     let dev = memlab::engine::cpu();
-    let d_s = knn(&samples, &train.images, dim, 1, Distance::L2, &dev).unwrap();
-    let d_f = knn(&fresh, &train.images, dim, 1, Distance::L2, &dev).unwrap();
+    let d_s = knn(&samples, &train.images, &[3, 16, 16], 1, Distance::L2, &dev).unwrap();
+    let d_f = knn(&fresh, &train.images, &[3, 16, 16], 1, Distance::L2, &dev).unwrap();
     let ds_: Vec<f64> = d_s.dist.iter().map(|&d| d as f64).collect();
     let df_: Vec<f64> = d_f.dist.iter().map(|&d| d as f64).collect();
     let (ms, mf) = (mean(&ds_), mean(&df_));

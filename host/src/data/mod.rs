@@ -232,9 +232,10 @@ fn nth_free(taken: &[u64], j: u64) -> u64 {
     j + lo as u64
 }
 
-/// Box-average downsampling of NCHW images by an integer `factor`.
+/// Box-average downsampling of NCHW images by an integer `factor` (factor 1 returns the
+/// images as they are, without a copy: a training set can be gigabytes).
 pub fn downsample(
-    images: &[f32],
+    images: Vec<f32>,
     n: usize,
     c: usize,
     h: usize,
@@ -242,7 +243,7 @@ pub fn downsample(
     factor: usize,
 ) -> Vec<f32> {
     if factor == 1 {
-        return images.to_vec();
+        return images;
     }
     let (oh, ow) = (h / factor, w / factor);
     let inv = 1.0 / (factor * factor) as f32;
@@ -429,9 +430,15 @@ pub fn load(
         let target = resize_target(native, section.resolution, h.label())?;
         let f = native[1] / target[1];
         let (c, hh, ww) = (native[0], native[1], native[2]);
-        images.extend(downsample(&im, idx.len(), c, hh, ww, f));
+        let part = downsample(im, idx.len(), c, hh, ww, f);
+        if images.is_empty() {
+            images = part;
+        } else {
+            images.extend_from_slice(&part);
+        }
         if let Some(hn) = heldout_native.take() {
-            heldout_native = Some(downsample(&hn, hn.len() / (c * hh * ww), c, hh, ww, f));
+            let n = hn.len() / (c * hh * ww);
+            heldout_native = Some(downsample(hn, n, c, hh, ww, f));
         }
         if let Some(s) = shape
             && resize_target(s, section.resolution, h.label())? != target

@@ -2,6 +2,8 @@
 //! and the numbers papers report (memorization ratio, mean d₁, distinct training images
 //! replicated, per class).
 
+pub mod bound;
+pub mod exact;
 pub mod features;
 pub mod knn;
 
@@ -173,7 +175,7 @@ pub fn evaluate(
     for (key, (d, k)) in &need {
         log::info!("k-NN: {m} samples × {n} training images, {d:?}, k = {k}");
         let t = std::time::Instant::now();
-        found.insert(*key, knn(samples, train, dim, *k, *d, device)?);
+        found.insert(*key, knn(samples, train, &shape, *k, *d, device)?);
         log::info!("k-NN ({d:?}) took {:.2} s", t.elapsed().as_secs_f64());
     }
     let l2 = &found[&(Distance::L2 as u8)];
@@ -303,7 +305,7 @@ pub fn feature_neighbours(
         t.elapsed().as_secs_f64()
     );
     let t = std::time::Instant::now();
-    let nb = knn(&fs, &ft, d, k, distance, device)?;
+    let nb = knn(&fs, &ft, &[d], k, distance, device)?;
     log::info!(
         "{}: feature-space k-NN ({distance:?}, k = {k}) took {:.2} s",
         c.label(),
@@ -400,7 +402,7 @@ pub fn heldout_baseline(
     let dim: usize = shape.iter().product();
     let zeros = vec![0i64; heldout.len() / dim];
     let ev = evaluate(heldout, &zeros, &[], train, shape, criteria, device)?;
-    let to_heldout = knn(samples, heldout, dim, 1, Distance::L2, device)?;
+    let to_heldout = knn(samples, heldout, &shape, 1, Distance::L2, device)?;
     let m = to_heldout.dist.len().max(1);
     Ok(HeldoutBaseline {
         images: ev.samples,

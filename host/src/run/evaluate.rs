@@ -151,11 +151,19 @@ pub fn eval_dir(
         seed,
     )?;
     let criteria = build_criteria(&cfg, &reg, seed)?;
+    let t = std::time::Instant::now();
     let bytes = std::fs::read(&spath).with_context(|| format!("reading {}", spath.display()))?;
     let sha256 = format!("{:x}", Sha256::digest(&bytes));
     drop(bytes);
     let (shape, samples) = crate::io::output::read_npy_f32(&spath)?;
+    log::info!("samples read in {:.2} s", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
     let mut loaded = crate::data::load(&reg, &cfg.dataset, seed, &cond)?;
+    log::info!(
+        "training set ({} images) loaded in {:.2} s",
+        loaded.train.len(),
+        t.elapsed().as_secs_f64()
+    );
     let [c, h, w] = loaded.train.shape;
     if shape.len() != 4 || shape[1..] != [c, h, w] {
         return Err(anyhow!(
@@ -212,7 +220,9 @@ pub fn eval_dir(
             dest.display()
         ));
     }
+    let t = std::time::Instant::now();
     let evaluation = evaluate_full(&mut loaded, &criteria, &samples, &labels, &dev)?;
+    log::info!("evaluated in {:.2} s", t.elapsed().as_secs_f64());
     std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
     let record = EvalRecord {
         dir: dest.clone(),
