@@ -38,5 +38,6 @@ name = "none"
 name = "ratio"
 params = { threshold = 0.3333333333333333 }
 TOML
+rm -rf "$S/eval"   # scratch: the previous benchmark's evaluation
 /usr/bin/time -v target/release/memlab eval "$RUN" --samples "$S/test.npy" --out "$S/eval" 2> "$S/time.txt" >/dev/null || { cat "$S/time.txt"; exit 1; }
 grep -E "Elapsed|Maximum resident" "$S/time.txt"
