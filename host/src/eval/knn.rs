@@ -61,7 +61,7 @@ pub fn knn(
             && bound_enabled()
             && let Some(p) = Projection::for_images([c, h, w])
         {
-            return knn_bounded(samples, train, &p, k, BOUND_EFFORT);
+            return knn_bounded(samples, train, &p, k, bound_effort(k));
         }
         return knn_cpu_l2(samples, train, dim, k, 256, 1024);
     }
@@ -88,13 +88,16 @@ fn gather(x: &[f32], dim: usize, which: &[usize]) -> Vec<f32> {
     out
 }
 
-/// The certified search's first round: 256 screened candidates per sample, at most 256 exact
-/// distances (on the CIFAR-10 test split against its training split this proves most samples;
-/// see [`bound`] and BENCHMARKS.md); the second round has 16 times both.
-pub const BOUND_EFFORT: Effort = Effort {
-    keep: 256,
-    max_exact: 256,
-};
+/// The certified search's first round for `k` neighbours: `max(256, 16·k)` screened candidates
+/// and at most `max(256, 8·k)` exact distances per sample (on the CIFAR-10 test split against
+/// its training split this proves nearly every sample at k = 2; see [`bound`] and
+/// BENCHMARKS.md); the second round has 16 times both.
+pub fn bound_effort(k: usize) -> Effort {
+    Effort {
+        keep: 256usize.max(k.saturating_mul(16)),
+        max_exact: 256usize.max(k.saturating_mul(8)),
+    }
+}
 
 /// The certified search of [`bound`], then [`knn_cpu_l2`] for the samples it left open.
 pub fn knn_bounded(
