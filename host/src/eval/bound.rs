@@ -247,24 +247,49 @@ pub struct Effort {
     pub max_exact: usize,
 }
 
-/// The certified search of `samples` among `train` (both `[c, h, w]` images, flattened).
-pub fn search(
-    samples: &[f32],
-    train: &[f32],
-    p: &Projection,
-    k: usize,
-    effort: Effort,
-) -> Result<Certified> {
+/// The training side of the search, computed once for every round: the images, their
+/// projections and squared projected norms (f32), and their norms (f64) with the largest.
+pub struct Projected<'a> {
+    train: &'a [f32],
+    p: &'a Projection,
+    pt: Vec<f32>,
+    ptn: Vec<f32>,
+    yn: Vec<f64>,
+    ymax: f64,
+}
+
+impl<'a> Projected<'a> {
+    /// Projects `train` (`[c, h, w]` images, flattened) with `p`.
+    pub fn new(train: &'a [f32], p: &'a Projection) -> Projected<'a> {
+        let pt = p.apply_all(train);
+        let ptn: Vec<f32> = pt
+            .par_chunks(p.projected_len())
+            .map(|y| dot(y, y))
+            .collect();
+        let yn: Vec<f64> = train.par_chunks(p.image_len()).map(norm).collect();
+        let ymax = yn.iter().copied().fold(0.0, f64::max);
+        Projected {
+            train,
+            p,
+            pt,
+            ptn,
+            yn,
+            ymax,
+        }
+    }
+}
+
+/// The certified search of `samples` (`[c, h, w]` images, flattened) among the training
+/// images of `t`.
+pub fn search(samples: &[f32], t: &Projected<'_>, k: usize, effort: Effort) -> Result<Certified> {
+    let (train, p) = (t.train, t.p);
+    let (pt, ptn, yn, ymax) = (&t.pt, &t.ptn, &t.yn, t.ymax);
     let keep = effort.keep;
     let dim = p.image_len();
     let (m, n) = (samples.len() / dim, train.len() / dim);
     let keep = keep.max(k).min(n);
     let r = p.projected_len();
     let allow = Allowance::new(r);
-    let pt = p.apply_all(train);
-    let ptn: Vec<f32> = pt.par_chunks(r).map(|y| dot(y, y)).collect();
-    let yn: Vec<f64> = train.par_chunks(dim).map(norm).collect();
-    let ymax = yn.iter().copied().fold(0.0, f64::max);
     let nc = TRAIN_PER_GEMM.min(n);
     let mut found: Vec<Option<Vec<(f64, u32)>>> = vec![None; m];
     let mut counts: Vec<u64> = vec![0; m.div_ceil(SAMPLES_PER_BLOCK)];

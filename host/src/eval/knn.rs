@@ -111,7 +111,8 @@ pub fn knn_bounded(
     let (m, _, _) = check(samples, train, dim, k)?;
     // A second, wider round for the samples the first could not prove, when they are few (a
     // data set the bound separates well); then the full-size search for what is still open.
-    let mut found = bound::search(samples, train, p, k, effort)?;
+    let projected = bound::Projected::new(train, p);
+    let mut found = bound::search(samples, &projected, k, effort)?;
     let mut exact_distances = found.exact_distances;
     let first: Vec<usize> = (0..m).filter(|&i| found.found[i].is_none()).collect();
     let second = !first.is_empty() && first.len() * 4 <= m;
@@ -121,7 +122,7 @@ pub fn knn_bounded(
             keep: effort.keep.saturating_mul(16),
             max_exact: effort.max_exact.saturating_mul(16),
         };
-        let wide = bound::search(&xs, train, p, k, wider)?;
+        let wide = bound::search(&xs, &projected, k, wider)?;
         exact_distances += wide.exact_distances;
         for (&i, f) in first.iter().zip(wide.found) {
             found.found[i] = f;
@@ -533,7 +534,8 @@ mod tests {
                     assert_eq!(got.idx[i], *j, "k {k} keep {keep} row {}", i / k);
                     assert_eq!(got.dist[i], *dv as f32, "k {k} keep {keep} row {}", i / k);
                 }
-                let c = bound::search(&samples, &train, &p, k, effort).unwrap();
+                let projected = bound::Projected::new(&train, &p);
+                let c = bound::search(&samples, &projected, k, effort).unwrap();
                 let open = c.found.iter().filter(|f| f.is_none()).count();
                 if max_exact == 5 {
                     assert!(open > 0, "k {k}: noise needs more than 5 exact distances");
