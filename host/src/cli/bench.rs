@@ -351,6 +351,9 @@ pub struct KernelRow {
     pub memlab_ms: f64,
     /// Median ms of burn's generic op, forward + backward.
     pub burn_ms: f64,
+    /// Median ms of memlab's kernel, forward only (no autodiff), and its rate in GFLOP/s
+    /// (convolutions only).
+    pub forward: Option<(f64, f64)>,
 }
 
 /// Times forward + backward of each hand-written kernel against burn's own op on the
@@ -361,6 +364,7 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Tensor, TensorData, activation};
     let dev = Device::flex().autodiff();
+    let plain = Device::flex();
     let mut g = SplitMix64(3);
     let mut rand = |shape: &[usize]| -> Vec<f32> {
         (0..shape.iter().product::<usize>())
@@ -409,10 +413,22 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
             let grads = y.sum().backward();
             black_box((xt.grad(&grads), wt.grad(&grads), bt.grad(&grads)));
         };
+        let (xp, wp, bp) = (
+            t4(x.clone(), xs, &plain),
+            t4(w.clone(), [c, c, kk, kk], &plain),
+            t1(b.clone(), c, &plain),
+        );
+        let fwd_ms = median(&mut || {
+            let y = k::conv2d(xp.clone(), wp.clone(), Some(bp.clone()), opts.clone());
+            black_box(y.into_data());
+        });
+        let out = hw / stride;
+        let flop = 2.0 * (n * c * c * kk * kk * out * out) as f64;
         rows.push(KernelRow {
             op: format!("conv {kk}x{kk}/s{stride} {c}->{c} ch, {n}x{hw}x{hw}"),
             memlab_ms: median(&mut || run(true)),
             burn_ms: median(&mut || run(false)),
+            forward: Some((fwd_ms, flop / fwd_ms / 1e6)),
         });
     }
     let xs = [32, 64, 16, 16];
@@ -440,6 +456,7 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
         op: "GroupNorm(32)+SiLU, 32x64x16x16".into(),
         memlab_ms: median(&mut || run(true)),
         burn_ms: median(&mut || run(false)),
+        forward: None,
     });
     Ok(rows)
 }

@@ -465,12 +465,16 @@ fn run(cli: Cli) -> Result<i32> {
             what: BenchWhat::Kernels { reps },
         } => {
             println!(
-                "{:<40} {:>10} {:>10} {:>7}",
-                "op (forward + backward)", "memlab ms", "burn ms", "ratio"
+                "{:<40} {:>10} {:>10} {:>7}   {:>14}",
+                "op (forward + backward)", "memlab ms", "burn ms", "ratio", "forward alone"
             );
             for r in crate::cli::bench::kernels(reps.max(1))? {
+                let fwd = r
+                    .forward
+                    .map(|(ms, gf)| format!("{ms:.2} ms {gf:.0} GFLOP/s"))
+                    .unwrap_or_default();
                 println!(
-                    "{:<40} {:>10.2} {:>10.2} {:>7.2}",
+                    "{:<40} {:>10.2} {:>10.2} {:>7.2}   {fwd}",
                     r.op,
                     r.memlab_ms,
                     r.burn_ms,

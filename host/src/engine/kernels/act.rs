@@ -4,7 +4,9 @@
 //! and records three autodiff nodes; here it is one pass forward and one backward, split into
 //! fixed 16 Ki-element blocks across threads.
 
+use super::cpu::wide;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel block of element-wise kernels.
 const BLOCK: usize = 16 * 1024;
@@ -78,29 +80,42 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `x · σ(x)`.
 pub fn silu_forward(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(BLOCK)
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()
+        .par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * sigmoid(x);
-            }
-        });
+        .for_each(|(y, x)| wide(|| silu_block(y, x)));
+    // SAFETY: the blocks cover all x.len() elements, each written once above.
+    unsafe { y.set_len(x.len()) };
     y
+}
+
+#[inline(always)]
+fn silu_block(y: &mut [MaybeUninit<f32>], x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        y.write(x * sigmoid(x));
+    }
 }
 
 /// `dy · σ(x)·(1 + x·(1 − σ(x)))`.
 pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(BLOCK)
+    assert_eq!(x.len(), dy.len());
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()
+        .par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
-        .for_each(|(dx, (x, dy))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let s = sigmoid(x);
-                *dx = g * s * (1.0 + x * (1.0 - s));
-            }
-        });
+        .for_each(|(dx, (x, dy))| wide(|| silu_backward_block(dx, x, dy)));
+    // SAFETY: the blocks cover all x.len() elements, each written once above.
+    unsafe { dx.set_len(x.len()) };
     dx
+}
+
+#[inline(always)]
+fn silu_backward_block(dx: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let s = sigmoid(x);
+        dx.write(g * s * (1.0 + x * (1.0 - s)));
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! and transposed; `backward_weight_taps`). Images run in parallel, each GEMM on one thread; the
 //! weight gradient sums per-chunk partials in chunk order.
 
-use super::gemm::{Mat, par_items, sgemm, threads, zeros};
+use super::direct;
+use super::gemm::{Mat, par_fill, par_items, sgemm, threads, zeros};
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +217,8 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
 
 /// Layout of a zero-padded copy of one image for [`same`] convolutions: `c_in` planes of
 /// `hp × wp` plus `kw` slack zeros, so that tap `(ki, kj)` is the strided view starting at
-/// `ki·wp + kj` with `h·wp` columns (columns `j ≥ w` of each output row are discarded).
+/// `ki·wp + kj` with `h·wp` columns (columns `j ≥ w` of each output row are discarded), and
+/// [`direct::SLACK`] more for the direct kernel's 8-wide loads.
 struct Padded {
     hp: usize,
     wp: usize,
@@ -228,19 +230,28 @@ fn padded(s: &ConvShape) -> Padded {
     Padded {
         hp,
         wp,
-        len: s.c_in * hp * wp + s.kw,
+        len: s.c_in * hp * wp + s.kw + direct::SLACK,
     }
 }
 
+/// Writes the zero-padded copy of image `x` into `out` (every element once: no separate
+/// zeroing pass).
 fn pad_image(s: &ConvShape, pd: &Padded, x: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    for c in 0..s.c_in {
-        for i in 0..s.h {
-            let src = &x[(c * s.h + i) * s.w..][..s.w];
-            let at = (c * pd.hp + i + s.pad[0]) * pd.wp + s.pad[1];
-            out[at..at + s.w].copy_from_slice(src);
+    let (top, left) = (s.pad[0], s.pad[1]);
+    let planes = &mut out[..s.c_in * pd.hp * pd.wp];
+    for (c, plane) in planes.chunks_exact_mut(pd.hp * pd.wp).enumerate() {
+        for (r, row) in plane.chunks_exact_mut(pd.wp).enumerate() {
+            if r < top || r >= top + s.h {
+                row.fill(0.0);
+                continue;
+            }
+            let src = &x[(c * s.h + r - top) * s.w..][..s.w];
+            row[..left].fill(0.0);
+            row[left..left + s.w].copy_from_slice(src);
+            row[left + s.w..].fill(0.0);
         }
     }
+    out[s.c_in * pd.hp * pd.wp..].fill(0.0);
 }
 
 /// Forward of a `same` convolution as one GEMM per kernel tap over shifted views of a padded
@@ -251,6 +262,16 @@ pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32
     let pp = s.h * pd.wp;
     let (img, k) = (s.c_in * s.h * s.w, s.k());
     let taps = s.kh * s.kw;
+    if direct::available() {
+        let packed = direct::PackedWeights::new(weight, s.c_out, s.c_in, taps);
+        // SAFETY: `direct::image` writes every output element of the image.
+        return unsafe {
+            par_fill(s.n, s.c_out * p, s.chunk(), pd.len, |xp, b, yb| {
+                pad_image(s, &pd, &x[b * img..(b + 1) * img], xp);
+                direct::image(s, pd.hp, pd.wp, xp, &packed, bias, yb);
+            })
+        };
+    }
     let mut y = zeros(s.n * s.c_out * p);
     par_items(
         &mut y,

@@ -6,6 +6,7 @@
 //! thread count, so every reduction sums in the same order on any machine of one CPU family.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A strided matrix view: element `(i, j)` is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -117,6 +118,40 @@ pub fn par_items(
                 }
             })
         });
+}
+
+/// Like [`par_items`], over a new buffer of `items · item` floats that `f` fills: each item
+/// reaches `f` as uninitialised memory (no zeroing pass over outputs the kernel overwrites
+/// anyway; that pass cost ≈ 5% of a UNet forward).
+///
+/// # Safety
+/// `f` must write every element of the item it is given, and must not read one it has not
+/// written.
+pub unsafe fn par_fill(
+    items: usize,
+    item: usize,
+    chunk: usize,
+    scratch_len: usize,
+    f: impl Fn(&mut [f32], usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let n = items * item;
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    if n > 0 {
+        let chunk = chunk.max(1);
+        v.spare_capacity_mut()[..n]
+            .par_chunks_mut(item * chunk)
+            .enumerate()
+            .for_each(|(c, block)| {
+                with_scratch(scratch_len, |s| {
+                    for (i, one) in block.chunks_mut(item).enumerate() {
+                        f(s, c * chunk + i, one);
+                    }
+                })
+            });
+    }
+    // SAFETY: every element was written (the caller's contract); a panic above leaves len 0.
+    unsafe { v.set_len(n) };
+    v
 }
 
 thread_local! {

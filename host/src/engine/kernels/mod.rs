@@ -19,6 +19,8 @@
 pub mod act;
 pub mod autodiff;
 pub mod conv;
+pub mod cpu;
+pub mod direct;
 pub mod gemm;
 pub mod norm;
 pub mod optim;

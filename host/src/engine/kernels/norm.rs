@@ -7,7 +7,9 @@
 //! Statistics are recomputed in the backward pass (one cheap pass) instead of stored.
 
 use super::act::{dot, sum};
-use super::gemm::par_items;
+use super::cpu::wide;
+use super::gemm::{par_fill, par_items};
+use std::mem::MaybeUninit;
 
 /// Geometry: `n` images, `c` channels, `s` elements per channel, `groups` groups.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +30,7 @@ impl NormShape {
     }
 }
 
+#[inline(always)]
 fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     let len = x.len() as f32;
     let mean = sum(x) / len;
@@ -51,25 +54,50 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 /// `y = γ·normalise(x) + β` over `[n, c, s]` data.
 pub fn forward(sh: &NormShape, x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
     let glen = sh.group_len();
+    assert_eq!(x.len(), sh.n * sh.groups * glen);
+    // SAFETY: `forward_group` writes every element of its group (cpg channels of s values).
+    unsafe {
+        par_fill(sh.n * sh.groups, glen, 8, 0, |_, idx, yg| {
+            wide(|| {
+                forward_group(
+                    sh,
+                    idx,
+                    &x[idx * glen..(idx + 1) * glen],
+                    gamma,
+                    beta,
+                    eps,
+                    yg,
+                )
+            })
+        })
+    }
+}
+
+/// One (image, group) of [`forward`]: group `idx` of the flattened `[n, groups]`.
+#[inline(always)]
+fn forward_group(
+    sh: &NormShape,
+    idx: usize,
+    xg: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    yg: &mut [MaybeUninit<f32>],
+) {
     let cpg = sh.c / sh.groups;
-    let mut y = vec![0.0f32; x.len()];
-    par_items(&mut y, glen, 8, 0, |_, idx, yg| {
-        let g = idx % sh.groups;
-        let xg = &x[idx * glen..(idx + 1) * glen];
-        let (mean, r) = stats(xg, eps);
-        for ch in 0..cpg {
-            let c = g * cpg + ch;
-            let (a, b) = (gamma[c] * r, beta[c] - gamma[c] * r * mean);
-            let (xs, ys) = (
-                &xg[ch * sh.s..(ch + 1) * sh.s],
-                &mut yg[ch * sh.s..(ch + 1) * sh.s],
-            );
-            for (y, &x) in ys.iter_mut().zip(xs) {
-                *y = x * a + b;
-            }
+    let g = idx % sh.groups;
+    let (mean, r) = stats(xg, eps);
+    for ch in 0..cpg {
+        let c = g * cpg + ch;
+        let (a, b) = (gamma[c] * r, beta[c] - gamma[c] * r * mean);
+        let (xs, ys) = (
+            &xg[ch * sh.s..(ch + 1) * sh.s],
+            &mut yg[ch * sh.s..(ch + 1) * sh.s],
+        );
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            y.write(x * a + b);
         }
-    });
-    y
+    }
 }
 
 /// Gradients `(dx, dγ, dβ)` of [`forward`] for output gradient `dy`.
@@ -89,40 +117,42 @@ pub fn backward(
     {
         let per_ptr = SendPtr(per.as_mut_ptr());
         par_items(&mut dx, glen, 8, 0, |_, idx, dxg| {
-            let (n, g) = (idx / sh.groups, idx % sh.groups);
-            let xg = &x[idx * glen..(idx + 1) * glen];
-            let dyg = &dy[idx * glen..(idx + 1) * glen];
-            let (mean, r) = stats(xg, eps);
-            // Σ ĝ and Σ ĝ·x̂ over the group, from per-channel Σ dy and Σ dy·x.
-            let (mut sg, mut sgx) = (0.0f32, 0.0f32);
-            for ch in 0..cpg {
-                let c = g * cpg + ch;
-                let (xs, ds) = (&xg[ch * s..(ch + 1) * s], &dyg[ch * s..(ch + 1) * s]);
-                let sdy = sum(ds);
-                let sdyx = dot(ds, xs);
-                let sdy_xhat = (sdyx - mean * sdy) * r;
-                // SAFETY: each (n, c) pair belongs to exactly one group task.
-                unsafe {
-                    *per_ptr.at(2 * (n * sh.c + c)) = sdy_xhat;
-                    *per_ptr.at(2 * (n * sh.c + c) + 1) = sdy;
+            wide(|| {
+                let (n, g) = (idx / sh.groups, idx % sh.groups);
+                let xg = &x[idx * glen..(idx + 1) * glen];
+                let dyg = &dy[idx * glen..(idx + 1) * glen];
+                let (mean, r) = stats(xg, eps);
+                // Σ ĝ and Σ ĝ·x̂ over the group, from per-channel Σ dy and Σ dy·x.
+                let (mut sg, mut sgx) = (0.0f32, 0.0f32);
+                for ch in 0..cpg {
+                    let c = g * cpg + ch;
+                    let (xs, ds) = (&xg[ch * s..(ch + 1) * s], &dyg[ch * s..(ch + 1) * s]);
+                    let sdy = sum(ds);
+                    let sdyx = dot(ds, xs);
+                    let sdy_xhat = (sdyx - mean * sdy) * r;
+                    // SAFETY: each (n, c) pair belongs to exactly one group task.
+                    unsafe {
+                        *per_ptr.at(2 * (n * sh.c + c)) = sdy_xhat;
+                        *per_ptr.at(2 * (n * sh.c + c) + 1) = sdy;
+                    }
+                    sg += gamma[c] * sdy;
+                    sgx += gamma[c] * sdy_xhat;
                 }
-                sg += gamma[c] * sdy;
-                sgx += gamma[c] * sdy_xhat;
-            }
-            let len = glen as f32;
-            let (mg, mgx) = (sg / len, sgx / len);
-            for ch in 0..cpg {
-                let c = g * cpg + ch;
-                let (xs, ds) = (&xg[ch * s..(ch + 1) * s], &dyg[ch * s..(ch + 1) * s]);
-                let out = &mut dxg[ch * s..(ch + 1) * s];
-                // dx = r·(γ·dy − mg − x̂·mgx) = A·dy + B·x + C
-                let a = r * gamma[c];
-                let b = -r * r * mgx;
-                let k = r * (r * mgx * mean - mg);
-                for ((o, &d), &xv) in out.iter_mut().zip(ds).zip(xs) {
-                    *o = a * d + b * xv + k;
+                let len = glen as f32;
+                let (mg, mgx) = (sg / len, sgx / len);
+                for ch in 0..cpg {
+                    let c = g * cpg + ch;
+                    let (xs, ds) = (&xg[ch * s..(ch + 1) * s], &dyg[ch * s..(ch + 1) * s]);
+                    let out = &mut dxg[ch * s..(ch + 1) * s];
+                    // dx = r·(γ·dy − mg − x̂·mgx) = A·dy + B·x + C
+                    let a = r * gamma[c];
+                    let b = -r * r * mgx;
+                    let k = r * (r * mgx * mean - mg);
+                    for ((o, &d), &xv) in out.iter_mut().zip(ds).zip(xs) {
+                        *o = a * d + b * xv + k;
+                    }
                 }
-            }
+            })
         });
     }
     let (mut dgamma, mut dbeta) = (vec![0.0f32; sh.c], vec![0.0f32; sh.c]);

@@ -164,6 +164,24 @@ fn conv_matches_burn_values_and_gradients() {
             dil: 1,
             bias: true,
         },
+        // the direct kernel's edges: 13 output channels (blocks of 5, 4, 4), rows of 17 and
+        // 28 pixels (partial 8-wide segments), an odd number of segments per image
+        ConvCase {
+            x: [3, 7, 5, 17],
+            w: [13, 7, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
+        ConvCase {
+            x: [2, 9, 3, 28],
+            w: [32, 9, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: false,
+        },
         // strided 1×1 (no im2col shortcut)
         ConvCase {
             x: [2, 3, 7, 7],

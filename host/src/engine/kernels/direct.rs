@@ -1,0 +1,407 @@
+//! Direct "same" convolution on x86-64 with AVX2 + FMA: every output value is accumulated in a
+//! register over all input channels and kernel taps, with no im2col matrix and no GEMM calls.
+//!
+//! Why: the GEMM-per-tap path ([`super::conv::forward_taps`]) runs 9 GEMMs with `K = C_in`
+//! (32–128 in the UNets) per image and layer, so each output tile is loaded and stored 9 times
+//! and both operands are packed 9 times; at batch 32 that left memlab's forward ≈ 1.4× PyTorch's
+//! oneDNN convolutions (BENCHMARKS.md). Here a register tile of up to 6 output channels × 16
+//! output pixels (12 AVX registers) is loaded once with the bias, receives `C_in · kh · kw`
+//! broadcast-weight × input-vector FMAs, and is stored once, straight into the NCHW output.
+//!
+//! Layout. The image is copied into zero-padded planes (`hp × wp` per channel, plus slack so
+//! that an 8-wide load starting anywhere in the last row stays inside the buffer); output pixel
+//! `(o, j)` of tap `(ki, kj)` reads padded element `(o + ki)·wp + j + kj` of each plane. The
+//! pixels of the output are cut into *segments* of 8 along a row (the last one of a row
+//! shorter when `w` is not a multiple of 8); a tile is two segments (the two halves of 16
+//! pixels of a row, or two rows of a narrow image), so an 8×8 image wastes nothing. The
+//! weights of a block of output channels are packed as `[c_in][tap][channel]`, so that each
+//! step broadcasts consecutive floats.
+//!
+//! Sums run in a fixed order (input channel, then tap, each with one rounding per FMA) for any
+//! thread count: deterministic, but in another order than the GEMM path and burn's op, so the
+//! results differ from those at the rounding level. Other CPUs (no AVX2/FMA, other
+//! architectures) keep the GEMM path. `MEMLAB_CONV_DIRECT=off` switches this kernel off, for
+//! A/B measurements and cross-checks.
+
+use super::conv::ConvShape;
+use std::mem::MaybeUninit;
+
+/// Output channels per register tile.
+const MR: usize = 6;
+/// Pixels per segment (one AVX register of f32).
+const LANES: usize = 8;
+/// Floats of slack after the padded planes: an 8-wide load may start at the last padded pixel.
+pub const SLACK: usize = LANES;
+
+/// Whether this CPU runs the direct kernel (and it is not switched off).
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("MEMLAB_CONV_DIRECT").is_ok_and(|v| v == "off" || v == "0");
+        !off && super::cpu::avx2_fma()
+    })
+}
+
+/// One run of up to 8 output pixels along a row: where its first pixel reads the padded
+/// image (tap (0, 0)), where it writes the output, and how many pixels it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    src: usize,
+    dst: usize,
+    len: usize,
+}
+
+/// The segments of an `h × w` output whose padded rows are `wp` wide, in row order.
+fn segments(h: usize, w: usize, wp: usize) -> Vec<Segment> {
+    let mut out = Vec::with_capacity(h * w.div_ceil(LANES));
+    for o in 0..h {
+        for j in (0..w).step_by(LANES) {
+            out.push(Segment {
+                src: o * wp + j,
+                dst: o * w + j,
+                len: LANES.min(w - j),
+            });
+        }
+    }
+    out
+}
+
+/// Splits `c_out` channels into blocks of at most [`MR`], as even as possible (32 → 6, 6, 5,
+/// 5, 5, 5 rather than 6, 6, 6, 6, 6, 2: a 2-channel tile has 4 accumulators and spends most
+/// of its time loading). Returns `(first channel, width)` per block.
+fn blocks(c_out: usize) -> Vec<(usize, usize)> {
+    let nb = c_out.div_ceil(MR).max(1);
+    let (base, extra) = (c_out / nb, c_out % nb);
+    let mut b0 = 0;
+    (0..nb)
+        .map(|i| {
+            let mr = base + usize::from(i < extra);
+            b0 += mr;
+            (b0 - mr, mr)
+        })
+        .filter(|&(_, mr)| mr > 0)
+        .collect()
+}
+
+/// Convolution weights `[c_out, c_in, kh, kw]` repacked per block of output channels
+/// ([`blocks`]) as `[c_in][tap][channel of the block]`.
+pub struct PackedWeights {
+    data: Vec<f32>,
+    blocks: Vec<(usize, usize)>,
+    per_channel: usize,
+}
+
+impl PackedWeights {
+    /// Packs `weight` (`c_out × c_in·taps`, row-major).
+    pub fn new(weight: &[f32], c_out: usize, c_in: usize, taps: usize) -> PackedWeights {
+        let per_channel = c_in * taps;
+        debug_assert_eq!(weight.len(), c_out * per_channel);
+        let mut data = vec![0.0; weight.len()];
+        let blocks = blocks(c_out);
+        for &(b0, mr) in &blocks {
+            let block = &mut data[b0 * per_channel..(b0 + mr) * per_channel];
+            for m in 0..mr {
+                let row = &weight[(b0 + m) * per_channel..][..per_channel];
+                for (i, v) in row.iter().enumerate() {
+                    // i = ci·taps + t, the same order as the block's [c_in][tap] steps.
+                    block[i * mr + m] = *v;
+                }
+            }
+        }
+        PackedWeights {
+            data,
+            blocks,
+            per_channel,
+        }
+    }
+
+    /// The packed weights of the block starting at output channel `b0` with `mr` channels.
+    fn block(&self, b0: usize, mr: usize) -> &[f32] {
+        &self.data[b0 * self.per_channel..(b0 + mr) * self.per_channel]
+    }
+}
+
+/// One image of a "same" convolution: `xp` is the zero-padded image (`c_in` planes of
+/// `hp·wp`, then [`SLACK`] floats), `y` the image's output `[c_out, h, w]`: every element is
+/// written.
+///
+/// # Panics
+/// If the buffers are shorter than the geometry needs, or [`available`] is false.
+pub fn image(
+    s: &ConvShape,
+    hp: usize,
+    wp: usize,
+    xp: &[f32],
+    packed: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    assert!(
+        available(),
+        "direct convolution called on a CPU without AVX2/FMA"
+    );
+    let plane = hp * wp;
+    assert!(xp.len() >= s.c_in * plane + SLACK);
+    assert_eq!(y.len(), s.c_out * s.h * s.w);
+    assert_eq!(hp, s.h + s.kh - 1);
+    assert_eq!(wp, s.w + s.kw - 1);
+    let taps: Vec<usize> = (0..s.kh)
+        .flat_map(|ki| (0..s.kw).map(move |kj| ki * wp + kj))
+        .collect();
+    let segs = segments(s.h, s.w, wp);
+    let p = s.h * s.w;
+    let zero = [0.0f32; MR];
+    for &(b0, mr) in &packed.blocks {
+        let w = packed.block(b0, mr);
+        let mut init = zero;
+        if let Some(bias) = bias {
+            init[..mr].copy_from_slice(&bias[b0..b0 + mr]);
+        }
+        let out = &mut y[b0 * p..(b0 + mr) * p];
+        for pair in segs.chunks(2) {
+            let (a, b) = (pair[0], pair.get(1).copied());
+            // SAFETY: AVX2/FMA checked above (`available`); every load of a segment reads
+            // xp[ci·plane + src + tap .. + 8] with src + tap + 8 ≤ plane + SLACK because
+            // src + tap ≤ (h − 1 + kh − 1)·wp + w − 1 + kw − 1 < plane; stores are bounded by
+            // `len` inside the c_out block of `y`.
+            unsafe {
+                match mr {
+                    6 => tile::<6>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                    5 => tile::<5>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                    4 => tile::<4>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                    3 => tile::<3>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                    2 => tile::<2>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                    _ => tile::<1>(xp, plane, s.c_in, &taps, w, &init, out, p, a, b),
+                }
+            }
+        }
+    }
+}
+
+/// `M` output channels × two segments: `acc[m][v] = init[m] + Σ_ci Σ_t w[ci][t][m] ·
+/// xp[ci·plane + seg_v.src + taps[t] ..]`, stored at `out[m·p + seg_v.dst ..][..len]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; the buffers must hold every segment as [`image`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize>(
+    xp: &[f32],
+    plane: usize,
+    c_in: usize,
+    taps: &[usize],
+    w: &[f32],
+    init: &[f32; MR],
+    out: &mut [MaybeUninit<f32>],
+    p: usize,
+    a: Segment,
+    b: Option<Segment>,
+) {
+    use std::arch::x86_64::*;
+    let b_seg = b.unwrap_or(Segment { len: 0, ..a });
+    // Plain indexing over constant ranges throughout: iterators over `acc` (or arrays of its
+    // values) can stop LLVM from keeping the accumulators in registers, and then every FMA
+    // is followed by a store to the stack (measured: 3× slower).
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    #[allow(clippy::needless_range_loop)]
+    for m in 0..M {
+        let v = _mm256_set1_ps(init[m]);
+        acc[m] = [v, v];
+    }
+    let x = xp.as_ptr();
+    let mut wp = w.as_ptr();
+    debug_assert_eq!(w.len(), M * c_in * taps.len());
+    for ci in 0..c_in {
+        // SAFETY (all pointer arithmetic below): within xp and w by the caller's contract.
+        let (xa, xb) = unsafe { (x.add(ci * plane + a.src), x.add(ci * plane + b_seg.src)) };
+        for &t in taps {
+            let (va, vb) = unsafe { (_mm256_loadu_ps(xa.add(t)), _mm256_loadu_ps(xb.add(t))) };
+            #[allow(clippy::needless_range_loop)]
+            for m in 0..M {
+                let k = unsafe { _mm256_broadcast_ss(&*wp.add(m)) };
+                acc[m][0] = _mm256_fmadd_ps(k, va, acc[m][0]);
+                acc[m][1] = _mm256_fmadd_ps(k, vb, acc[m][1]);
+            }
+            wp = unsafe { wp.add(M) };
+        }
+    }
+    let mut tmp = [[0.0f32; LANES]; 2];
+    #[allow(clippy::needless_range_loop)]
+    for m in 0..M {
+        unsafe {
+            _mm256_storeu_ps(tmp[0].as_mut_ptr(), acc[m][0]);
+            _mm256_storeu_ps(tmp[1].as_mut_ptr(), acc[m][1]);
+        }
+        store(out, m * p, a, &tmp[0]);
+        store(out, m * p, b_seg, &tmp[1]);
+    }
+}
+
+/// Writes the first `seg.len` values of `v` at `out[base + seg.dst ..]`.
+#[inline(always)]
+fn store(out: &mut [MaybeUninit<f32>], base: usize, seg: Segment, v: &[f32; LANES]) {
+    for (d, t) in out[base + seg.dst..][..seg.len].iter_mut().zip(v) {
+        d.write(*t);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize>(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &[usize],
+    _: &[f32],
+    _: &[f32; MR],
+    _: &mut [MaybeUninit<f32>],
+    _: usize,
+    _: Segment,
+    _: Option<Segment>,
+) {
+    unreachable!("the direct convolution is x86-64 only (`available` is false elsewhere)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_every_output_pixel_once() {
+        for (h, w) in [(8, 8), (3, 5), (4, 28), (2, 17), (1, 1)] {
+            let wp = w + 2;
+            let segs = segments(h, w, wp);
+            let mut seen = vec![0u8; h * w];
+            for s in &segs {
+                assert!(s.len >= 1 && s.len <= LANES);
+                let (o, j) = (s.dst / w, s.dst % w);
+                assert_eq!(s.src, o * wp + j);
+                assert!(j + s.len <= w, "segment crosses a row");
+                for v in &mut seen[s.dst..s.dst + s.len] {
+                    *v += 1;
+                }
+            }
+            assert!(seen.iter().all(|&v| v == 1), "{h}×{w}");
+        }
+    }
+
+    #[test]
+    fn packing_puts_a_blocks_channels_side_by_side() {
+        let (c_out, c_in, taps) = (8, 2, 3);
+        let w: Vec<f32> = (0..c_out * c_in * taps).map(|i| i as f32).collect();
+        let p = PackedWeights::new(&w, c_out, c_in, taps);
+        assert_eq!(p.blocks, [(0, 4), (4, 4)]);
+        let b0 = p.block(0, 4);
+        // step (ci = 1, t = 2) of channel 3 of the first block
+        assert_eq!(b0[(taps + 2) * 4 + 3], w[3 * c_in * taps + taps + 2]);
+        let b1 = p.block(4, 4);
+        // step (ci = 0, t = 2) of channel 5 (the second of the second block)
+        assert_eq!(b1[2 * 4 + 1], w[5 * c_in * taps + 2]);
+    }
+
+    /// `image` against a direct f64 sum of the convolution's definition, over shapes that hit
+    /// every block width (1–6 channels), partial segments and odd segment counts.
+    #[test]
+    fn image_matches_the_definition() {
+        if !available() {
+            eprintln!("no AVX2/FMA here: the direct kernel is not used on this CPU");
+            return;
+        }
+        let mut seed = 1u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for (c_in, c_out, h, w, k) in [
+            (3, 1, 4, 8, 3),
+            (2, 5, 3, 9, 3),
+            (4, 11, 2, 16, 3),
+            (5, 7, 7, 5, 3),
+            (2, 3, 6, 13, 5),
+            (1, 2, 1, 1, 3),
+        ] {
+            let s = ConvShape {
+                n: 1,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh: k,
+                kw: k,
+                stride: [1, 1],
+                pad: [k / 2, k / 2],
+                dil: [1, 1],
+            };
+            let (hp, wp) = (h + k - 1, w + k - 1);
+            let x: Vec<f32> = (0..c_in * h * w).map(|_| rnd()).collect();
+            let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| rnd()).collect();
+            // zero padding, then garbage in the slack (it must never reach the output)
+            let mut xp = vec![0.0f32; c_in * hp * wp + SLACK];
+            for c in 0..c_in {
+                for i in 0..h {
+                    for j in 0..w {
+                        xp[(c * hp + i + k / 2) * wp + j + k / 2] = x[(c * h + i) * w + j];
+                    }
+                }
+            }
+            for v in &mut xp[c_in * hp * wp..] {
+                *v = f32::NAN;
+            }
+            let packed = PackedWeights::new(&wt, c_out, c_in, k * k);
+            let mut y = vec![MaybeUninit::new(f32::NAN); c_out * h * w];
+            image(&s, hp, wp, &xp, &packed, Some(&bias), &mut y);
+            for co in 0..c_out {
+                for i in 0..h {
+                    for j in 0..w {
+                        let mut want = bias[co] as f64;
+                        for ci in 0..c_in {
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let (yi, xj) = (i + ki, j + kj);
+                                    if yi < k / 2
+                                        || xj < k / 2
+                                        || yi - k / 2 >= h
+                                        || xj - k / 2 >= w
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[(ci * h + yi - k / 2) * w + xj - k / 2] as f64;
+                                    want += wt[((co * c_in + ci) * k + ki) * k + kj] as f64 * xv;
+                                }
+                            }
+                        }
+                        // SAFETY: `image` writes every element.
+                        let got = unsafe { y[(co * h + i) * w + j].assume_init() } as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "c_in {c_in} c_out {c_out} {h}×{w} k {k}: ({co}, {i}, {j}) {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_are_even_and_cover_the_channels() {
+        for c in 1..200 {
+            let b = blocks(c);
+            assert_eq!(b.len(), c.div_ceil(MR));
+            assert_eq!(b.iter().map(|x| x.1).sum::<usize>(), c);
+            let (lo, hi) = (b.iter().map(|x| x.1).min(), b.iter().map(|x| x.1).max());
+            assert!(
+                hi.unwrap() <= MR && hi.unwrap() - lo.unwrap() <= 1,
+                "{c}: {b:?}"
+            );
+            assert!(b.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        }
+        assert_eq!(
+            blocks(32),
+            [(0, 6), (6, 6), (12, 5), (17, 5), (22, 5), (27, 5)]
+        );
+    }
+}
