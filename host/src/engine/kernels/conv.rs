@@ -97,6 +97,13 @@ fn same(s: &ConvShape) -> bool {
     s.stride == [1, 1] && s.dil == [1, 1] && s.oh() == s.h && s.ow() == s.w
 }
 
+/// Whether forward and input gradient run as [`forward_taps`]: "same" convolutions except
+/// 1×1 ones, which are one plain GEMM per image (the direct kernel, with a single tap per
+/// input channel, measured 1.4× slower there).
+fn by_taps(s: &ConvShape) -> bool {
+    same(s) && !s.pointwise()
+}
+
 /// `col (K × P) = im2col(x_b)`.
 fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     let (oh, ow, p) = (s.oh(), s.ow(), s.p());
@@ -170,7 +177,7 @@ fn col2im(s: &ConvShape, dcol: &[f32], dx: &mut [f32]) {
 /// Forward: `x` is `[n, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`, `bias` `[c_out]`;
 /// returns `[n, c_out, oh, ow]`.
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    if same(s) && !s.pointwise() {
+    if by_taps(s) {
         return forward_taps(s, x, weight, bias);
     }
     let (k, p) = (s.k(), s.p());
@@ -328,7 +335,8 @@ pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32
     y
 }
 
-/// Weight gradient of a [`same`] convolution, one GEMM per tap and image:
+/// Weight gradient of a [`same`] convolution: the direct kernel
+/// ([`direct::weight_grad_image`]) where it runs, else one GEMM per tap and image:
 /// `dW[:, :, ki, kj] += dŷ · view(ki·wp + kj)ᵀ`, with `dŷ` the output gradient laid out on the
 /// padded width (zeros in the discarded columns, so they contribute nothing).
 fn backward_weight_taps(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -339,6 +347,16 @@ fn backward_weight_taps(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let chunks = s.n.div_ceil(chunk);
     let wlen = s.c_out * k;
     let mut partial = zeros(chunks * wlen);
+    if direct::available() {
+        par_items(&mut partial, wlen, 1, pd.len, |xp, c, dw| {
+            for b in c * chunk..((c + 1) * chunk).min(s.n) {
+                pad_image(s, &pd, &x[b * img..(b + 1) * img], xp);
+                let dyb = &dy[b * s.c_out * p..(b + 1) * s.c_out * p];
+                direct::weight_grad_image(s, pd.hp, pd.wp, xp, dyb, dw);
+            }
+        });
+        return sum_partials(partial, wlen);
+    }
     par_items(
         &mut partial,
         wlen,
@@ -391,7 +409,7 @@ fn backward_weight_taps(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// Input gradient `[n, c_in, h, w]` from the output gradient `dy` `[n, c_out, oh, ow]`.
 pub fn backward_input(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    if same(s) && !s.pointwise() {
+    if by_taps(s) {
         // The input gradient of a "same" convolution is the "same" convolution of dy with the
         // kernel flipped in space and transposed in channels (odd kernels: the padding stays).
         let (kh, kw) = (s.kh, s.kw);
