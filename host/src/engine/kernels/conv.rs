@@ -10,8 +10,9 @@
 //! convolution (stride 1, output as large as the input: the UNets' 3×3 convolutions) skips it too:
 //! each kernel tap is a shifted view of a zero-padded copy of the image, one GEMM per tap
 //! ([`forward_taps`]; the input gradient is the same convolution of `dy` with the kernel flipped
-//! and transposed; `backward_weight_taps`). Images run in parallel, each GEMM on one thread; the
-//! weight gradient sums per-chunk partials in chunk order.
+//! and transposed; `backward_weight_taps`). On CPUs with AVX2 + FMA the "same" convolutions run
+//! the direct kernel of [`super::direct`] instead of GEMMs. Images run in parallel, each GEMM on
+//! one thread; the weight gradient sums per-chunk partials in chunk order.
 
 use super::direct;
 use super::gemm::{Mat, par_fill, par_items, sgemm, threads, zeros};

@@ -17,6 +17,11 @@
 //! weights of a block of output channels are packed as `[c_in][tap][channel]`, so that each
 //! step broadcasts consecutive floats.
 //!
+//! The input gradient of a "same" convolution is the same convolution of `dy` with the kernel
+//! flipped and transposed ([`super::conv::backward_input`]), so it runs [`image`] too; the
+//! weight gradient has its own kernel ([`weight_grad_image`]: output × input channel tiles of
+//! one tap, summed over the pixels in 8 lanes).
+//!
 //! Sums run in a fixed order (input channel, then tap, each with one rounding per FMA) for any
 //! thread count: deterministic, but in another order than the GEMM path and burn's op, so the
 //! results differ from those at the rounding level. Other CPUs (no AVX2/FMA, other
