@@ -455,6 +455,52 @@ unsafe fn grad_tile<const M: usize, const N: usize>(
 mod tests {
     use super::*;
 
+    /// Uniform values in [-0.5, 0.5) from a fixed-seed LCG.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
+    /// One image of a "same" k×k convolution.
+    fn same_shape(c_in: usize, c_out: usize, h: usize, w: usize, k: usize) -> ConvShape {
+        ConvShape {
+            n: 1,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: [1, 1],
+            pad: [k / 2, k / 2],
+            dil: [1, 1],
+        }
+    }
+
+    /// `x` (`[c_in, h, w]`) zero-padded as the kernels read it, with zero slack.
+    fn padded(s: &ConvShape, x: &[f32]) -> Vec<f32> {
+        let (hp, wp) = (s.h + s.kh - 1, s.w + s.kw - 1);
+        let mut xp = vec![0.0f32; s.c_in * hp * wp + SLACK];
+        for c in 0..s.c_in {
+            for i in 0..s.h {
+                for j in 0..s.w {
+                    xp[(c * hp + i + s.pad[0]) * wp + j + s.pad[1]] = x[(c * s.h + i) * s.w + j];
+                }
+            }
+        }
+        xp
+    }
+
+    /// The input value at padded position `(pi, pj)` of channel `ci`, `None` in the padding.
+    fn tap_input(s: &ConvShape, x: &[f32], ci: usize, pi: usize, pj: usize) -> Option<f64> {
+        let (i, j) = (pi.checked_sub(s.pad[0])?, pj.checked_sub(s.pad[1])?);
+        (i < s.h && j < s.w).then(|| x[(ci * s.h + i) * s.w + j] as f64)
+    }
+
     #[test]
     fn segments_cover_every_output_pixel_once() {
         for (h, w) in [(8, 8), (3, 5), (4, 28), (2, 17), (1, 1)] {
@@ -496,13 +542,7 @@ mod tests {
             eprintln!("no AVX2/FMA here: the direct kernel is not used on this CPU");
             return;
         }
-        let mut seed = 1u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(1);
         for (c_in, c_out, h, w, k) in [
             (3, 1, 4, 8, 3),
             (2, 5, 3, 9, 3),
@@ -511,31 +551,13 @@ mod tests {
             (2, 3, 6, 13, 5),
             (1, 2, 1, 1, 3),
         ] {
-            let s = ConvShape {
-                n: 1,
-                c_in,
-                h,
-                w,
-                c_out,
-                kh: k,
-                kw: k,
-                stride: [1, 1],
-                pad: [k / 2, k / 2],
-                dil: [1, 1],
-            };
+            let s = same_shape(c_in, c_out, h, w, k);
             let (hp, wp) = (h + k - 1, w + k - 1);
             let x: Vec<f32> = (0..c_in * h * w).map(|_| rnd()).collect();
             let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| rnd()).collect();
             // zero padding, then garbage in the slack (it must never reach the output)
-            let mut xp = vec![0.0f32; c_in * hp * wp + SLACK];
-            for c in 0..c_in {
-                for i in 0..h {
-                    for j in 0..w {
-                        xp[(c * hp + i + k / 2) * wp + j + k / 2] = x[(c * h + i) * w + j];
-                    }
-                }
-            }
+            let mut xp = padded(&s, &x);
             for v in &mut xp[c_in * hp * wp..] {
                 *v = f32::NAN;
             }
@@ -549,16 +571,10 @@ mod tests {
                         for ci in 0..c_in {
                             for ki in 0..k {
                                 for kj in 0..k {
-                                    let (yi, xj) = (i + ki, j + kj);
-                                    if yi < k / 2
-                                        || xj < k / 2
-                                        || yi - k / 2 >= h
-                                        || xj - k / 2 >= w
-                                    {
-                                        continue;
+                                    if let Some(xv) = tap_input(&s, &x, ci, i + ki, j + kj) {
+                                        want +=
+                                            wt[((co * c_in + ci) * k + ki) * k + kj] as f64 * xv;
                                     }
-                                    let xv = x[(ci * h + yi - k / 2) * w + xj - k / 2] as f64;
-                                    want += wt[((co * c_in + ci) * k + ki) * k + kj] as f64 * xv;
                                 }
                             }
                         }
@@ -574,7 +590,7 @@ mod tests {
         }
     }
 
-    /// `weight_grad_image` against a direct f64 sum, on shapes hitting every (4, 3) tile
+    /// `weight_grad_image` against a direct f64 sum, on shapes hitting every (3, 3) tile
     /// remainder and partial segments; it adds to what `dw` holds.
     #[test]
     fn weight_gradient_matches_the_definition() {
@@ -582,13 +598,7 @@ mod tests {
             eprintln!("no AVX2/FMA here: the direct kernel is not used on this CPU");
             return;
         }
-        let mut seed = 7u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(7);
         for (c_in, c_out, h, w, k) in [
             (3, 4, 4, 8, 3),
             (5, 7, 3, 9, 3),
@@ -596,29 +606,11 @@ mod tests {
             (7, 2, 6, 13, 5),
             (1, 1, 1, 1, 3),
         ] {
-            let s = ConvShape {
-                n: 1,
-                c_in,
-                h,
-                w,
-                c_out,
-                kh: k,
-                kw: k,
-                stride: [1, 1],
-                pad: [k / 2, k / 2],
-                dil: [1, 1],
-            };
+            let s = same_shape(c_in, c_out, h, w, k);
             let (hp, wp) = (h + k - 1, w + k - 1);
             let x: Vec<f32> = (0..c_in * h * w).map(|_| rnd()).collect();
             let dy: Vec<f32> = (0..c_out * h * w).map(|_| rnd()).collect();
-            let mut xp = vec![0.0f32; c_in * hp * wp + SLACK];
-            for c in 0..c_in {
-                for i in 0..h {
-                    for j in 0..w {
-                        xp[(c * hp + i + k / 2) * wp + j + k / 2] = x[(c * h + i) * w + j];
-                    }
-                }
-            }
+            let xp = padded(&s, &x);
             let start: Vec<f32> = (0..c_out * c_in * k * k).map(|_| rnd()).collect();
             let mut dw = start.clone();
             weight_grad_image(&s, hp, wp, &xp, &dy, &mut dw);
@@ -630,16 +622,9 @@ mod tests {
                             let mut want = start[at] as f64;
                             for i in 0..h {
                                 for j in 0..w {
-                                    let (yi, xj) = (i + ki, j + kj);
-                                    if yi < k / 2
-                                        || xj < k / 2
-                                        || yi - k / 2 >= h
-                                        || xj - k / 2 >= w
-                                    {
-                                        continue;
+                                    if let Some(xv) = tap_input(&s, &x, ci, i + ki, j + kj) {
+                                        want += dy[(co * h + i) * w + j] as f64 * xv;
                                     }
-                                    want += dy[(co * h + i) * w + j] as f64
-                                        * x[(ci * h + yi - k / 2) * w + xj - k / 2] as f64;
                                 }
                             }
                             assert!(

@@ -98,12 +98,12 @@ pub unsafe fn sgemm(
 /// `chunk` items per rayon task. `scratch` is a per-thread buffer of `scratch_len` floats that
 /// lives as long as the thread (im2col tiles are reused across calls instead of being
 /// allocated, page-faulted and zeroed every time); its contents on entry are arbitrary.
-pub fn par_items(
-    data: &mut [f32],
+pub fn par_items<T: Send>(
+    data: &mut [T],
     item: usize,
     chunk: usize,
     scratch_len: usize,
-    f: impl Fn(&mut [f32], usize, &mut [f32]) + Sync + Send,
+    f: impl Fn(&mut [f32], usize, &mut [T]) + Sync + Send,
 ) {
     if item == 0 || data.is_empty() {
         return;
@@ -136,19 +136,13 @@ pub unsafe fn par_fill(
 ) -> Vec<f32> {
     let n = items * item;
     let mut v: Vec<f32> = Vec::with_capacity(n);
-    if n > 0 {
-        let chunk = chunk.max(1);
-        v.spare_capacity_mut()[..n]
-            .par_chunks_mut(item * chunk)
-            .enumerate()
-            .for_each(|(c, block)| {
-                with_scratch(scratch_len, |s| {
-                    for (i, one) in block.chunks_mut(item).enumerate() {
-                        f(s, c * chunk + i, one);
-                    }
-                })
-            });
-    }
+    par_items(
+        &mut v.spare_capacity_mut()[..n],
+        item,
+        chunk,
+        scratch_len,
+        f,
+    );
     // SAFETY: every element was written (the caller's contract); a panic above leaves len 0.
     unsafe { v.set_len(n) };
     v
