@@ -274,8 +274,10 @@ impl SpatialAttention {
         let k = qkv.slice(2, dh, 2 * dh);
         let v = qkv.slice(2, 2 * dh, 3 * dh);
         let scale = 1.0 / (dh as f64).sqrt();
-        // weights [n, heads, hw(query), hw(key)]
-        let weights = (q.transpose(2, 3) * scale).matmul(&k).softmax(3);
+        // weights [n, heads, hw(query), hw(key)]. The scale multiplies the product (contiguous,
+        // 4·hw/dh times larger) rather than the transposed slice of q: a strided scalar op
+        // walks element by element and cost more than the product itself.
+        let weights = (q.transpose(2, 3).matmul(&k) * scale).softmax(3);
         // out [n, heads, dh, hw] = v · weightsᵀ
         let out = v.matmul(&weights.transpose(2, 3)).reshape_to(&[n, c, h, w]);
         let out = conv1x1(&ctx.scope("proj_out"), &out, c, c, true);

@@ -280,8 +280,21 @@ pub fn train(reg: &Registry, spec: &TrainBench) -> Result<TrainReport> {
         }
         Ok(fwd)
     };
+    // MEMLAB_OP_PROFILE=1: a per-op table of each forward measurement, on stderr.
+    let profiled = |what: &str, passes: usize| {
+        let rows = crate::engine::profile::take();
+        if crate::engine::profile::enabled() && what != "training" {
+            eprintln!(
+                "op profile, {what} (per pass):\n{}",
+                crate::engine::profile::table(&rows, passes)
+            );
+        }
+    };
+    profiled("training", steps + 1);
     let fwd = forward(forward_batch, forward_reps)?;
+    profiled(&format!("forward at batch {forward_batch}"), forward_reps);
     let mut small = forward(batch, forward_reps)?;
+    profiled(&format!("forward at batch {batch}"), forward_reps);
     let forward_all_s = fwd.clone();
     let mut fwd = fwd;
     fwd.sort_by(f64::total_cmp);

@@ -251,7 +251,15 @@ impl<'p> Executor<'p> {
             ));
             return TensorId::INVALID;
         };
-        match catch_unwind(AssertUnwindSafe(|| f(&slots))) {
+        let timer = super::profile::enabled().then(std::time::Instant::now);
+        let result = catch_unwind(AssertUnwindSafe(|| f(&slots)));
+        if let Some(t0) = timer {
+            let shapes: Vec<String> = slots.iter().map(|s| format!("{:?}", s.shape)).collect();
+            // Parameter requests carry their name after the op: one row for all of them.
+            let name = op.split(' ').next().unwrap_or(op);
+            super::profile::record(name, shapes.join(" "), t0.elapsed().as_secs_f64());
+        }
+        match result {
             Ok(Ok(s)) => self.insert(s),
             Ok(Err(e)) => {
                 self.record(format!("op `{op}` on [{}]: {e}", self.shapes(inputs)));
@@ -634,7 +642,7 @@ impl HostOps for Executor<'_> {
     fn softmax(&self, x: TensorId, dim: usize) -> TensorId {
         self.run("softmax", &[x], |s| {
             check(shape::softmax(&metas(s), dim))?;
-            let t = by_rank!(s[0].rank(), D => activation::softmax(float_tensor::<D>(&s[0]), dim).into_dispatch())?;
+            let t = by_rank!(s[0].rank(), D => kernels::softmax(float_tensor::<D>(&s[0]), dim).into_dispatch())?;
             Ok(HostTensor::float(t, s[0].shape.clone()))
         })
     }

@@ -4,11 +4,13 @@
 //! - [`graph`]: one forward pass executing a plugin's ops ([`executor::Executor`]).
 //! - [`kernels`]: CPU kernels for convolution, GroupNorm and SiLU (burn backend extension).
 //! - [`params`]: named parameters ([`params::ParamStore`]).
+//! - [`profile`]: wall time per op (`MEMLAB_OP_PROFILE=1`).
 
 pub mod device;
 pub mod executor;
 pub mod kernels;
 pub mod params;
+pub mod profile;
 pub mod rank;
 
 use anyhow::{Result, anyhow};

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 /// Elements per parallel block of element-wise kernels.
 const BLOCK: usize = 16 * 1024;
 
-/// `eˣ` to ~2 ulp for |x| ≤ 87, written so that loops over it auto-vectorise: round-to-nearest
+/// `eˣ` to ~2 ulp for |x| < 87 (0 below −87, e⁸⁸ above 88), written so that loops over it auto-vectorise: round-to-nearest
 /// by the 1.5·2²³ trick, Cody–Waite reduction, a degree-6 polynomial, and 2ⁿ assembled from the
 /// float's bits (a float→int `as` cast here would block vectorisation).
 #[inline(always)]
@@ -20,6 +20,7 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    let under = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + MAGIC;
     let n = t - MAGIC;
@@ -34,7 +35,9 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.0;
     let k = t.to_bits().wrapping_sub(MAGIC.to_bits());
     let scale = f32::from_bits(k.wrapping_add(127) << 23);
-    p * scale
+    // Below −87 the result underflows (to a subnormal, flushed to 0 here) rather than
+    // stopping at e⁻⁸⁷: a softmax over a row with −∞ entries gives them exactly 0.
+    if under { 0.0 } else { p * scale }
 }
 
 /// `1 / (1 + e⁻ˣ)`.
@@ -133,7 +136,9 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
         assert!(exp(1000.0).is_finite());
     }
 

@@ -13,7 +13,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::ConvOptions;
 use burn::backend::tensor::FloatTensor;
 
-use super::{FastOps, act, conv, conv_forward, conv_shape, dims, f32s, flex, norm, norm_shape};
+use super::{
+    FastOps, act, conv, conv_forward, conv_shape, dims, f32s, flex, norm, norm_shape, softmax,
+};
 
 #[derive(Debug)]
 struct Conv<const N: usize>;
@@ -80,6 +82,23 @@ impl Backward<Flex, 1> for Silu {
         let x = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
             flex(act::silu_backward(&f32s(&x), &f32s(&dy)), dims(&x))
+        });
+    }
+}
+
+#[derive(Debug)]
+struct Softmax;
+
+impl Backward<Flex, 1> for Softmax {
+    /// The output `y` (the gradient needs only `y`).
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            let shape = dims(&y);
+            let len = shape.last().copied().unwrap_or(1);
+            flex(softmax::backward(&f32s(&y), &f32s(&dy), len), shape)
         });
     }
 }
@@ -167,6 +186,14 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         // `kernels::adam` only routes tensors without autodiff here; parameters live on the
         // inner device.
         unreachable!("fast_adam is called on parameters of the inner (non-autodiff) device")
+    }
+
+    fn fast_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = Flex::fast_softmax(x.primitive().clone());
+        match Softmax.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 
     fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -10,7 +10,7 @@
 //! ([`conv`], [`norm`], [`act`]) and a hand-written backward recorded on burn's autodiff graph
 //! ([`autodiff`]), plus a one-pass Adam(W) update ([`optim`]).
 //!
-//! The public functions here ([`conv2d`], [`group_norm`], [`silu`], [`adam`]) take and return ordinary
+//! The public functions here ([`conv2d`], [`group_norm`], [`silu`], [`softmax`], [`adam`]) take and return ordinary
 //! burn tensors: on a Flex device (with or without autodiff) and f32 data they run these
 //! kernels; anywhere else (CUDA, other dtypes, grouped convolutions) they run burn's own ops,
 //! so no backend loses an operation. Every kernel is checked against burn's op (values and
@@ -24,6 +24,7 @@ pub mod direct;
 pub mod gemm;
 pub mod norm;
 pub mod optim;
+pub mod softmax;
 #[cfg(test)]
 mod tests;
 
@@ -65,6 +66,8 @@ pub trait FastOps: Backend {
     ) -> FloatTensor<Self>;
     /// `x · sigmoid(x)`.
     fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Softmax over the last dimension.
+    fn fast_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// One Adam(W) update of a parameter `p` with gradient `g` and moments `m`, `v` in a single
     /// pass; returns the new `(p, m, v)`. Never recorded for autodiff.
     fn fast_adam(
@@ -167,6 +170,12 @@ impl FastOps for Flex {
 
     fn fast_silu(x: FlexTensor) -> FlexTensor {
         flex(act::silu_forward(&f32s(&x)), dims(&x))
+    }
+
+    fn fast_softmax(x: FlexTensor) -> FlexTensor {
+        let shape = dims(&x);
+        let len = shape.last().copied().unwrap_or(1);
+        flex(softmax::forward(&f32s(&x), len), shape)
     }
 
     fn fast_adam(
@@ -305,5 +314,15 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Tensor::from_dispatch(<Dispatch as FastOps>::fast_silu(x.into_dispatch()))
     } else {
         activation::silu(x)
+    }
+}
+
+/// Softmax over `dim`: the kernel on Flex when `dim` is the last dimension, burn's op
+/// otherwise.
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    if on_flex(&x) && dim + 1 == D {
+        Tensor::from_dispatch(<Dispatch as FastOps>::fast_softmax(x.into_dispatch()))
+    } else {
+        activation::softmax(x, dim)
     }
 }

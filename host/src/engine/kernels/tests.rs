@@ -6,7 +6,7 @@ use burn::tensor::activation;
 use burn::tensor::module as fmod;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{conv2d, group_norm, group_norm_generic, silu};
+use super::{conv2d, group_norm, group_norm_generic, silu, softmax};
 use memlab_plugin_api::SplitMix64;
 
 fn dev() -> Device {
@@ -251,6 +251,37 @@ fn silu_matches_burn_values_and_gradients() {
         &vals(&x.grad(&g1).unwrap()),
         &vals(&x.grad(&g2).unwrap()),
         1e-6,
+    );
+}
+
+#[test]
+fn softmax_matches_burn_values_and_gradients() {
+    // Attention-shaped weights (rows of 64) and an odd row length; values up to ±24 so that
+    // the maximum's subtraction matters.
+    for shape in [[2, 4, 64, 64], [3, 5, 7, 13]] {
+        let x = rand(shape, 11, 8.0).require_grad();
+        let ours = softmax(x.clone(), 3);
+        let theirs = activation::softmax(x.clone(), 3);
+        close("softmax forward", &vals(&ours), &vals(&theirs), 1e-6);
+        let r = rand(shape, 12, 1.0);
+        let g1 = (ours.clone() * r.clone()).sum().backward();
+        let g2 = (theirs * r).sum().backward();
+        close(
+            "softmax dx",
+            &vals(&x.grad(&g1).unwrap()),
+            &vals(&x.grad(&g2).unwrap()),
+            1e-5,
+        );
+        // Same input, same bits.
+        assert_eq!(vals(&ours), vals(&softmax(x.clone(), 3)));
+    }
+    // Not the last dimension: burn's op, same values.
+    let x = rand([2, 3, 5, 4], 13, 2.0);
+    close(
+        "softmax dim 1",
+        &vals(&softmax(x.clone(), 1)),
+        &vals(&activation::softmax(x, 1)),
+        0.0,
     );
 }
 
