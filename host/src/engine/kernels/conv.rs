@@ -99,10 +99,14 @@ fn same(s: &ConvShape) -> bool {
 }
 
 /// Whether forward and input gradient run as [`forward_taps`]: "same" convolutions except
-/// 1×1 ones, which are one plain GEMM per image (the direct kernel, with a single tap per
-/// input channel, measured 1.4× slower there).
+/// 1×1 ones, which are one plain GEMM per image unless [`direct_pointwise`] applies.
 fn by_taps(s: &ConvShape) -> bool {
-    same(s) && !s.pointwise()
+    same(s) && (!s.pointwise() || direct_pointwise(s))
+}
+
+/// Whether a 1×1 convolution runs [`direct::pointwise`] (on AVX2 + FMA CPUs).
+fn direct_pointwise(s: &ConvShape) -> bool {
+    s.pointwise() && direct::available()
 }
 
 /// `col (K × P) = im2col(x_b)`.
@@ -270,6 +274,17 @@ pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32
     let pp = s.h * pd.wp;
     let (img, k) = (s.c_in * s.h * s.w, s.k());
     let taps = s.kh * s.kw;
+    if direct_pointwise(s) {
+        let packed = direct::PackedWeights::new(weight, s.c_out, s.c_in, 1);
+        let scratch = direct::pointwise_scratch(s.c_in);
+        // SAFETY: `direct::pointwise` writes every output element of the image.
+        return unsafe {
+            par_fill(s.n, s.c_out * p, s.chunk(), scratch, |buf, b, yb| {
+                let xb = &x[b * img..(b + 1) * img];
+                direct::pointwise(s.c_in, p, xb, &packed, bias, yb, buf);
+            })
+        };
+    }
     if direct::available() {
         let packed = direct::PackedWeights::new(weight, s.c_out, s.c_in, taps);
         // SAFETY: `direct::image` writes every output element of the image.

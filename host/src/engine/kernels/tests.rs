@@ -182,6 +182,24 @@ fn conv_matches_burn_values_and_gradients() {
             dil: 1,
             bias: false,
         },
+        // 1×1 over several bands of pixels (48, 48 and a partial 3) and 3×3 rows wide enough
+        // to sum the 40 input channels in two chunks, with partial segments
+        ConvCase {
+            x: [2, 70, 9, 11],
+            w: [13, 70, 1, 1],
+            stride: 1,
+            pad: 0,
+            dil: 1,
+            bias: true,
+        },
+        ConvCase {
+            x: [2, 40, 3, 33],
+            w: [7, 40, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
         // strided 1×1 (no im2col shortcut)
         ConvCase {
             x: [2, 3, 7, 7],
