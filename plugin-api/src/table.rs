@@ -43,6 +43,14 @@ impl<T> TensorTable<T> {
             .and_then(|s| s.as_ref())
     }
 
+    /// The value of `id` for replacing in place, if it is live.
+    pub fn get_mut(&mut self, id: TensorId) -> Option<&mut T> {
+        usize::try_from(id.0)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .and_then(|s| s.as_mut())
+    }
+
     /// Takes the value of `id` out and frees the id (nothing for an id that is not live).
     pub fn remove(&mut self, id: TensorId) -> Option<T> {
         let i = usize::try_from(id.0).ok()?;

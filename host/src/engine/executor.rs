@@ -54,6 +54,41 @@ impl HostTensor {
     }
 }
 
+/// A GroupNorm (with scale and shift) whose output is computed on first use. When that use is
+/// SiLU (every residual block: `GroupNorm → SiLU → conv`), the two run as one fused op
+/// ([`kernels::group_norm_silu`]: the same bits, one pass, and the normalised tensor is never
+/// written); any other use computes the GroupNorm then. The plugin cannot tell: its id holds
+/// a placeholder of the output's shape, and every path that reads a tensor's values
+/// ([`Executor::slot`], the inputs of every op) computes deferred ones first.
+#[derive(Clone)]
+struct DeferredNorm {
+    /// `x`, `gamma`, `beta`.
+    inputs: Vec<HostTensor>,
+    groups: usize,
+    eps: f64,
+}
+
+impl DeferredNorm {
+    fn norm(&self, s: &[HostTensor]) -> Result<HostTensor> {
+        let (x, g, b) = (&s[0], &s[1], &s[2]);
+        let t = by_rank!(x.rank(), D => kernels::group_norm(float_tensor::<D>(x), float_tensor::<1>(g), float_tensor::<1>(b), self.groups, self.eps).into_dispatch())?;
+        Ok(HostTensor::float(t, x.shape.clone()))
+    }
+
+    fn norm_silu(&self, s: &[HostTensor]) -> Result<HostTensor> {
+        let (x, g, b) = (&s[0], &s[1], &s[2]);
+        let t = by_rank!(x.rank(), D => kernels::group_norm_silu(float_tensor::<D>(x), float_tensor::<1>(g), float_tensor::<1>(b), self.groups, self.eps).into_dispatch())?;
+        Ok(HostTensor::float(t, x.shape.clone()))
+    }
+}
+
+/// Whether GroupNorm is deferred for fusion (`MEMLAB_FUSE=off` computes every GroupNorm at
+/// once, for A/B measurements; the results are the same bits either way).
+fn fuse_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("MEMLAB_FUSE").is_ok_and(|v| v == "off" || v == "0"))
+}
+
 /// Execution mode of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -73,6 +108,8 @@ pub struct Executor<'p> {
     /// The buffers used in this pass (never gradient leaves).
     buffers: RefCell<IndexMap<String, DispatchTensor>>,
     slab: RefCell<TensorTable<HostTensor>>,
+    /// Ids whose slab entry is a placeholder for a GroupNorm not computed yet.
+    deferred: RefCell<std::collections::HashMap<TensorId, DeferredNorm>>,
     error: RefCell<Option<String>>,
     rng: RefCell<SplitMix64>,
     training_set: Option<TensorId>,
@@ -128,6 +165,7 @@ impl<'p> Executor<'p> {
             leaves: RefCell::new(IndexMap::new()),
             buffers: RefCell::new(IndexMap::new()),
             slab: RefCell::new(TensorTable::default()),
+            deferred: RefCell::new(std::collections::HashMap::new()),
             error: RefCell::new(None),
             rng: RefCell::new(SplitMix64::for_index(seed, 0x64726f70)),
             training_set: None,
@@ -174,6 +212,7 @@ impl<'p> Executor<'p> {
 
     /// A copy of a live tensor.
     pub fn slot(&self, id: TensorId) -> Result<HostTensor> {
+        self.materialize(id);
         self.slab
             .borrow()
             .get(id)
@@ -240,6 +279,9 @@ impl<'p> Executor<'p> {
         if self.error.borrow().is_some() {
             return TensorId::INVALID;
         }
+        for id in inputs {
+            self.materialize(*id);
+        }
         let slots: Option<Vec<HostTensor>> = {
             let slab = self.slab.borrow();
             inputs.iter().map(|id| slab.get(*id).cloned()).collect()
@@ -251,27 +293,66 @@ impl<'p> Executor<'p> {
             ));
             return TensorId::INVALID;
         };
+        match self.compute(op, &slots, f) {
+            Some(s) => self.insert(s),
+            None => TensorId::INVALID,
+        }
+    }
+
+    /// Runs `f` on `slots` (catching panics, timing it for [`super::profile`]); records a
+    /// failure, naming `op` and the input shapes, and returns `None` then.
+    fn compute(
+        &self,
+        op: &str,
+        slots: &[HostTensor],
+        f: impl FnOnce(&[HostTensor]) -> Result<HostTensor>,
+    ) -> Option<HostTensor> {
         let timer = super::profile::enabled().then(std::time::Instant::now);
-        let result = catch_unwind(AssertUnwindSafe(|| f(&slots)));
+        let result = catch_unwind(AssertUnwindSafe(|| f(slots)));
+        let shapes = || {
+            let v: Vec<String> = slots
+                .iter()
+                .map(|s| format!("{:?}{}", s.shape, if s.int { " int" } else { "" }))
+                .collect();
+            v.join(", ")
+        };
         if let Some(t0) = timer {
-            let shapes: Vec<String> = slots.iter().map(|s| format!("{:?}", s.shape)).collect();
             // Parameter requests carry their name after the op: one row for all of them.
-            let name = op.split(' ').next().unwrap_or(op);
-            super::profile::record(name, shapes.join(" "), t0.elapsed().as_secs_f64());
+            let name = op.split(" `").next().unwrap_or(op);
+            let v: Vec<String> = slots.iter().map(|s| format!("{:?}", s.shape)).collect();
+            super::profile::record(name, v.join(" "), t0.elapsed().as_secs_f64());
         }
         match result {
-            Ok(Ok(s)) => self.insert(s),
+            Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
-                self.record(format!("op `{op}` on [{}]: {e}", self.shapes(inputs)));
-                TensorId::INVALID
+                self.record(format!("op `{op}` on [{}]: {e}", shapes()));
+                None
             }
             Err(p) => {
                 self.record(format!(
                     "op `{op}` on [{}] failed in the backend: {}",
-                    self.shapes(inputs),
+                    shapes(),
                     panic_message(&*p)
                 ));
-                TensorId::INVALID
+                None
+            }
+        }
+    }
+
+    /// Computes the deferred GroupNorm behind `id`, if there is one, into its slab entry (a
+    /// failure records the error and releases `id`).
+    fn materialize(&self, id: TensorId) {
+        let Some(d) = self.deferred.borrow_mut().remove(&id) else {
+            return;
+        };
+        match self.compute("group_norm", &d.inputs, |s| d.norm(s)) {
+            Some(t) => {
+                if let Some(slot) = self.slab.borrow_mut().get_mut(id) {
+                    *slot = t;
+                }
+            }
+            None => {
+                self.slab.borrow_mut().remove(id);
             }
         }
     }
@@ -532,11 +613,26 @@ impl HostOps for Executor<'_> {
     }
 
     fn retain(&self, x: TensorId) -> TensorId {
-        self.run("retain", &[x], |s| Ok(s[0].clone()))
+        let d = self.deferred.borrow().get(&x).cloned();
+        let Some(d) = d else {
+            return self.run("retain", &[x], |s| Ok(s[0].clone()));
+        };
+        // A handle on a deferred GroupNorm: the copy is deferred too.
+        self.ops_run.set(self.ops_run.get() + 1);
+        let placeholder = self.slab.borrow().get(x).cloned();
+        match placeholder {
+            Some(p) if self.error.borrow().is_none() => {
+                let id = self.insert(p);
+                self.deferred.borrow_mut().insert(id, d);
+                id
+            }
+            _ => TensorId::INVALID,
+        }
     }
 
     fn release(&self, x: TensorId) {
         if x != TensorId::INVALID {
+            self.deferred.borrow_mut().remove(&x);
             self.slab.borrow_mut().remove(x);
         }
     }
@@ -554,6 +650,20 @@ impl HostOps for Executor<'_> {
     }
 
     fn unary(&self, op: UnaryOp, x: TensorId) -> TensorId {
+        if op == UnaryOp::Silu {
+            let d = self.deferred.borrow().get(&x).cloned();
+            if let Some(d) = d {
+                // GroupNorm → SiLU as one op; `x` stays deferred for any other use.
+                self.ops_run.set(self.ops_run.get() + 1);
+                if self.error.borrow().is_some() {
+                    return TensorId::INVALID;
+                }
+                return match self.compute("group_norm+silu", &d.inputs, |s| d.norm_silu(s)) {
+                    Some(t) => self.insert(t),
+                    None => TensorId::INVALID,
+                };
+            }
+        }
         self.run(op.name(), &[x], |s| {
             check(shape::elementwise("unary", &metas(s)))?;
             unary_impl(op, &s[0])
@@ -682,14 +792,39 @@ impl HostOps for Executor<'_> {
     ) -> TensorId {
         let ids = shape::affine_ids(x, gamma, beta);
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
+        if has_g && has_b && fuse_enabled() {
+            // The common case (every shipped network): one kernel with its own backward,
+            // deferred to the first use so that a following SiLU fuses with it.
+            let inputs = RefCell::new(None);
+            let id = self.run("group_norm", &ids, |s| {
+                check(shape::group_norm(&metas(s), groups))?;
+                *inputs.borrow_mut() = Some(s.to_vec());
+                // A placeholder with the output's shape, never read (see `DeferredNorm`).
+                Ok(s[0].clone())
+            });
+            if let Some(inputs) = inputs.into_inner()
+                && id != TensorId::INVALID
+            {
+                let d = DeferredNorm {
+                    inputs,
+                    groups,
+                    eps,
+                };
+                self.deferred.borrow_mut().insert(id, d);
+            }
+            return id;
+        }
         self.run("group_norm", &ids, |s| {
             check(shape::group_norm(&metas(s), groups))?;
             let x = &s[0];
             let c = x.shape[1];
             if has_g && has_b {
-                // The common case (every shipped network): one fused op with its own backward.
-                let t = by_rank!(x.rank(), D => kernels::group_norm(float_tensor::<D>(x), float_tensor::<1>(&s[1]), float_tensor::<1>(&s[2]), groups, eps).into_dispatch())?;
-                return Ok(HostTensor::float(t, x.shape.clone()));
+                return DeferredNorm {
+                    inputs: s.to_vec(),
+                    groups,
+                    eps,
+                }
+                .norm(s);
             }
             let y = norm_groups(x, groups, eps)?;
             let mut bshape = vec![1; x.rank()];

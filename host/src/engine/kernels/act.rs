@@ -4,7 +4,7 @@
 //! and records three autodiff nodes; here it is one pass forward and one backward, split into
 //! fixed 16 Ki-element blocks across threads.
 
-use super::cpu::wide;
+use super::cpu::wide_fn;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -47,7 +47,7 @@ pub fn sigmoid(x: f32) -> f32 {
 }
 
 /// Sum with eight partial accumulators (vectorises; the order is fixed for a given length).
-#[inline]
+#[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut it = xs.chunks_exact(8);
@@ -64,7 +64,7 @@ pub fn sum(xs: &[f32]) -> f32 {
 }
 
 /// `Σ a·b` with eight partial accumulators.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -87,16 +87,17 @@ pub fn silu_forward(x: &[f32]) -> Vec<f32> {
     y.spare_capacity_mut()
         .par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK))
-        .for_each(|(y, x)| wide(|| silu_block(y, x)));
+        .for_each(|(y, x)| silu_block(y, x));
     // SAFETY: the blocks cover all x.len() elements, each written once above.
     unsafe { y.set_len(x.len()) };
     y
 }
 
-#[inline(always)]
-fn silu_block(y: &mut [MaybeUninit<f32>], x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        y.write(x * sigmoid(x));
+wide_fn! {
+    fn silu_block(y: &mut [MaybeUninit<f32>], x: &[f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            y.write(x * sigmoid(x));
+        }
     }
 }
 
@@ -107,17 +108,18 @@ pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     dx.spare_capacity_mut()
         .par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
-        .for_each(|(dx, (x, dy))| wide(|| silu_backward_block(dx, x, dy)));
+        .for_each(|(dx, (x, dy))| silu_backward_block(dx, x, dy));
     // SAFETY: the blocks cover all x.len() elements, each written once above.
     unsafe { dx.set_len(x.len()) };
     dx
 }
 
-#[inline(always)]
-fn silu_backward_block(dx: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
-    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-        let s = sigmoid(x);
-        dx.write(g * s * (1.0 + x * (1.0 - s)));
+wide_fn! {
+    fn silu_backward_block(dx: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let s = sigmoid(x);
+            dx.write(g * s * (1.0 + x * (1.0 - s)));
+        }
     }
 }
 

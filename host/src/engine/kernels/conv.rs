@@ -14,8 +14,8 @@
 //! the direct kernel of [`super::direct`] instead of GEMMs. Images run in parallel, each GEMM on
 //! one thread; the weight gradient sums per-chunk partials in chunk order.
 
-use super::direct;
 use super::gemm::{Mat, par_fill, par_items, sgemm, threads, zeros};
+use super::{direct, winograd};
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +283,21 @@ pub fn forward_taps(s: &ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32
                 let xb = &x[b * img..(b + 1) * img];
                 direct::pointwise(s.c_in, p, xb, &packed, bias, yb, buf);
             })
+        };
+    }
+    if winograd::applies(s) {
+        let filters = winograd::Filters::new(weight, s.c_out, s.c_in);
+        // SAFETY: `winograd::image` writes every output element of the image.
+        return unsafe {
+            par_fill(
+                s.n,
+                s.c_out * p,
+                s.chunk(),
+                winograd::scratch_len(s),
+                |buf, b, yb| {
+                    winograd::image(s, &x[b * img..(b + 1) * img], &filters, bias, yb, buf);
+                },
+            )
         };
     }
     if direct::available() {

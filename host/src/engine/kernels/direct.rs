@@ -231,6 +231,61 @@ const CI_CHUNK: usize = 32;
 /// 32; 16×16 93 → 88 and 8×8 (128 → 64) 98 → 80 without this limit).
 const CHUNK_MIN_WIDTH: usize = 4 * LANES;
 
+/// A small GEMM on the register tile: `out[m·ld + j] = Σ_ci w[ci][m] · v[ci·ld + j]` for
+/// every output channel `m` of `packed` (`c_out × c_in`, one tap) and columns `j < cols`, with
+/// `cols` a multiple of 16 and `ld ≥ cols` the row stride of both `v` and `out`; every one of
+/// those output elements is written. (The Winograd convolution's 16 products per tile block.)
+///
+/// # Panics
+/// If the buffers are shorter than that, or [`available`] is false.
+pub(super) fn panel(
+    v: &[f32],
+    ld: usize,
+    c_in: usize,
+    packed: &PackedWeights,
+    out: &mut [MaybeUninit<f32>],
+    cols: usize,
+) {
+    assert!(
+        available(),
+        "direct convolution called on a CPU without AVX2/FMA"
+    );
+    let c_out = packed.blocks.last().map_or(0, |&(b0, mr)| b0 + mr);
+    assert_eq!(packed.per_channel, c_in);
+    assert!(cols.is_multiple_of(2 * LANES) && cols <= ld);
+    assert!(v.len() >= c_in.saturating_sub(1) * ld + cols);
+    assert!(out.len() >= c_out * ld);
+    let zero = [0.0f32; MR];
+    for &(b0, mr) in &packed.blocks {
+        let w = packed.block(b0, mr);
+        let out = &mut out[b0 * ld..(b0 + mr) * ld];
+        for j in (0..cols).step_by(2 * LANES) {
+            let a = Segment {
+                src: j,
+                dst: j,
+                len: LANES,
+            };
+            let b = Some(Segment {
+                src: j + LANES,
+                dst: j + LANES,
+                len: LANES,
+            });
+            // SAFETY: AVX2/FMA checked above; loads read v[ci·ld + j .. j + 16] with
+            // j + 16 ≤ cols (asserted inside v), stores out[m·ld + j .. j + 16] for m < mr.
+            unsafe {
+                match mr {
+                    6 => tile::<6>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                    5 => tile::<5>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                    4 => tile::<4>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                    3 => tile::<3>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                    2 => tile::<2>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                    _ => tile::<1>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
+                }
+            }
+        }
+    }
+}
+
 /// Floats of input per band of [`pointwise`] (16 KiB: half of L1).
 const POINTWISE_BAND: usize = 4096;
 

@@ -10,7 +10,8 @@
 //! ([`conv`], [`norm`], [`act`]) and a hand-written backward recorded on burn's autodiff graph
 //! ([`autodiff`]), plus a one-pass Adam(W) update ([`optim`]).
 //!
-//! The public functions here ([`conv2d`], [`group_norm`], [`silu`], [`softmax`], [`adam`]) take and return ordinary
+//! The public functions here ([`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu`],
+//! [`softmax`], [`adam`]) take and return ordinary
 //! burn tensors: on a Flex device (with or without autodiff) and f32 data they run these
 //! kernels; anywhere else (CUDA, other dtypes, grouped convolutions) they run burn's own ops,
 //! so no backend loses an operation. Every kernel is checked against burn's op (values and
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod softmax;
 #[cfg(test)]
 mod tests;
+pub mod winograd;
 
 use burn::backend::ops::ConvOptions;
 use burn::backend::tensor::FloatTensor;
@@ -58,6 +60,14 @@ pub trait FastOps: Backend {
     ) -> FloatTensor<Self>;
     /// GroupNorm over `[N, C, ...]` with per-channel scale and shift.
     fn fast_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+    /// [`fast_group_norm`](FastOps::fast_group_norm) followed by SiLU, in one pass.
+    fn fast_group_norm_silu(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -168,6 +178,18 @@ impl FastOps for Flex {
         flex(y, dims(&x))
     }
 
+    fn fast_group_norm_silu(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        eps: f64,
+    ) -> FlexTensor {
+        let s = norm_shape(&x, groups);
+        let y = norm::forward_silu(&s, &f32s(&x), &f32s(&gamma), &f32s(&beta), eps);
+        flex(y, dims(&x))
+    }
+
     fn fast_silu(x: FlexTensor) -> FlexTensor {
         flex(act::silu_forward(&f32s(&x)), dims(&x))
     }
@@ -259,6 +281,27 @@ pub fn group_norm<const D: usize>(
         ));
     }
     group_norm_generic(x, gamma, beta, groups, eps)
+}
+
+/// `silu(group_norm(x, …))` as one op: the fused kernel on Flex (the same bits as the two
+/// kernels in sequence, forward and backward), burn's ops otherwise.
+pub fn group_norm_silu<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f64,
+) -> Tensor<D> {
+    if on_flex(&x) && on_flex(&gamma) && on_flex(&beta) {
+        return Tensor::from_dispatch(<Dispatch as FastOps>::fast_group_norm_silu(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            groups,
+            eps,
+        ));
+    }
+    silu(group_norm_generic(x, gamma, beta, groups, eps))
 }
 
 /// GroupNorm composed of burn ops (any backend).

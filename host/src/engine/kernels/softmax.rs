@@ -8,7 +8,7 @@
 //! result does not depend on the thread count.
 
 use super::act::{dot, exp, sum};
-use super::cpu::wide;
+use super::cpu::wide_fn;
 use super::gemm::par_fill;
 use std::mem::MaybeUninit;
 
@@ -31,33 +31,34 @@ pub fn forward(x: &[f32], len: usize) -> Vec<f32> {
     // SAFETY: `forward_row` writes every element of its row.
     unsafe {
         par_fill(x.len() / len, len, rows_per_task(len), 0, |_, r, y| {
-            wide(|| forward_row(&x[r * len..(r + 1) * len], y))
+            forward_row(&x[r * len..(r + 1) * len], y)
         })
     }
 }
 
-#[inline(always)]
-fn forward_row(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let mut it = x.chunks_exact(8);
-    for c in &mut it {
-        for i in 0..8 {
-            m[i] = m[i].max(c[i]);
+wide_fn! {
+    fn forward_row(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+        let mut m = [f32::NEG_INFINITY; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            for i in 0..8 {
+                m[i] = m[i].max(c[i]);
+            }
         }
-    }
-    let max = it.remainder().iter().fold(
-        m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
-        |a, &b| a.max(b),
-    );
-    // A row of −∞ (fully masked) has no maximum to subtract; PyTorch gives NaN there too.
-    for (y, &v) in y.iter_mut().zip(x) {
-        y.write(exp(v - max));
-    }
-    // SAFETY: every element of `y` was written just above.
-    let e = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    let inv = 1.0 / sum(e);
-    for v in e.iter_mut() {
-        *v *= inv;
+        let max = it.remainder().iter().fold(
+            m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+            |a, &b| a.max(b),
+        );
+        // A row of −∞ (fully masked) has no maximum to subtract; PyTorch gives NaN there too.
+        for (y, &v) in y.iter_mut().zip(x) {
+            y.write(exp(v - max));
+        }
+        // SAFETY: every element of `y` was written just above.
+        let e = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let inv = 1.0 / sum(e);
+        for v in e.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 
@@ -71,14 +72,17 @@ pub fn backward(y: &[f32], dy: &[f32], len: usize) -> Vec<f32> {
     // SAFETY: every element of the row is written.
     unsafe {
         par_fill(y.len() / len, len, rows_per_task(len), 0, |_, r, dx| {
-            wide(|| {
-                let (y, dy) = (&y[r * len..(r + 1) * len], &dy[r * len..(r + 1) * len]);
-                let s = dot(dy, y);
-                for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    d.write(y * (g - s));
-                }
-            })
+            backward_row(&y[r * len..(r + 1) * len], &dy[r * len..(r + 1) * len], dx)
         })
+    }
+}
+
+wide_fn! {
+    fn backward_row(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+        let s = dot(dy, y);
+        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            d.write(y * (g - s));
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::activation;
 use burn::tensor::module as fmod;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{conv2d, group_norm, group_norm_generic, silu, softmax};
+use super::{conv2d, group_norm, group_norm_generic, group_norm_silu, silu, softmax};
 use memlab_plugin_api::SplitMix64;
 
 fn dev() -> Device {
@@ -251,6 +251,41 @@ fn group_norm_matches_burn_values_and_gradients() {
             &vals(&beta.grad(&g2).unwrap()),
             1e-5,
         );
+    }
+}
+
+#[test]
+fn fused_group_norm_silu_is_the_two_kernels_bit_for_bit() {
+    for (shape, groups) in [([4, 8, 5, 3], 4), ([3, 4, 7, 1], 1)] {
+        let x = rand(shape, 15, 2.0).add_scalar(0.7).require_grad();
+        let gamma = rand([shape[1]], 16, 1.0).require_grad();
+        let beta = rand([shape[1]], 17, 1.0).require_grad();
+        let fused = group_norm_silu(x.clone(), gamma.clone(), beta.clone(), groups, 1e-5);
+        let two = silu(group_norm(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            groups,
+            1e-5,
+        ));
+        let burn = activation::silu(group_norm_generic(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            groups,
+            1e-5,
+        ));
+        assert_eq!(vals(&fused), vals(&two), "forward {shape:?}");
+        close("fused vs burn", &vals(&fused), &vals(&burn), 1e-5);
+        let r = rand(shape, 18, 1.0);
+        let g1 = (fused * r.clone()).sum().backward();
+        let g2 = (two * r).sum().backward();
+        let dx = (x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        assert_eq!(vals(&dx.0), vals(&dx.1), "dx {shape:?}");
+        for (what, t) in [("dgamma", &gamma), ("dbeta", &beta)] {
+            let (a, b) = (t.grad(&g1).unwrap(), t.grad(&g2).unwrap());
+            assert_eq!(vals(&a), vals(&b), "{what} {shape:?}");
+        }
     }
 }
 
