@@ -452,7 +452,8 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
         let gt = t1(ga.clone(), 64, &dev).require_grad();
         let bt = t1(be.clone(), 64, &dev).require_grad();
         let y = if fast {
-            k::silu(k::group_norm(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5))
+            // What the executor runs for GroupNorm → SiLU (`group_norm_silu`, one pass).
+            k::group_norm_silu(xt.clone(), gt.clone(), bt.clone(), 32, 1e-5)
         } else {
             activation::silu(k::group_norm_generic(
                 xt.clone(),
@@ -467,6 +468,25 @@ pub fn kernels(reps: usize) -> Result<Vec<KernelRow>> {
     };
     rows.push(KernelRow {
         op: "GroupNorm(32)+SiLU, 32x64x16x16".into(),
+        memlab_ms: median(&mut || run(true)),
+        burn_ms: median(&mut || run(false)),
+        forward: None,
+    });
+    // The attention weights of the benchmark UNet's 8×8 level (4 heads).
+    let ss = [32, 4, 64, 64];
+    let sx = rand(&ss);
+    let run = |fast: bool| {
+        let xt = Tensor::<4>::from_data(TensorData::new(sx.clone(), ss), &dev).require_grad();
+        let y = if fast {
+            k::softmax(xt.clone(), 3)
+        } else {
+            activation::softmax(xt.clone(), 3)
+        };
+        let grads = (y.clone() * y).sum().backward();
+        black_box(xt.grad(&grads));
+    };
+    rows.push(KernelRow {
+        op: "softmax (last dim), 32x4x64x64".into(),
         memlab_ms: median(&mut || run(true)),
         burn_ms: median(&mut || run(false)),
         forward: None,

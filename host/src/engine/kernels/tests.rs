@@ -200,6 +200,24 @@ fn conv_matches_burn_values_and_gradients() {
             dil: 1,
             bias: true,
         },
+        // Winograd F(2×2, 3×3): forward only (the input gradient has 16 input channels),
+        // then forward and input gradient, with partial tiles (odd height, width 17)
+        ConvCase {
+            x: [2, 40, 5, 17],
+            w: [16, 40, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: true,
+        },
+        ConvCase {
+            x: [2, 32, 4, 16],
+            w: [32, 32, 3, 3],
+            stride: 1,
+            pad: 1,
+            dil: 1,
+            bias: false,
+        },
         // strided 1×1 (no im2col shortcut)
         ConvCase {
             x: [2, 3, 7, 7],
@@ -405,20 +423,22 @@ fn backward_passes_agree_with_finite_differences() {
 
 #[test]
 fn kernels_are_bitwise_deterministic() {
+    // Every kernel on one graph: a 3×3 convolution with 32 → 20 channels (Winograd forward
+    // on AVX2 CPUs, the direct kernel for its gradients), a 1×1 one (the pixel-band tile), GroupNorm + SiLU
+    // fused and apart, softmax.
     let run = || {
-        let x = rand([7, 4, 9, 9], 19, 1.0).require_grad();
-        let w = rand([5, 4, 3, 3], 20, 0.3).require_grad();
+        let x = rand([3, 32, 9, 16], 19, 1.0).require_grad();
+        let w = rand([20, 32, 3, 3], 20, 0.3).require_grad();
+        let w1 = rand([5, 20, 1, 1], 23, 0.3);
         let gamma = rand([5], 21, 1.0);
         let beta = rand([5], 22, 1.0);
         let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let y = silu(group_norm(
-            conv2d(x.clone(), w.clone(), None, opts),
-            gamma,
-            beta,
-            5,
-            1e-5,
-        ));
-        let g = y.clone().sum().backward();
+        let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let h = conv2d(conv2d(x.clone(), w.clone(), None, opts), w1, None, one);
+        let a = silu(group_norm(h.clone(), gamma.clone(), beta.clone(), 5, 1e-5));
+        let b = group_norm_silu(h, gamma, beta, 5, 1e-5);
+        let y = softmax(a + b, 3);
+        let g = (y.clone() * rand([3, 5, 9, 16], 24, 1.0)).sum().backward();
         (
             vals(&y),
             vals(&x.grad(&g).unwrap()),

@@ -31,22 +31,35 @@ const LANES: usize = 8;
 const TB: usize = 32;
 /// Row stride of the per-block buffers `V` and `M` (8 floats of slack for the last group).
 const LD: usize = TB + LANES;
-/// Fewest input channels for which the transforms pay off (below it the direct kernel runs).
-const MIN_C_IN: usize = 16;
+/// Fewest input and output channels, and narrowest image, for which the transforms pay off
+/// (elsewhere the direct kernel runs). The input transform's share of the work falls with
+/// the output channels, the output transform's with the input channels, and images narrower
+/// than 16 leave tile rows shorter than a vector. Measured forward alone, 2 threads, batch 32
+/// (`memlab bench kernels`, direct → Winograd): 64 → 64 channels at 16×16 3.6 → 2.5 ms;
+/// 32 → 32 at 32×32 3.7 → 3.6 (even); 64 → 64 at 8×8 1.0 → 1.0 (even, slower in the UNet).
+const MIN_C_IN: usize = 32;
+const MIN_C_OUT: usize = 16;
+const MIN_WIDTH: usize = 16;
 
 /// Whether the convolution `s` runs here: 3×3, stride 1, padding 1, no dilation, at least
-/// [`MIN_C_IN`] input channels, on a CPU with AVX2 + FMA (and not switched off).
+/// [`MIN_C_IN`] input and [`MIN_C_OUT`] output channels, at least [`MIN_WIDTH`] pixels wide,
+/// on a CPU with AVX2 + FMA (and not switched off).
 pub fn applies(s: &ConvShape) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| {
         !std::env::var("MEMLAB_CONV_WINOGRAD").is_ok_and(|v| v == "off" || v == "0")
     });
-    on && direct::available()
+    on && supported(s) && s.c_in >= MIN_C_IN && s.c_out >= MIN_C_OUT && s.w >= MIN_WIDTH
+}
+
+/// Whether [`image`] can compute `s` at all: 3×3, stride 1, padding 1, no dilation, on a CPU
+/// with AVX2 + FMA.
+fn supported(s: &ConvShape) -> bool {
+    direct::available()
         && (s.kh, s.kw) == (3, 3)
         && s.stride == [1, 1]
         && s.pad == [1, 1]
         && s.dil == [1, 1]
-        && s.c_in >= MIN_C_IN
 }
 
 /// The 16 transformed kernels `U_ξ = (G g Gᵀ)_ξ`, each a `c_out × c_in` matrix packed for
@@ -108,7 +121,8 @@ pub fn scratch_len(s: &ConvShape) -> usize {
 /// `scratch` at least [`scratch_len`] floats (contents on entry do not matter).
 ///
 /// # Panics
-/// If the buffers do not match the geometry, or [`applies`] is false.
+/// If the buffers do not match the geometry, or the convolution is not 3×3 with stride 1 and
+/// padding 1 on an AVX2 + FMA CPU.
 pub fn image(
     s: &ConvShape,
     x: &[f32],
@@ -117,7 +131,7 @@ pub fn image(
     y: &mut [MaybeUninit<f32>],
     scratch: &mut [f32],
 ) {
-    assert!(applies(s), "Winograd convolution called for {s:?}");
+    assert!(supported(s), "Winograd convolution called for {s:?}");
     let (h, w, c_in, c_out) = (s.h, s.w, s.c_in, s.c_out);
     assert_eq!(x.len(), c_in * h * w);
     assert_eq!(y.len(), c_out * h * w);
