@@ -14,7 +14,7 @@ use abi_stable::std_types::{ROption, RSlice, RStr, RVec};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::activation;
 use burn::tensor::module as fmod;
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, DispatchTensor, Int, Tensor, TensorData};
 use indexmap::IndexMap;
 use memlab_plugin_api::SplitMix64;
@@ -920,8 +920,7 @@ impl HostOps for Executor<'_> {
     fn avg_pool2d(&self, x: TensorId, kernel: usize, stride: usize) -> TensorId {
         self.run("avg_pool2d", &[x], |s| {
             let shape = check(shape::avg_pool2d(&metas(s), kernel, stride))?;
-            let opts = AvgPoolOptions::new([kernel, kernel]).with_stride([stride, stride]);
-            let t = fmod::avg_pool2d(float_tensor::<4>(&s[0]), opts).into_dispatch();
+            let t = kernels::avg_pool2d(float_tensor::<4>(&s[0]), kernel, stride).into_dispatch();
             Ok(HostTensor::float(t, shape))
         })
     }

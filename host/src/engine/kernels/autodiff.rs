@@ -14,7 +14,7 @@ use burn::backend::ops::ConvOptions;
 use burn::backend::tensor::FloatTensor;
 
 use super::{
-    FastOps, act, conv, conv_forward, conv_shape, dims, f32s, flex, norm, norm_shape, softmax,
+    FastOps, act, conv, conv_forward, conv_shape, dims, f32s, flex, norm, norm_shape, pool, softmax,
 };
 
 #[derive(Debug)]
@@ -125,6 +125,21 @@ impl Backward<Flex, 1> for Softmax {
             let shape = dims(&y);
             let len = shape.last().copied().unwrap_or(1);
             flex(softmax::backward(&f32s(&y), &f32s(&dy), len), shape)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct AvgPool;
+
+impl Backward<Flex, 1> for AvgPool {
+    /// Input shape `[n, c, h, w]` and window `k`.
+    type State = ([usize; 4], usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let ([n, c, h, w], k) = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            flex(pool::backward(&f32s(&dy), n * c, h, w, k), vec![n, c, h, w])
         });
     }
 }
@@ -245,6 +260,15 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         // `kernels::adam` only routes tensors without autodiff here; parameters live on the
         // inner device.
         unreachable!("fast_adam is called on parameters of the inner (non-autodiff) device")
+    }
+
+    fn fast_avg_pool(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self> {
+        let d = dims(x.primitive());
+        let out = Flex::fast_avg_pool(x.primitive().clone(), k);
+        match AvgPool.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(([d[0], d[1], d[2], d[3]], k), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
     }
 
     fn fast_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -11,7 +11,7 @@
 //! ([`autodiff`]), plus a one-pass Adam(W) update ([`optim`]).
 //!
 //! The public functions here ([`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu`],
-//! [`softmax`], [`adam`]) take and return ordinary
+//! [`softmax`], [`avg_pool2d`], [`adam`]) take and return ordinary
 //! burn tensors: on a Flex device (with or without autodiff) and f32 data they run these
 //! kernels; anywhere else (CUDA, other dtypes, grouped convolutions) they run burn's own ops,
 //! so no backend loses an operation. Every kernel is checked against burn's op (values and
@@ -25,6 +25,7 @@ pub mod direct;
 pub mod gemm;
 pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod softmax;
 #[cfg(test)]
 mod tests;
@@ -78,6 +79,9 @@ pub trait FastOps: Backend {
     fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Softmax over the last dimension.
     fn fast_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Average pooling of NCHW `x` over `k × k` windows with stride `k` (`H`, `W` multiples
+    /// of `k`).
+    fn fast_avg_pool(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self>;
     /// One Adam(W) update of a parameter `p` with gradient `g` and moments `m`, `v` in a single
     /// pass; returns the new `(p, m, v)`. Never recorded for autodiff.
     fn fast_adam(
@@ -192,6 +196,12 @@ impl FastOps for Flex {
 
     fn fast_silu(x: FlexTensor) -> FlexTensor {
         flex(act::silu_forward(&f32s(&x)), dims(&x))
+    }
+
+    fn fast_avg_pool(x: FlexTensor, k: usize) -> FlexTensor {
+        let d = dims(&x);
+        let y = pool::forward(&f32s(&x), d[0] * d[1], d[2], d[3], k);
+        flex(y, vec![d[0], d[1], d[2] / k, d[3] / k])
     }
 
     fn fast_softmax(x: FlexTensor) -> FlexTensor {
@@ -358,6 +368,27 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         activation::silu(x)
     }
+}
+
+/// Average pooling with a square `kernel` and `stride` and no padding (burn's
+/// `avg_pool2d`): the kernel on Flex when the windows tile the image (`stride == kernel`,
+/// sides multiples of it), burn's op otherwise.
+pub fn avg_pool2d(x: Tensor<4>, kernel: usize, stride: usize) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if on_flex(&x)
+        && kernel == stride
+        && kernel > 0
+        && h.is_multiple_of(kernel)
+        && w.is_multiple_of(kernel)
+    {
+        return Tensor::from_dispatch(<Dispatch as FastOps>::fast_avg_pool(
+            x.into_dispatch(),
+            kernel,
+        ));
+    }
+    let opts =
+        burn::tensor::ops::AvgPoolOptions::new([kernel, kernel]).with_stride([stride, stride]);
+    fmod::avg_pool2d(x, opts)
 }
 
 /// Softmax over `dim`: the kernel on Flex when `dim` is the last dimension, burn's op

@@ -6,7 +6,7 @@ use burn::tensor::activation;
 use burn::tensor::module as fmod;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{conv2d, group_norm, group_norm_generic, group_norm_silu, silu, softmax};
+use super::{avg_pool2d, conv2d, group_norm, group_norm_generic, group_norm_silu, silu, softmax};
 use memlab_plugin_api::SplitMix64;
 
 fn dev() -> Device {
@@ -323,6 +323,33 @@ fn silu_matches_burn_values_and_gradients() {
         &vals(&x.grad(&g2).unwrap()),
         1e-6,
     );
+}
+
+#[test]
+fn avg_pool_matches_burn_values_and_gradients() {
+    use burn::tensor::ops::AvgPoolOptions;
+    // 2×2 and 3×3 windows that tile the image (the kernel), and an overlapping 3×3 with
+    // stride 2 (burn's op behind the same function).
+    for (shape, k, stride) in [
+        ([3, 5, 8, 6], 2, 2),
+        ([2, 3, 9, 6], 3, 3),
+        ([2, 2, 7, 7], 3, 2),
+    ] {
+        let x = rand(shape, 31, 1.0).require_grad();
+        let ours = avg_pool2d(x.clone(), k, stride);
+        let opts = AvgPoolOptions::new([k, k]).with_stride([stride, stride]);
+        let theirs = fmod::avg_pool2d(x.clone(), opts);
+        close("avg_pool forward", &vals(&ours), &vals(&theirs), 1e-6);
+        let r = rand(ours.dims(), 32, 1.0);
+        let g1 = (ours * r.clone()).sum().backward();
+        let g2 = (theirs * r).sum().backward();
+        close(
+            "avg_pool dx",
+            &vals(&x.grad(&g1).unwrap()),
+            &vals(&x.grad(&g2).unwrap()),
+            1e-6,
+        );
+    }
 }
 
 #[test]
