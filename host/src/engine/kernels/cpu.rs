@@ -24,7 +24,7 @@ pub fn avx2_fma() -> bool {
 /// Defines a function whose body is compiled twice, as written and for AVX2 + FMA, and which
 /// runs the AVX2 + FMA copy when [`avx2_fma`] is true.
 ///
-/// ```ignore
+/// ```text
 /// wide_fn! {
 ///     /// Doc comment.
 ///     fn scale(y: &mut [f32], a: f32) { for v in y { *v *= a } }
