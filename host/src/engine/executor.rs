@@ -69,17 +69,18 @@ struct DeferredNorm {
 }
 
 impl DeferredNorm {
-    fn norm(&self, s: &[HostTensor]) -> Result<HostTensor> {
-        let (x, g, b) = (&s[0], &s[1], &s[2]);
-        let t = by_rank!(x.rank(), D => kernels::group_norm(float_tensor::<D>(x), float_tensor::<1>(g), float_tensor::<1>(b), self.groups, self.eps).into_dispatch())?;
-        Ok(HostTensor::float(t, x.shape.clone()))
+    /// The GroupNorm, followed by SiLU in the same op when `silu`.
+    fn compute(&self, silu: bool) -> Result<HostTensor> {
+        affine_group_norm(&self.inputs, self.groups, self.eps, silu)
     }
+}
 
-    fn norm_silu(&self, s: &[HostTensor]) -> Result<HostTensor> {
-        let (x, g, b) = (&s[0], &s[1], &s[2]);
-        let t = by_rank!(x.rank(), D => kernels::group_norm_silu(float_tensor::<D>(x), float_tensor::<1>(g), float_tensor::<1>(b), self.groups, self.eps).into_dispatch())?;
-        Ok(HostTensor::float(t, x.shape.clone()))
-    }
+/// GroupNorm of `s[0]` with scale `s[1]` and shift `s[2]` (then SiLU when `silu`) on the
+/// kernels.
+fn affine_group_norm(s: &[HostTensor], groups: usize, eps: f64, silu: bool) -> Result<HostTensor> {
+    let (x, g, b) = (&s[0], &s[1], &s[2]);
+    let t = by_rank!(x.rank(), D => kernels::group_norm_with(float_tensor::<D>(x), float_tensor::<1>(g), float_tensor::<1>(b), groups, eps, silu).into_dispatch())?;
+    Ok(HostTensor::float(t, x.shape.clone()))
 }
 
 /// Whether GroupNorm is deferred for fusion (`MEMLAB_FUSE=off` computes every GroupNorm at
@@ -267,6 +268,12 @@ impl<'p> Executor<'p> {
         v.join(", ")
     }
 
+    /// Counts an op and says whether it may run (no earlier error in this pass).
+    fn begin_op(&self) -> bool {
+        self.ops_run.set(self.ops_run.get() + 1);
+        self.error.borrow().is_none()
+    }
+
     /// Runs one op: skips it after an earlier error or on invalid inputs, catches panics, and
     /// records failures with the op name and input shapes.
     fn run(
@@ -275,8 +282,7 @@ impl<'p> Executor<'p> {
         inputs: &[TensorId],
         f: impl FnOnce(&[HostTensor]) -> Result<HostTensor>,
     ) -> TensorId {
-        self.ops_run.set(self.ops_run.get() + 1);
-        if self.error.borrow().is_some() {
+        if !self.begin_op() {
             return TensorId::INVALID;
         }
         for id in inputs {
@@ -345,7 +351,7 @@ impl<'p> Executor<'p> {
         let Some(d) = self.deferred.borrow_mut().remove(&id) else {
             return;
         };
-        match self.compute("group_norm", &d.inputs, |s| d.norm(s)) {
+        match self.compute("group_norm", &d.inputs, |_| d.compute(false)) {
             Some(t) => {
                 if let Some(slot) = self.slab.borrow_mut().get_mut(id) {
                     *slot = t;
@@ -618,10 +624,12 @@ impl HostOps for Executor<'_> {
             return self.run("retain", &[x], |s| Ok(s[0].clone()));
         };
         // A handle on a deferred GroupNorm: the copy is deferred too.
-        self.ops_run.set(self.ops_run.get() + 1);
+        if !self.begin_op() {
+            return TensorId::INVALID;
+        }
         let placeholder = self.slab.borrow().get(x).cloned();
         match placeholder {
-            Some(p) if self.error.borrow().is_none() => {
+            Some(p) => {
                 let id = self.insert(p);
                 self.deferred.borrow_mut().insert(id, d);
                 id
@@ -654,11 +662,10 @@ impl HostOps for Executor<'_> {
             let d = self.deferred.borrow().get(&x).cloned();
             if let Some(d) = d {
                 // GroupNorm → SiLU as one op; `x` stays deferred for any other use.
-                self.ops_run.set(self.ops_run.get() + 1);
-                if self.error.borrow().is_some() {
+                if !self.begin_op() {
                     return TensorId::INVALID;
                 }
-                return match self.compute("group_norm+silu", &d.inputs, |s| d.norm_silu(s)) {
+                return match self.compute("group_norm+silu", &d.inputs, |_| d.compute(true)) {
                     Some(t) => self.insert(t),
                     None => TensorId::INVALID,
                 };
@@ -819,12 +826,7 @@ impl HostOps for Executor<'_> {
             let x = &s[0];
             let c = x.shape[1];
             if has_g && has_b {
-                return DeferredNorm {
-                    inputs: s.to_vec(),
-                    groups,
-                    eps,
-                }
-                .norm(s);
+                return affine_group_norm(s, groups, eps, false);
             }
             let y = norm_groups(x, groups, eps)?;
             let mut bshape = vec![1; x.rank()];

@@ -51,40 +51,19 @@ impl<const N: usize> Backward<Flex, N> for Conv<N> {
 struct GroupNorm;
 
 impl Backward<Flex, 3> for GroupNorm {
-    /// Input, γ, groups, ε.
-    type State = (FlexTensor, FlexTensor, usize, f64);
+    /// Input, γ, β, groups, ε, and whether SiLU followed in the same op.
+    type State = (FlexTensor, FlexTensor, FlexTensor, usize, f64, bool);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, gamma, groups, eps) = ops.state;
+        let (x, gamma, beta, groups, eps, silu) = ops.state;
         let s = norm_shape(&x, groups);
-        let (dx, dg, db) = norm::backward(&s, &f32s(&x), &f32s(&gamma), &f32s(&dy), eps);
-        let [px, pg, pb] = &ops.parents;
-        if let Some(node) = px {
-            grads.register::<Flex>(node.id, flex(dx, dims(&x)));
-        }
-        if let Some(node) = pg {
-            grads.register::<Flex>(node.id, flex(dg, vec![s.c]));
-        }
-        if let Some(node) = pb {
-            grads.register::<Flex>(node.id, flex(db, vec![s.c]));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct GroupNormSilu;
-
-impl Backward<Flex, 3> for GroupNormSilu {
-    /// Input, γ, β, groups, ε.
-    type State = (FlexTensor, FlexTensor, FlexTensor, usize, f64);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, gamma, beta, groups, eps) = ops.state;
-        let s = norm_shape(&x, groups);
-        let (dx, dg, db) =
-            norm::backward_silu(&s, &f32s(&x), &f32s(&gamma), &f32s(&beta), &f32s(&dy), eps);
+        let (x_, g, d) = (f32s(&x), f32s(&gamma), f32s(&dy));
+        let (dx, dg, db) = if silu {
+            norm::backward_silu(&s, &x_, &g, &f32s(&beta), &d, eps)
+        } else {
+            norm::backward(&s, &x_, &g, &d, eps)
+        };
         let [px, pg, pb] = &ops.parents;
         if let Some(node) = px {
             grads.register::<Flex>(node.id, flex(dx, dims(&x)));
@@ -191,61 +170,20 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         groups: usize,
         eps: f64,
+        silu: bool,
     ) -> FloatTensor<Self> {
-        let out = Flex::fast_group_norm(
+        let (xp, gp, bp) = (
             x.primitive().clone(),
             gamma.primitive().clone(),
             beta.primitive().clone(),
-            groups,
-            eps,
         );
+        let out = Flex::fast_group_norm(xp.clone(), gp.clone(), bp.clone(), groups, eps, silu);
         match GroupNorm
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(
-                (
-                    x.primitive().clone(),
-                    gamma.primitive().clone(),
-                    groups,
-                    eps,
-                ),
-                out,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
-    }
-
-    fn fast_group_norm_silu(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        groups: usize,
-        eps: f64,
-    ) -> FloatTensor<Self> {
-        let out = Flex::fast_group_norm_silu(
-            x.primitive().clone(),
-            gamma.primitive().clone(),
-            beta.primitive().clone(),
-            groups,
-            eps,
-        );
-        match GroupNormSilu
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                (
-                    x.primitive().clone(),
-                    gamma.primitive().clone(),
-                    beta.primitive().clone(),
-                    groups,
-                    eps,
-                ),
-                out,
-            ),
+            OpsKind::Tracked(prep) => prep.finish((xp, gp, bp, groups, eps, silu), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

@@ -110,6 +110,20 @@ impl PackedWeights {
         }
     }
 
+    /// Each block's starting accumulator values: its channels' `bias` (zeros without one).
+    fn inits(&self, bias: Option<&[f32]>) -> Vec<[f32; MR]> {
+        self.blocks
+            .iter()
+            .map(|&(b0, mr)| {
+                let mut init = [0.0f32; MR];
+                if let Some(bias) = bias {
+                    init[..mr].copy_from_slice(&bias[b0..b0 + mr]);
+                }
+                init
+            })
+            .collect()
+    }
+
     /// The packed weights of the block starting at output channel `b0` with `mr` channels.
     fn block(&self, b0: usize, mr: usize) -> &[f32] {
         &self.data[b0 * self.per_channel..(b0 + mr) * self.per_channel]
@@ -148,18 +162,7 @@ pub fn image(
     let reach = segs.last().map_or(0, |g| g.src) + taps.last().copied().unwrap_or(0) + LANES;
     assert!(xp.len() >= (s.c_in.max(1) - 1) * plane + reach);
     let p = s.h * s.w;
-    let zero = [0.0f32; MR];
-    let inits: Vec<[f32; MR]> = packed
-        .blocks
-        .iter()
-        .map(|&(b0, mr)| {
-            let mut init = zero;
-            if let Some(bias) = bias {
-                init[..mr].copy_from_slice(&bias[b0..b0 + mr]);
-            }
-            init
-        })
-        .collect();
+    let inits = packed.inits(bias);
     // Input channels are summed in chunks of ≤ CI_CHUNK: a tile's input rows for one chunk
     // (chunk × kh rows × ≤ 3 cache lines) and the chunk's weights fit L1 together, so the
     // tiles that follow (the rest of the row, then the next row) find most of their input
@@ -189,16 +192,7 @@ pub fn image(
         // and taps are in increasing order), asserted to lie inside xp for the last plane;
         // stores (and the loads of partial sums, written by the previous chunk) are bounded
         // by `len` inside the c_out block of `y`.
-        unsafe {
-            match mr {
-                6 => tile::<6>(x, plane, cn, &taps, w, init, out, p, a, b),
-                5 => tile::<5>(x, plane, cn, &taps, w, init, out, p, a, b),
-                4 => tile::<4>(x, plane, cn, &taps, w, init, out, p, a, b),
-                3 => tile::<3>(x, plane, cn, &taps, w, init, out, p, a, b),
-                2 => tile::<2>(x, plane, cn, &taps, w, init, out, p, a, b),
-                _ => tile::<1>(x, plane, cn, &taps, w, init, out, p, a, b),
-            }
-        }
+        unsafe { tile_for(mr, x, plane, cn, &taps, w, init, out, p, a, b) }
     };
     // Block-outer: the block's packed weights (≤ 6·CI_CHUNK·taps floats per chunk) stay in
     // L1 while the image streams from L2. (Pair-outer, keeping a pair's input rows in L1 and
@@ -272,16 +266,7 @@ pub(super) fn panel(
             });
             // SAFETY: AVX2/FMA checked above; loads read v[ci·ld + j .. j + 16] with
             // j + 16 ≤ cols (asserted inside v), stores out[m·ld + j .. j + 16] for m < mr.
-            unsafe {
-                match mr {
-                    6 => tile::<6>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                    5 => tile::<5>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                    4 => tile::<4>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                    3 => tile::<3>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                    2 => tile::<2>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                    _ => tile::<1>(v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b),
-                }
-            }
+            unsafe { tile_for(mr, v, ld, c_in, &[0], w, Some(&zero), out, ld, a, b) }
         }
     }
 }
@@ -332,18 +317,7 @@ pub fn pointwise(
     assert_eq!(packed.per_channel, c_in);
     let (band, stride) = pointwise_band(c_in);
     assert!(scratch.len() >= c_in * stride);
-    let zero = [0.0f32; MR];
-    let inits: Vec<[f32; MR]> = packed
-        .blocks
-        .iter()
-        .map(|&(b0, mr)| {
-            let mut init = zero;
-            if let Some(bias) = bias {
-                init[..mr].copy_from_slice(&bias[b0..b0 + mr]);
-            }
-            init
-        })
-        .collect();
+    let inits = packed.inits(bias);
     let mut segs = Vec::with_capacity(band / LANES);
     for p0 in (0..p).step_by(band) {
         let len = band.min(p - p0);
@@ -366,16 +340,7 @@ pub fn pointwise(
                 // scratch[ci·stride + src .. + 8] with src + 8 ≤ band + 8 = stride (lanes past
                 // `len` read stale scratch and are never stored); stores are bounded by `len`
                 // inside the block's planes of `y`.
-                unsafe {
-                    match mr {
-                        6 => tile::<6>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                        5 => tile::<5>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                        4 => tile::<4>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                        3 => tile::<3>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                        2 => tile::<2>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                        _ => tile::<1>(scratch, stride, c_in, &[0], w, init, out, p, a, b),
-                    }
-                }
+                unsafe { tile_for(mr, scratch, stride, c_in, &[0], w, init, out, p, a, b) }
             }
         }
     }
@@ -482,6 +447,37 @@ unsafe fn tile<const M: usize>(
     for (m, t) in tmp.iter().enumerate() {
         store(out, m * p, a, &t[0]);
         store(out, m * p, b_seg, &t[1]);
+    }
+}
+
+/// [`tile`] for a block of `mr` output channels (1..=6).
+///
+/// # Safety
+/// As [`tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_for(
+    mr: usize,
+    xp: &[f32],
+    plane: usize,
+    c_in: usize,
+    taps: &[usize],
+    w: &[f32],
+    init: Option<&[f32; MR]>,
+    out: &mut [MaybeUninit<f32>],
+    p: usize,
+    a: Segment,
+    b: Option<Segment>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match mr {
+            6 => tile::<6>(xp, plane, c_in, taps, w, init, out, p, a, b),
+            5 => tile::<5>(xp, plane, c_in, taps, w, init, out, p, a, b),
+            4 => tile::<4>(xp, plane, c_in, taps, w, init, out, p, a, b),
+            3 => tile::<3>(xp, plane, c_in, taps, w, init, out, p, a, b),
+            2 => tile::<2>(xp, plane, c_in, taps, w, init, out, p, a, b),
+            _ => tile::<1>(xp, plane, c_in, taps, w, init, out, p, a, b),
+        }
     }
 }
 

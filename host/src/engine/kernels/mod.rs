@@ -59,21 +59,15 @@ pub trait FastOps: Backend {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
-    /// GroupNorm over `[N, C, ...]` with per-channel scale and shift.
+    /// GroupNorm over `[N, C, ...]` with per-channel scale and shift, followed by SiLU in the
+    /// same pass when `silu`.
     fn fast_group_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         groups: usize,
         eps: f64,
-    ) -> FloatTensor<Self>;
-    /// [`fast_group_norm`](FastOps::fast_group_norm) followed by SiLU, in one pass.
-    fn fast_group_norm_silu(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        groups: usize,
-        eps: f64,
+        silu: bool,
     ) -> FloatTensor<Self>;
     /// `x · sigmoid(x)`.
     fn fast_silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -176,21 +170,15 @@ impl FastOps for Flex {
         beta: FlexTensor,
         groups: usize,
         eps: f64,
+        silu: bool,
     ) -> FlexTensor {
         let s = norm_shape(&x, groups);
-        let y = norm::forward(&s, &f32s(&x), &f32s(&gamma), &f32s(&beta), eps);
-        flex(y, dims(&x))
-    }
-
-    fn fast_group_norm_silu(
-        x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
-        groups: usize,
-        eps: f64,
-    ) -> FlexTensor {
-        let s = norm_shape(&x, groups);
-        let y = norm::forward_silu(&s, &f32s(&x), &f32s(&gamma), &f32s(&beta), eps);
+        let (x_, g, b) = (f32s(&x), f32s(&gamma), f32s(&beta));
+        let y = if silu {
+            norm::forward_silu(&s, &x_, &g, &b, eps)
+        } else {
+            norm::forward(&s, &x_, &g, &b, eps)
+        };
         flex(y, dims(&x))
     }
 
@@ -281,16 +269,7 @@ pub fn group_norm<const D: usize>(
     groups: usize,
     eps: f64,
 ) -> Tensor<D> {
-    if on_flex(&x) && on_flex(&gamma) && on_flex(&beta) {
-        return Tensor::from_dispatch(<Dispatch as FastOps>::fast_group_norm(
-            x.into_dispatch(),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            groups,
-            eps,
-        ));
-    }
-    group_norm_generic(x, gamma, beta, groups, eps)
+    group_norm_with(x, gamma, beta, groups, eps, false)
 }
 
 /// `silu(group_norm(x, …))` as one op: the fused kernel on Flex (the same bits as the two
@@ -302,16 +281,30 @@ pub fn group_norm_silu<const D: usize>(
     groups: usize,
     eps: f64,
 ) -> Tensor<D> {
+    group_norm_with(x, gamma, beta, groups, eps, true)
+}
+
+/// [`group_norm`], followed by SiLU (as [`group_norm_silu`]) when `silu`.
+pub fn group_norm_with<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<D> {
     if on_flex(&x) && on_flex(&gamma) && on_flex(&beta) {
-        return Tensor::from_dispatch(<Dispatch as FastOps>::fast_group_norm_silu(
+        return Tensor::from_dispatch(<Dispatch as FastOps>::fast_group_norm(
             x.into_dispatch(),
             gamma.into_dispatch(),
             beta.into_dispatch(),
             groups,
             eps,
+            silu,
         ));
     }
-    silu(group_norm_generic(x, gamma, beta, groups, eps))
+    let y = group_norm_generic(x, gamma, beta, groups, eps);
+    if silu { self::silu(y) } else { y }
 }
 
 /// GroupNorm composed of burn ops (any backend).
